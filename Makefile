@@ -1,0 +1,61 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Each installs what it needs: Debian packages, the venv from the pins, the CDK CLI from npm.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SHELL_SCRIPTS := $(shell git ls-files '*.sh' '.ci/run' 2>/dev/null)
+APT_PACKAGES := shellcheck aria2 e2fsprogs util-linux curl
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help deps system-deps lint test test-fast demo bench clean
+
+help:
+	@echo "make demo   - set up and run the whole job on synthetic ILSVRC2012 archives (local HTTP + AWS emulator)"
+	@echo "make test   - set up and run linters and every test"
+	@echo "make bench  - benchmarks vs im2rec, the by-hand chain, curl and aria2c; writes bench/results.json"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian packages: shellcheck (lint), aria2 (download benchmark peer), e2fsprogs/util-linux (loop volumes).
+system-deps:
+	@missing=""; \
+	for cmd in shellcheck aria2c mkfs.ext4 losetup curl; do command -v $$cmd >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  else echo "missing Debian packages; run: sudo apt-get install $(APT_PACKAGES)"; exit 1; fi; \
+	fi
+
+deps: system-deps $(VENV)/.installed node_modules/.installed
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	shellcheck $(SHELL_SCRIPTS)
+
+test: lint
+	$(PY) -m pytest -q -rs
+
+test-fast: deps
+	$(PY) -m pytest -q -x -m "not slow"
+
+demo: deps
+	$(PY) -m tests.demo
+
+bench: deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf cdk.out demo-output bench/work .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,117 @@
+"""``python -m bootstrap <stage>``: the data-prep engine's command line.
+
+``run(argv)`` parses, runs and returns an exit code, so tests call it
+directly; ``main()`` only wires it to the process.  Results go to stdout,
+logs to stderr; a ``BootstrapError`` becomes one clear line and its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bootstrap.config import load_config
+from bootstrap.errors import BootstrapError
+from bootstrap.stages import Engine, describe
+from bootstrap.state import read_json
+
+log = logging.getLogger("bootstrap")
+
+STAGES = {
+    "run": "every stage in order: fetch, organise, pack, verify, inspect",
+    "fetch": "download the archives (parallel ranges, resumable) and check size and MD5",
+    "organise": "read the devkit: classes in sorted-WNID order, validation labels, synsets.txt",
+    "pack": "one pass over each archive into .rec/.idx/.lst (+ class folders with --keep-tree)",
+    "verify": "re-read every record, check offsets, labels and counts, decode a sample",
+    "inspect": "write a contact-sheet PNG of random records with their class names",
+    "status": "print the status file of the data directory",
+}
+
+
+def _flag_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", type=Path, help="JSON config file (keys as these flags, with underscores)")
+    add("--data-dir", type=Path, help="data volume mount point (default /data)")
+    add("--source", help="https:// base URL, s3:// prefix or local directory with the archives")
+    add("--source-secret", help="Secrets Manager secret holding the source credentials")
+    add("--dataset-table", type=Path, help="archive table JSON for another dataset (default: ILSVRC2012)")
+    add("--connections", type=int, help="parallel connections per archive (default 8)")
+    add("--chunk-mib", type=int, help="download range size in MiB (default 64)")
+    add("--resize", type=int, help="short side in pixels, 0 keeps the size (default 256)")
+    add("--center-crop", action=argparse.BooleanOptionalAction, default=None, help="square centre crop")
+    add("--quality", type=int, help="JPEG quality 1-100, or PNG compression 0-9 (default 90)")
+    add("--encoding", choices=(".jpg", ".png"), help="record image encoding (default .jpg)")
+    add("--color", type=int, choices=(-1, 0, 1), help="1 colour, 0 gray, -1 unchanged (default 1)")
+    add("--pass-through", action=argparse.BooleanOptionalAction, default=None, help="keep intact images as they are")
+    add("--upscale", action=argparse.BooleanOptionalAction, default=None, help="enlarge images smaller than --resize")
+    add("--workers", type=int, help="transcoding processes (default: one per CPU)")
+    add("--parts", type=int, help="split each .rec into N parts with their own idx (default 1)")
+    add("--seed", type=int, help="shuffle seed (default 100, as im2rec)")
+    add("--shuffle-train", action=argparse.BooleanOptionalAction, default=None, help="shuffle train records")
+    add("--shuffle-val", action=argparse.BooleanOptionalAction, default=None, help="shuffle val records")
+    add("--keep-tree", action=argparse.BooleanOptionalAction, default=None, help="also write train/<wnid>/ folders")
+    add("--max-failure-rate", type=float, help="fail when more images than this fraction cannot be packed")
+    add("--checkpoint-seconds", type=float, help="how often packing checkpoints (default 30)")
+    add("--bucket-mib", type=int, help="shuffle bucket size in MiB (memory bound of the shuffle)")
+    add("--max-image-mib", type=int, help="refuse archive members larger than this (default 64)")
+    add("--sample-every", type=int, help="verify decodes every Nth record (default 50)")
+    add("--json", action="store_true", help="print the result as JSON")
+    add("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bootstrap",
+        description="Stage ImageNet-style archives as MXNet RecordIO: fetch, organise, pack, verify, inspect.",
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, help_text in STAGES.items():
+        _flag_args(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+_NOT_CONFIG = {"stage", "config", "json", "verbose"}
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("botocore", "urllib3", "boto3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    try:
+        config = load_config(args.config, overrides)
+        if args.stage == "status":
+            status = read_json(config.paths.status)
+            print(json.dumps(status, indent=2) if status else f"no status yet at {config.paths.status}")
+            return 0
+        engine = Engine(config)
+        result: Any = getattr(engine, args.stage)()
+        if args.stage == "run":
+            print(describe(result))
+        elif args.json and result is not None:
+            print(json.dumps(result, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o), indent=2))
+        return 0
+    except BootstrapError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to resume")
+        return 130
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,288 @@
+"""Download archives: parallel byte ranges, resumable, MD5-verified before they count.
+
+Layout in the destination directory while an archive downloads:
+
+    .NAME.part        the file, preallocated to its full size
+    .NAME.part.json   which fixed-size chunks are complete (and fsynced)
+
+Worker threads each stream one chunk at a time into the file with ``pwrite``;
+a dropped connection resumes inside its chunk.  The main thread hashes chunks
+in order as they complete, so the MD5 is ready when the last byte lands and
+the 140 GB file is not read a second time (after a restart, the finished
+prefix is re-hashed once).  Only when size and MD5 match is the file renamed
+to NAME and marked done.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootstrap.archives import ArchiveSpec, DatasetSpec
+from bootstrap.errors import ChecksumError, DiskFullError, FetchError
+from bootstrap.progress import Progress, StatusFile, human_bytes
+from bootstrap.sources import RemoteFile, Source, TransientError
+from bootstrap.state import Markers, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+HASH_BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    connections: int = 8
+    chunk_size: int = 64 << 20
+    max_attempts: int = 8
+    backoff_seconds: float = 1.0
+
+
+def _backoff(opts: FetchOptions, attempt: int) -> float:
+    """Exponential backoff with jitter, capped at 30 s."""
+    return min(30.0, opts.backoff_seconds * 2.0 ** (attempt - 1)) * (0.5 + random.random())
+
+
+def _stat_with_retries(source: Source, name: str, opts: FetchOptions, sleep: Callable[[float], None]) -> RemoteFile:
+    for attempt in range(1, opts.max_attempts + 1):
+        try:
+            return source.stat(name)
+        except TransientError as e:
+            if attempt == opts.max_attempts:
+                raise FetchError(
+                    f"{name}: the source keeps failing ({e}) after {attempt} attempts; check it and run again"
+                ) from None
+            log.warning("%s: %s; retry %d/%d", name, e, attempt, opts.max_attempts)
+            sleep(_backoff(opts, attempt))
+    raise AssertionError("unreachable")
+
+
+def _disk_full(path: Path, need: int) -> DiskFullError:
+    free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+    return DiskFullError(
+        f"no space left on {path} (free {human_bytes(free)}, this archive needs {human_bytes(need)}); "
+        "free space or grow the volume, then run again: finished ranges are kept"
+    )
+
+
+class _Download:
+    """One archive's download in progress; shared by the worker threads."""
+
+    def __init__(self, source: Source, spec: ArchiveSpec, dest: Path, *, size: int, ranges: bool, opts: FetchOptions):
+        self.source, self.spec, self.size, self.ranges, self.opts = source, spec, size, ranges, opts
+        self.part = dest / f".{spec.name}.part"
+        self.state_path = dest / f".{spec.name}.part.json"
+        self.chunk = opts.chunk_size if ranges else max(size, 1)
+        self.nchunks = max(1, -(-size // self.chunk))
+        self.lock = threading.Condition()
+        self.done: set[int] = set()
+        self.error: BaseException | None = None
+        state = read_json(self.state_path)
+        if state and state.get("size") == size and state.get("chunk") == self.chunk and self.part.exists():
+            self.done = set(state["done"])
+        elif self.part.exists() or self.state_path.exists():
+            log.info("%s: earlier partial download does not match this one; starting over", spec.name)
+            self.part.unlink(missing_ok=True)
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        if not self.done:
+            try:
+                os.posix_fallocate(self.fd, 0, size)
+            except OSError as e:
+                os.close(self.fd)
+                if e.errno == errno.ENOSPC:
+                    raise _disk_full(dest, size) from None
+                raise
+            self._save_state()
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        return index * self.chunk, min((index + 1) * self.chunk, self.size)
+
+    def done_bytes(self) -> int:
+        return sum(self.bounds(i)[1] - self.bounds(i)[0] for i in self.done)
+
+    def _save_state(self) -> None:
+        atomic_write_json(self.state_path, {"size": self.size, "chunk": self.chunk, "done": sorted(self.done)})
+
+    def run_chunk(self, index: int, progress: Progress, sleep: Callable[[float], None]) -> None:
+        start, end = self.bounds(index)
+        pos, attempt = start, 0
+        while pos < end:
+            if self.error is not None:
+                return
+            try:
+                for block in self.source.read(self.spec.name, pos, end):
+                    try:
+                        os.pwrite(self.fd, block, pos)
+                    except OSError as e:
+                        if e.errno == errno.ENOSPC:
+                            raise _disk_full(self.part.parent, self.size) from None
+                        raise
+                    pos += len(block)
+                    with self.lock:
+                        progress.advance(len(block))
+            except TransientError as e:
+                attempt += 1
+                if attempt >= self.opts.max_attempts:
+                    raise FetchError(
+                        f"{self.spec.name}: gave up on bytes {pos}-{end} after {attempt} attempts ({e}); "
+                        "check the network and the source, then run again: finished ranges are kept"
+                    ) from None
+                delay = _backoff(self.opts, attempt)
+                log.warning("%s: %s; retry %d/%d in %.1fs", self.spec.name, e, attempt, self.opts.max_attempts, delay)
+                if not self.ranges:
+                    # Without range support the stream restarts at 0: rewind, and take back progress.
+                    with self.lock:
+                        progress.advance(start - pos)
+                    pos = start
+                sleep(delay)
+        os.fdatasync(self.fd)
+        with self.lock:
+            self.done.add(index)
+            self._save_state()
+            self.lock.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = error
+            self.lock.notify_all()
+
+    def hash_in_order(self) -> str:
+        """MD5 of the file, reading each chunk as soon as it and all before it are done."""
+        md5 = hashlib.md5(usedforsecurity=False)
+        for index in range(self.nchunks):
+            with self.lock:
+                while index not in self.done and self.error is None:
+                    self.lock.wait(timeout=1.0)
+                if self.error is not None:
+                    raise self.error
+            start, end = self.bounds(index)
+            pos = start
+            while pos < end:
+                block = os.pread(self.fd, min(HASH_BLOCK, end - pos), pos)
+                md5.update(block)
+                pos += len(block)
+        return md5.hexdigest()
+
+
+def fetch_archive(
+    source: Source,
+    spec: ArchiveSpec,
+    dest: Path,
+    opts: FetchOptions,
+    *,
+    status: StatusFile | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
+    """Download ``spec`` from ``source`` into ``dest``, verify it, and return its path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    markers = Markers(dest / ".state")
+    final = dest / spec.name
+    info = markers.info(f"fetch-{spec.name}")
+    if info and final.exists() and final.stat().st_size == info.get("size") and info.get("md5") == spec.md5:
+        log.info("%s: already downloaded and verified", spec.name)
+        return final
+
+    remote = _stat_with_retries(source, spec.name, opts, sleep)
+    if spec.size is not None and remote.size != spec.size:
+        raise ChecksumError(
+            f"{source.describe()} serves {spec.name} as {remote.size:,} bytes but the dataset table pins "
+            f"{spec.size:,}: the source holds a different file, or the table is wrong"
+        )
+    if not remote.ranges:
+        log.warning("%s: the source ignores Range requests; downloading in one stream, which cannot resume", spec.name)
+
+    if final.exists() and final.stat().st_size == remote.size:
+        # Placed there by hand or by an earlier version: verify instead of downloading again.
+        log.info("%s: found in %s, verifying", spec.name, dest)
+        got = md5_file(final, Progress(f"verify {spec.name}", remote.size, "B", status=status))
+        _check_md5(spec, got, final)
+        markers.mark(f"fetch-{spec.name}", {"md5": got, "size": remote.size})
+        return final
+
+    dl = _Download(source, spec, dest, size=remote.size, ranges=remote.ranges, opts=opts)
+    pending = [i for i in range(dl.nchunks) if i not in dl.done]
+    progress = Progress(f"fetch {spec.name}", remote.size, "B", status=status, done=dl.done_bytes())
+    log.info(
+        "%s: %s from %s, %d of %d chunks to go, %d connections",
+        spec.name,
+        human_bytes(remote.size),
+        source.describe(),
+        len(pending),
+        dl.nchunks,
+        opts.connections if remote.ranges else 1,
+    )
+    workers = opts.connections if remote.ranges else 1
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+            futures: list[Future[None]] = []
+
+            def report_failure(fut: Future[None]) -> None:
+                if not fut.cancelled() and (error := fut.exception()) is not None:
+                    dl.fail(error)
+
+            for index in pending:
+                fut = pool.submit(dl.run_chunk, index, progress, sleep)
+                fut.add_done_callback(report_failure)
+                futures.append(fut)
+            try:
+                digest = dl.hash_in_order()
+            except BaseException as e:
+                dl.fail(e)
+                for fut in futures:
+                    fut.cancel()
+                raise
+    finally:
+        os.close(dl.fd)
+    progress.finish()
+
+    if digest != spec.md5:
+        dl.part.unlink(missing_ok=True)
+        dl.state_path.unlink(missing_ok=True)
+        _check_md5(spec, digest, final)
+    os.replace(dl.part, final)
+    dl.state_path.unlink(missing_ok=True)
+    markers.mark(f"fetch-{spec.name}", {"md5": digest, "size": remote.size})
+    log.info("%s: verified (md5 %s)", spec.name, digest)
+    return final
+
+
+def _check_md5(spec: ArchiveSpec, got: str, path: Path) -> None:
+    if got != spec.md5:
+        raise ChecksumError(
+            f"{spec.name}: MD5 is {got} but the dataset table pins {spec.md5}; the file was removed and nothing "
+            "was marked done. Run fetch again; if it repeats, the source serves a different file "
+            "(check the source URL and the dataset table)"
+        )
+
+
+def md5_file(path: Path, progress: Progress | None = None) -> str:
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(HASH_BLOCK):
+            md5.update(block)
+            if progress:
+                progress.advance(len(block))
+    if progress:
+        progress.finish()
+    return md5.hexdigest()
+
+
+def fetch_all(
+    source: Source,
+    dataset: DatasetSpec,
+    dest: Path,
+    opts: FetchOptions,
+    *,
+    status: StatusFile | None = None,
+) -> dict[str, Path]:
+    """Fetch every archive of ``dataset``, smallest first so a bad source fails fast."""
+    order = sorted(dataset.archives.values(), key=lambda a: a.size or 0)
+    return {a.role: fetch_archive(source, a, dest, opts, status=status) for a in order}

@@ -1,0 +1,141 @@
+"""Progress for long work: log lines with rate and ETA, a bar on a terminal, a status file.
+
+The status file is the machine-readable view of where a run is (stage,
+done/total, rate, ETA, last error).  It is rewritten atomically at a bounded
+rate, so a reader (the operator CLI, or the publisher that copies it to SSM)
+never sees half a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from bootstrap.state import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class StatusFile:
+    """The JSON status of a run, shared by all its stages."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def update(self, **fields: Any) -> None:
+        if self.path is None:
+            return
+        status = read_json(self.path) or {}
+        status.update(fields, updated_at=time.time())
+        atomic_write_json(self.path, status)
+
+
+class Progress:
+    """Counts work done in one stage and reports it.
+
+    ``unit`` is "B" for byte counts (shown as MiB/s) or a noun such as "images".
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        total: int | None,
+        unit: str,
+        *,
+        status: StatusFile | None = None,
+        done: int = 0,
+        log_every: float = 10.0,
+        status_every: float = 2.0,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stage, self.total, self.unit = stage, total, unit
+        self.done = done
+        self._start_done = done
+        self._status = status or StatusFile(None)
+        self._clock = clock
+        self._start = self._last_log = self._last_status = clock()
+        self._log_every, self._status_every = log_every, status_every
+        stream = stream if stream is not None else sys.stderr
+        self._bar = stream if stream.isatty() else None
+        self._write_status()
+
+    def rate(self) -> float:
+        elapsed = self._clock() - self._start
+        return (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        rate = self.rate()
+        if self.total is None or rate <= 0:
+            return None
+        return max(self.total - self.done, 0) / rate
+
+    def _fmt(self, n: float) -> str:
+        return human_bytes(n) if self.unit == "B" else f"{n:,.0f} {self.unit}"
+
+    def describe(self) -> str:
+        total = f" / {self._fmt(self.total)}" if self.total else ""
+        pct = f" ({100 * self.done / self.total:.1f}%)" if self.total else ""
+        rate = self.rate()
+        rate_s = f"{human_bytes(rate)}/s" if self.unit == "B" else f"{rate:,.1f} {self.unit}/s"
+        eta = self.eta()
+        eta_s = f", ETA {human_duration(eta)}" if eta is not None else ""
+        return f"{self.stage}: {self._fmt(self.done)}{total}{pct} at {rate_s}{eta_s}"
+
+    def _write_status(self, **extra: Any) -> None:
+        self._status.update(
+            stage=self.stage,
+            done=self.done,
+            total=self.total,
+            unit=self.unit,
+            rate=round(self.rate(), 3),
+            eta_seconds=None if self.eta() is None else round(self.eta() or 0.0),
+            **extra,
+        )
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = self._clock()
+        if now - self._last_status >= self._status_every:
+            self._last_status = now
+            self._write_status()
+        if now - self._last_log >= self._log_every:
+            self._last_log = now
+            if self._bar is None:
+                log.info("%s", self.describe())
+        if self._bar is not None:
+            self._draw()
+
+    def _draw(self) -> None:
+        assert self._bar is not None
+        width = 30
+        frac = min(self.done / self.total, 1.0) if self.total else 0.0
+        filled = int(frac * width)
+        self._bar.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.describe()}\033[K")
+        self._bar.flush()
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.write("\n")
+        elapsed = self._clock() - self._start
+        log.info("%s done in %s", self.describe().split(" at ")[0], human_duration(elapsed))
+        self._write_status()

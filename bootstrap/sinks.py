@@ -1,0 +1,167 @@
+"""Append-only outputs of the packer, each able to checkpoint and roll back.
+
+Every sink tracks the byte length of its files.  ``sync()`` flushes, fsyncs
+and returns those lengths; ``restore()`` truncates back to them.  A run that
+is killed between checkpoints therefore resumes from a state where every
+file ends exactly at the last checkpoint, and appending the same records
+again reproduces the uninterrupted output byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from bootstrap.plan import bucket_of, global_idx_name, part_names, part_of
+from bootstrap.recordio import ImageHeader, encode_record, format_idx_line, format_lst_line, pack_image
+
+WRITE_BUFFER = 4 << 20
+BUCKET_BUFFER = 128 << 10
+
+
+class _AppendFile:
+    """A buffered append-only file that knows its length."""
+
+    def __init__(self, path: Path, length: int = 0, buffering: int = WRITE_BUFFER) -> None:
+        self.path = path
+        with open(path, "ab") as f:
+            f.truncate(length)
+        self._f: IO[bytes] = open(path, "ab", buffering=buffering)  # noqa: SIM115 - closed in close()
+        self.length = length
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+        self.length += len(data)
+
+    def sync(self) -> int:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        return self.length
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class RecordSink:
+    """The .rec, .idx and .lst of one split, as one file set or N round-robin parts."""
+
+    def __init__(self, directory: Path, split: str, parts: int, state: dict[str, Any] | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.split = directory, split
+        self.names = part_names(split, parts)
+        lengths = state["lengths"] if state else [[0, 0, 0] for _ in self.names]
+        self.position = state["position"] if state else 0
+        self._files = [
+            tuple(_AppendFile(directory / n, length) for n, length in zip((p.rec, p.idx, p.lst), lens, strict=True))
+            for p, lens in zip(self.names, lengths, strict=True)
+        ]
+
+    def add(self, record_id: int, label: int, relpath: str, image: bytes) -> None:
+        rec, idx, lst = self._files[part_of(self.position, len(self._files))]
+        offset = rec.length
+        rec.write(encode_record(pack_image(ImageHeader(0, float(label), record_id), image)))
+        idx.write(format_idx_line(record_id, offset).encode())
+        lst.write(format_lst_line(record_id, label, relpath).encode())
+        self.position += 1
+
+    def sync(self) -> dict[str, Any]:
+        return {"position": self.position, "lengths": [[f.sync() for f in files] for files in self._files]}
+
+    def finish(self, dest: Path) -> list[str]:
+        """Close, add the global index for parts, and move the files into ``dest``; returns their names."""
+        self.sync()
+        for files in self._files:
+            for f in files:
+                f.close()
+        names = [n for p in self.names for n in (p.rec, p.idx, p.lst)]
+        if len(self.names) > 1:
+            base = 0
+            with open(self.directory / global_idx_name(self.split), "w") as out:
+                for p in self.names:
+                    with open(self.directory / p.idx) as idx:
+                        for line in idx:
+                            key, offset = line.split("\t")
+                            out.write(format_idx_line(int(key), base + int(offset)))
+                    base += (self.directory / p.rec).stat().st_size
+            names.append(global_idx_name(self.split))
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            src = self.directory / name
+            with open(src, "rb") as done:
+                os.fsync(done.fileno())
+            os.replace(src, dest / name)
+        return names
+
+
+_ENTRY = struct.Struct("<QfIH")
+
+
+@dataclass(frozen=True)
+class BucketEntry:
+    id: int
+    label: int
+    relpath: str
+    image: bytes
+
+
+class BucketWriter:
+    """Scatter records to K bucket files by a seeded hash of their id (pass one of the external shuffle)."""
+
+    def __init__(self, directory: Path, buckets: int, seed: int, lengths: list[int] | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.seed = directory, seed
+        lengths = lengths or [0] * buckets
+        self._files = [_AppendFile(self.path(b), lengths[b], BUCKET_BUFFER) for b in range(buckets)]
+
+    def path(self, bucket: int) -> Path:
+        return self.directory / f"bucket-{bucket:05d}.bin"
+
+    def add(self, record_id: int, label: int, relpath: str, image: bytes) -> None:
+        raw = relpath.encode()
+        f = self._files[bucket_of(record_id, self.seed, len(self._files))]
+        f.write(_ENTRY.pack(record_id, float(label), len(image), len(raw)) + raw + image)
+
+    def sync(self) -> dict[str, Any]:
+        return {"lengths": [f.sync() for f in self._files]}
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+
+
+def read_bucket(path: Path) -> Iterator[BucketEntry]:
+    data = path.read_bytes()
+    pos = 0
+    while pos < len(data):
+        record_id, label, image_len, path_len = _ENTRY.unpack_from(data, pos)
+        pos += _ENTRY.size
+        relpath = data[pos : pos + path_len].decode()
+        pos += path_len
+        yield BucketEntry(record_id, int(label), relpath, data[pos : pos + image_len])
+        pos += image_len
+
+
+class FailureLog:
+    """``failures_<split>.tsv``: one line per image that could not be packed, with the reason."""
+
+    HEADER = b"id\tpath\treason\n"
+
+    def __init__(self, path: Path, length: int | None = None) -> None:
+        self._f = _AppendFile(path, length or 0, buffering=1 << 16)
+        if length is None:
+            self._f.write(self.HEADER)
+        self.path = path
+
+    def add(self, record_id: int, relpath: str, reason: str) -> None:
+        clean = reason.replace("\t", " ").replace("\n", " ")
+        self._f.write(f"{record_id}\t{relpath}\t{clean}\n".encode())
+
+    def sync(self) -> int:
+        return self._f.sync()
+
+    def close(self) -> None:
+        self._f.close()

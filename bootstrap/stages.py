@@ -1,0 +1,240 @@
+"""The engine's stages, each resumable and skipped once its marker says done.
+
+    fetch     archives from the source, size + MD5 verified
+    organise  devkit -> classes in sorted-WNID order, val labels, synsets.txt,
+              counts checked against the dataset table
+    pack      one pass over each image archive -> .rec/.idx/.lst (+ the class
+              tree with keep_tree), failures listed with reasons
+    verify    every record re-read, offsets and labels checked, a sample decoded
+    inspect   a contact-sheet PNG per split
+
+The organising of images into classes happens inside pack's single archive
+pass: reading the 140 GB train archive twice (once to sort, once to pack)
+would double the slowest part of the job on an sc1 disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bootstrap.archives import DatasetSpec, load_dataset
+from bootstrap.config import PrepConfig
+from bootstrap.contact_sheet import contact_sheet
+from bootstrap.devkit import Devkit, SynsetClass, read_devkit
+from bootstrap.errors import ArchiveError, BootstrapError, ConfigError
+from bootstrap.fetch import fetch_all
+from bootstrap.pack import PackReport, pack_split
+from bootstrap.plan import part_names
+from bootstrap.progress import StatusFile
+from bootstrap.safetar import SAFE_BASENAME
+from bootstrap.sources import open_source, resolve_credentials
+from bootstrap.state import Markers, atomic_write_bytes, atomic_write_json, read_json
+from bootstrap.streams import Item, train_stream, val_stream
+from bootstrap.verify import verify_split
+
+log = logging.getLogger(__name__)
+SPLITS = ("val", "train")
+
+
+class Engine:
+    """Runs stages against one data directory and configuration."""
+
+    def __init__(self, config: PrepConfig) -> None:
+        self.config = config
+        self.paths = config.paths
+        self.dataset: DatasetSpec = load_dataset(config.dataset_table)
+        self.markers = Markers(self.paths.state)
+        self.status = StatusFile(self.paths.status)
+
+    def archive(self, role: str) -> Path:
+        return self.paths.archives / self.dataset.archive(role).name
+
+    def _stage(self, name: str, body: Callable[[], Any]) -> Any:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.status.update(stage=name, state="running", last_error=None)
+        try:
+            result = body()
+        except BootstrapError as e:
+            self.status.update(stage=name, state="failed", last_error=str(e))
+            raise
+        self.status.update(stage=name, state="done")
+        return result
+
+    # -- fetch ----------------------------------------------------------------------
+
+    def fetch(self) -> None:
+        def body() -> None:
+            if not self.config.source:
+                raise ConfigError("no source configured: set 'source' (https:// URL, s3:// prefix or directory)")
+            credentials = resolve_credentials(self.config.source_secret)
+            source = open_source(self.config.source, credentials)
+            fetch_all(source, self.dataset, self.paths.archives, self.config.fetch_options(), status=self.status)
+            self.markers.mark("fetch", {a.role: a.md5 for a in self.dataset.archives.values()})
+
+        self._stage("fetch", body)
+
+    # -- organise -------------------------------------------------------------------
+
+    def organise(self) -> Devkit:
+        def body() -> Devkit:
+            saved = read_json(self.paths.state / "classes.json")
+            if self.markers.is_done("organise") and saved:
+                return Devkit([SynsetClass(**c) for c in saved["classes"]], saved["val_wnids"])
+            self._require_archive("devkit")
+            devkit = read_devkit(self.archive("devkit"))
+            expected_classes, expected_val = self.dataset.classes, self.dataset.val_images
+            if expected_classes is not None and len(devkit.classes) != expected_classes:
+                raise ArchiveError(
+                    f"the devkit lists {len(devkit.classes)} leaf classes but the dataset table promises "
+                    f"{expected_classes}; the devkit or the table is wrong"
+                )
+            if expected_val is not None and len(devkit.val_wnids) != expected_val:
+                raise ArchiveError(
+                    f"the devkit's ground truth has {len(devkit.val_wnids)} lines but the dataset table "
+                    f"promises {expected_val} validation images"
+                )
+            synsets = "".join(f"{c.wnid}\t{c.label}\t{c.words}\n" for c in devkit.classes)
+            atomic_write_bytes(self.paths.recordio / "synsets.txt", synsets.encode())
+            atomic_write_json(
+                self.paths.state / "classes.json",
+                {"classes": [dataclasses.asdict(c) for c in devkit.classes], "val_wnids": devkit.val_wnids},
+            )
+            self.markers.mark("organise", {"classes": len(devkit.classes), "val": len(devkit.val_wnids)})
+            log.info("organise: %d classes, %d validation labels", len(devkit.classes), len(devkit.val_wnids))
+            return devkit
+
+        result: Devkit = self._stage("organise", body)
+        return result
+
+    def _require_archive(self, role: str) -> None:
+        if not self.archive(role).exists():
+            raise ArchiveError(f"{self.archive(role)} is missing: run the fetch stage first")
+
+    # -- pack -----------------------------------------------------------------------
+
+    def _tree_writer(self, split: str) -> Callable[[Item], None]:
+        root = self.paths.tree / split
+
+        def write(item: Item) -> None:
+            wnid, _, base = item.relpath.partition("/")
+            if not SAFE_BASENAME.match(base) or not SAFE_BASENAME.match(wnid):
+                raise ArchiveError(f"refusing to write {item.relpath!r} into the class tree")
+            folder = root / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / base, "wb") as f:
+                f.write(item.data)
+
+        return write
+
+    def pack(self) -> dict[str, PackReport]:
+        def body() -> dict[str, PackReport]:
+            devkit = self.organise()
+            classes = devkit.by_wnid()
+            max_image = self.config.max_image_mib << 20
+            reports = {}
+            for split in SPLITS:
+                self._require_archive(split)
+                path = self.archive(split)
+                if split == "train":
+                    stream = lambda start, p=path: train_stream(p, classes, max_image, start)  # noqa: E731
+                    expected = self.dataset.train_images
+                else:
+                    stream = lambda start, p=path: val_stream(p, classes, devkit.val_wnids, max_image, start)  # noqa: E731
+                    expected = self.dataset.val_images
+                reports[split] = pack_split(
+                    split,
+                    stream,
+                    estimated_bytes=os.path.getsize(path),
+                    expected=expected,
+                    out_dir=self.paths.recordio,
+                    work_dir=self.paths.work(split),
+                    opts=self.config.pack_options(split),
+                    markers=self.markers,
+                    status=self.status,
+                    on_image=self._tree_writer(split) if self.config.keep_tree else None,
+                )
+            return reports
+
+        result: dict[str, PackReport] = self._stage("pack", body)
+        return result
+
+    # -- verify and inspect ----------------------------------------------------------
+
+    def _report(self, split: str) -> PackReport:
+        info = self.markers.info(f"pack-{split}")
+        if info is None:
+            raise BootstrapError(f"{split} is not packed yet: run the pack stage first")
+        return PackReport(**info)
+
+    def verify(self) -> None:
+        def body() -> None:
+            classes = len(self.organise().classes)
+            for split in SPLITS:
+                report = self._report(split)
+                verify_split(
+                    self.paths.recordio,
+                    split,
+                    parts=self.config.parts,
+                    classes=classes,
+                    expected=report.packed,
+                    sample_every=self.config.sample_every,
+                    status=self.status,
+                )
+            self.markers.mark("verify")
+
+        self._stage("verify", body)
+
+    def inspect(self) -> list[Path]:
+        def body() -> list[Path]:
+            names = [c.words.split(",")[0] for c in self.organise().classes]
+            sheets = []
+            for split in SPLITS:
+                self._report(split)
+                first = part_names(split, self.config.parts)[0]
+                out = self.paths.recordio / f"contact_sheet_{split}.png"
+                shown = contact_sheet(self.paths.recordio / first.rec, self.paths.recordio / first.idx, names, out)
+                log.info("inspect: %s shows %d random %s records with their class names", out, shown, split)
+                sheets.append(out)
+            return sheets
+
+        result: list[Path] = self._stage("inspect", body)
+        return result
+
+    # -- everything ------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        if self.markers.is_done("run"):
+            log.info("everything is already done (%s); nothing to do", self.markers.root / "run.done")
+            return self.summary()
+        self.fetch()
+        self.organise()
+        self.pack()
+        self.verify()
+        self.inspect()
+        summary = self.summary()
+        self.markers.mark("run", summary)
+        self.status.update(stage="run", state="done")
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"data_dir": str(self.paths.root), "recordio": str(self.paths.recordio), "splits": {}}
+        for split in SPLITS:
+            info = self.markers.info(f"pack-{split}")
+            if info:
+                out["splits"][split] = {
+                    "packed": info["packed"],
+                    "failed": info["failed"],
+                    "files": info["outputs"],
+                    "failures": str(self.paths.recordio / info["failures_file"]),
+                }
+        return out
+
+
+def describe(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2)
