@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -77,10 +79,38 @@ class PackReport:
 _worker_options: ImageOptions | None = None
 
 
+def _die_with_parent() -> None:
+    """Exit when our parent dies, even by SIGKILL: an orphaned worker would otherwise wait forever.
+
+    The parent is the fork server, which itself exits when the packer dies.
+    """
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not glibc: the check below still catches a parent that is already gone
+        pass
+    if os.getppid() != parent or parent == 1:
+        os._exit(1)
+
+
+def _worker_pool(workers: int, options: ImageOptions) -> ProcessPoolExecutor:
+    """Workers forked from a clean fork server, never from this process.
+
+    Forking a process whose OpenCV thread pool (or any other thread) is live
+    can deadlock the child; the fork server has imported cv2 but run nothing.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["bootstrap.pack"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(options,))
+
+
 def _init_worker(options: ImageOptions) -> None:
     global _worker_options
     import cv2
 
+    _die_with_parent()
     cv2.setNumThreads(1)  # one process per core already
     _worker_options = options
 
@@ -189,7 +219,7 @@ class _SplitPacker:
                     log.warning("%s: cannot pack %s: %s", self.split, relpath, value)
             progress.advance(len(entry.items))
 
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(self.opts.image,)) as pool:
+        with _worker_pool(workers, self.opts.image) as pool:
 
             def submit() -> None:
                 nonlocal batch, batch_bytes

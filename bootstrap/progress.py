@@ -44,9 +44,12 @@ class StatusFile:
     def update(self, **fields: Any) -> None:
         if self.path is None:
             return
-        status = read_json(self.path) or {}
-        status.update(fields, updated_at=time.time())
-        atomic_write_json(self.path, status)
+        try:
+            status = read_json(self.path) or {}
+            status.update(fields, updated_at=time.time())
+            atomic_write_json(self.path, status)
+        except (OSError, ValueError) as e:  # a full disk must not hide the error that filled it
+            log.warning("could not update the status file %s: %s", self.path, e)
 
 
 class Progress:

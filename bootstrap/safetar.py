@@ -65,14 +65,37 @@ def open_tar(fileobj: IO[bytes], archive: str, offset: int = 0) -> tarfile.TarFi
 
 
 def iter_members(tar: tarfile.TarFile, archive: str, max_bytes: int) -> Iterator[tuple[tarfile.TarInfo, str]]:
-    """Yield ``(member, basename)`` for every file, skipping directory entries."""
+    """Yield ``(member, basename)`` for every file, skipping directory entries.
+
+    Uses ``next()`` rather than iteration so tarfile's member list, which would
+    otherwise grow to every member of a 1.28M-image archive, can be dropped;
+    checks the end-of-archive block at the end.
+    """
     try:
-        for member in tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # type: ignore[attr-defined]  # never looked up again; keeps memory flat
             if member.isdir():
                 continue
             yield member, check_member(member, archive, max_bytes)
     except tarfile.TarError as e:
         raise ArchiveError(f"{archive}: the archive is truncated or corrupt ({e}); fetch it again") from None
+    check_end(tar, archive)
+
+
+def check_end(tar: tarfile.TarFile, archive: str) -> None:
+    """Fail unless the archive ends with its zero end-of-archive block.
+
+    ``tarfile`` takes a header cut short anywhere after the first member as a
+    normal end of archive, so a truncated download would otherwise lose its
+    tail without a word.
+    """
+    assert tar.fileobj is not None
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+        raise ArchiveError(
+            f"{archive}: the archive is truncated at byte {tar.offset:,} (no end-of-archive block); fetch it again"
+        )
 
 
 def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> bytes:

@@ -18,7 +18,7 @@ from pathlib import Path
 from bootstrap.devkit import SynsetClass
 from bootstrap.errors import ArchiveError
 from bootstrap.plan import val_position, wnid_of_class_tar
-from bootstrap.safetar import READ_BUFFER, check_member, open_tar, read_member
+from bootstrap.safetar import READ_BUFFER, iter_members, open_tar, read_member
 
 END = -1
 
@@ -42,18 +42,6 @@ Stream = Iterator["Item | Cursor"]
 StreamFactory = Callable[["Cursor | None"], Stream]
 
 
-def _members(tar: tarfile.TarFile, archive: str, max_bytes: int) -> Iterator[tuple[tarfile.TarInfo, str]]:
-    """Like ``safetar.iter_members`` but without tarfile's ever-growing member list."""
-    try:
-        while (member := tar.next()) is not None:
-            tar.members.clear()  # type: ignore[attr-defined]  # never looked up again; keeps memory flat
-            if member.isdir():
-                continue
-            yield member, check_member(member, archive, max_bytes)
-    except tarfile.TarError as e:
-        raise ArchiveError(f"{archive}: the archive is truncated or corrupt ({e}); fetch it again") from None
-
-
 def train_stream(
     path: Path, classes: Mapping[str, SynsetClass], max_image_bytes: int, start: Cursor | None = None
 ) -> Stream:
@@ -62,7 +50,7 @@ def train_stream(
     next_id = start.next_id if start else 0
     with open(path, "rb", buffering=READ_BUFFER) as f:
         outer = open_tar(f, name, start.offset if start else 0)
-        for member, base in _members(outer, name, max_bytes=1 << 40):
+        for member, base in iter_members(outer, name, max_bytes=1 << 40):
             yield Cursor(member.offset, next_id)
             wnid = wnid_of_class_tar(base)
             if wnid is None:
@@ -77,7 +65,7 @@ def train_stream(
                 inner = tarfile.open(fileobj=reader, mode="r:")  # noqa: SIM115 - a view into `outer`, closed with it
             except tarfile.TarError as e:
                 raise ArchiveError(f"{inner_name}: not a readable tar ({e}); fetch the archive again") from None
-            for image, image_base in _members(inner, inner_name, max_image_bytes):
+            for image, image_base in iter_members(inner, inner_name, max_image_bytes):
                 yield Item(next_id, label, f"{wnid}/{image_base}", read_member(inner, image, inner_name))
                 next_id += 1
     yield Cursor(END, next_id)
@@ -95,7 +83,7 @@ def val_stream(
     next_id = start.next_id if start else 0
     with open(path, "rb", buffering=READ_BUFFER) as f:
         tar = open_tar(f, name, start.offset if start else 0)
-        for member, base in _members(tar, name, max_image_bytes):
+        for member, base in iter_members(tar, name, max_image_bytes):
             yield Cursor(member.offset, next_id)
             position = val_position(base)
             if position is None or not 0 <= position < len(val_wnids):
