@@ -72,6 +72,14 @@ def _disk_full(path: Path, need: int) -> DiskFullError:
     )
 
 
+def chunk_size(size: int, ranges: bool, opts: FetchOptions) -> int:
+    """Range size: the configured one, smaller for small files so every connection gets work."""
+    if not ranges:
+        return max(size, 1)
+    per_connection = -(-size // (opts.connections * 4))
+    return min(opts.chunk_size, max(1 << 20, per_connection))
+
+
 class _Download:
     """One archive's download in progress; shared by the worker threads."""
 
@@ -79,13 +87,17 @@ class _Download:
         self.source, self.spec, self.size, self.ranges, self.opts = source, spec, size, ranges, opts
         self.part = dest / f".{spec.name}.part"
         self.state_path = dest / f".{spec.name}.part.json"
-        self.chunk = opts.chunk_size if ranges else max(size, 1)
+        state = read_json(self.state_path)
+        resumable = bool(state) and state.get("size") == size and self.part.exists()
+        if resumable and ranges:
+            self.chunk = state["chunk"]  # keep the layout of the ranges already on disk
+        else:
+            self.chunk = chunk_size(size, ranges, opts)
         self.nchunks = max(1, -(-size // self.chunk))
         self.lock = threading.Condition()
         self.done: set[int] = set()
         self.error: BaseException | None = None
-        state = read_json(self.state_path)
-        if state and state.get("size") == size and state.get("chunk") == self.chunk and self.part.exists():
+        if resumable and state["chunk"] == self.chunk:
             self.done = set(state["done"])
         elif self.part.exists() or self.state_path.exists():
             log.info("%s: earlier partial download does not match this one; starting over", spec.name)
