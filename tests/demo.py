@@ -103,9 +103,8 @@ def main() -> int:
     data = engine.paths
     print(f"  archives (MD5-verified):    {data.archives}")
     for split, info in summary["splits"].items():
-        print(
-            f"  {split:5} RecordIO:             {data.recordio}/{{{','.join(info['files'])}}}  ({info['packed']} images)"
-        )
+        files = ",".join(info["files"])
+        print(f"  {split:5} RecordIO:             {data.recordio}/{{{files}}}  ({info['packed']} images)")
         listed = Path(info["failures"]).read_text().splitlines()[1:]
         print(f"  {split:5} failures ({len(listed)} listed): {info['failures']}")
         for line in listed:
