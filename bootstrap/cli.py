@@ -17,6 +17,7 @@ from typing import Any
 
 from bootstrap.config import load_config
 from bootstrap.errors import BootstrapError
+from bootstrap.libc import pin_mmap_threshold
 from bootstrap.stages import Engine, describe
 from bootstrap.state import read_json
 
@@ -91,6 +92,7 @@ def configure_logging(verbose: bool) -> None:
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    pin_mmap_threshold()
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     try:
         config = load_config(args.config, overrides)

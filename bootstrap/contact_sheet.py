@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from bootstrap.recordio import parse_idx, read_record, unpack_image
+from bootstrap.recordio import read_record, unpack_image
 
 TILE = 160
 CAPTION = 28
@@ -35,12 +35,25 @@ def _tile(image: bytes, caption: str) -> npt.NDArray[np.uint8]:
     return tile
 
 
+def _sample_offsets(idx_path: Path, count: int, seed: int) -> list[int]:
+    """``count`` random record offsets from an .idx, in memory proportional to ``count`` (reservoir sampling)."""
+    rng = random.Random(seed)
+    reservoir: list[int] = []
+    with open(idx_path) as idx:
+        for seen, line in enumerate(idx):
+            offset = int(line.split("\t")[1])
+            if seen < count:
+                reservoir.append(offset)
+            elif (slot := rng.randrange(seen + 1)) < count:
+                reservoir[slot] = offset
+    return reservoir
+
+
 def contact_sheet(
     rec_path: Path, idx_path: Path, class_names: list[str], out: Path, *, count: int = 48, seed: int = 0
 ) -> int:
     """Write a grid of ``count`` random records to ``out``; returns how many it shows."""
-    offsets = [offset for _key, offset in parse_idx(idx_path.read_text())]
-    chosen = sorted(random.Random(seed).sample(offsets, min(count, len(offsets))))
+    chosen = sorted(_sample_offsets(idx_path, count, seed))
     tiles = []
     with open(rec_path, "rb") as rec:
         for offset in chosen:

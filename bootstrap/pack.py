@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 
 from bootstrap.errors import ArchiveError, DiskFullError, PackError
 from bootstrap.imaging import ImageError, ImageOptions, transcode
+from bootstrap.libc import die_with_parent, pin_mmap_threshold
 from bootstrap.plan import bucket_count, failure_rate_exceeded, shuffle_bucket
 from bootstrap.progress import Progress, StatusFile, human_bytes
 from bootstrap.sinks import BucketWriter, FailureLog, RecordSink, read_bucket
@@ -79,22 +79,6 @@ class PackReport:
 _worker_options: ImageOptions | None = None
 
 
-def _die_with_parent() -> None:
-    """Exit when our parent dies, even by SIGKILL: an orphaned worker would otherwise wait forever.
-
-    The parent is the fork server, which itself exits when the packer dies.
-    """
-    parent = os.getppid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:  # not glibc: the check below still catches a parent that is already gone
-        pass
-    if os.getppid() != parent or parent == 1:
-        os._exit(1)
-
-
 def _worker_pool(workers: int, options: ImageOptions) -> ProcessPoolExecutor:
     """Workers forked from a clean fork server, never from this process.
 
@@ -110,7 +94,8 @@ def _init_worker(options: ImageOptions) -> None:
     global _worker_options
     import cv2
 
-    _die_with_parent()
+    die_with_parent()
+    pin_mmap_threshold()
     cv2.setNumThreads(1)  # one process per core already
     _worker_options = options
 

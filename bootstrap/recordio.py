@@ -133,14 +133,3 @@ def format_idx_line(key: int, offset: int) -> str:
 def format_lst_line(index: int, label: float, relpath: str) -> str:
     """One .lst line in im2rec 1.9's format (``idx\\tlabel%f\\tpath``)."""
     return f"{index}\t{label:f}\t{relpath}\n"
-
-
-def parse_idx(text: str) -> list[tuple[int, int]]:
-    """``(key, offset)`` pairs of an .idx file."""
-    pairs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise RecordIOError(f"idx line {number} has {len(fields)} fields, expected 2")
-        pairs.append((int(fields[0]), int(fields[1])))
-    return pairs

@@ -20,7 +20,6 @@ from bootstrap.plan import bucket_of, global_idx_name, part_names, part_of
 from bootstrap.recordio import ImageHeader, encode_record, format_idx_line, format_lst_line, pack_image
 
 WRITE_BUFFER = 4 << 20
-BUCKET_BUFFER = 128 << 10
 
 
 class _AppendFile:
@@ -34,7 +33,10 @@ class _AppendFile:
         self.length = length
 
     def write(self, data: bytes) -> None:
-        self._f.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered (raw) file may take fewer bytes than offered
+            written = self._f.write(view)
+            view = view[written:]
         self.length += len(data)
 
     def sync(self) -> int:
@@ -115,7 +117,9 @@ class BucketWriter:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory, self.seed = directory, seed
         lengths = lengths or [0] * buckets
-        self._files = [_AppendFile(self.path(b), lengths[b], BUCKET_BUFFER) for b in range(buckets)]
+        # Unbuffered: one write() per record into the page cache, whose writeback still sends
+        # large sequential writes to the disk; user-space memory then does not grow with K.
+        self._files = [_AppendFile(self.path(b), lengths[b], buffering=0) for b in range(buckets)]
 
     def path(self, bucket: int) -> Path:
         return self.directory / f"bucket-{bucket:05d}.bin"

@@ -1,0 +1,435 @@
+"""``make bench``: our engine against the tools people use by hand, on the same machine and images.
+
+1. Pack throughput vs ``python -m mxnet.tools.im2rec`` (resize 256, quality 90, same
+   process count, every image re-encoded), and the floor: a bare decode + resize +
+   encode loop with the same libraries and process count.
+2. End to end from the three archives to RecordIO vs the by-hand chain (untar the
+   train tar and its class tars, move val images into class folders, im2rec --list,
+   im2rec pack): wall clock and bytes read + written (block I/O of the whole process
+   tree, page cache dropped first, as root).
+3. Download vs ``curl -C -`` (one stream) and ``aria2c -x8`` against a local server
+   that limits each connection's bandwidth.
+4. Peak RSS of the whole process tree of ``bootstrap run`` at two dataset sizes.
+
+Each timing is the median of ``--runs`` runs.  Results go to bench/results.json and
+the table between the bench markers in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bootstrap.devkit import read_devkit
+from tests.fixtures.synthetic_imagenet import DEVKIT, TRAIN, VAL, Spec, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "work"
+PY = sys.executable
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Measure:
+    seconds: float
+    read_bytes: int
+    written_bytes: int
+    peak_rss: int
+
+
+def _tree_rss(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants, in bytes."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        with contextlib.suppress(OSError):  # the process may have exited meanwhile
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def drop_caches() -> bool:
+    if os.geteuid() != 0:
+        return False
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    return True
+
+
+def measure(commands: Sequence[Sequence[str]], cwd: Path | None = None, cold: bool = True) -> Measure:
+    """Run ``commands`` one after another; wall time, block I/O of all descendants, peak tree RSS."""
+    if cold:
+        drop_caches()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = 0
+    start = time.monotonic()
+    for command in commands:
+        proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = threading.Event()
+
+        def sample(pid: int = proc.pid, finished: threading.Event = done) -> None:
+            nonlocal peak
+            while not finished.wait(0.05):
+                peak = max(peak, _tree_rss(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = proc.wait()
+        done.set()
+        sampler.join()
+        if code != 0:
+            raise RuntimeError(f"{' '.join(command)} exited {code}")
+    subprocess.run(["sync"], check=True)
+    seconds = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return Measure(seconds, (after.ru_inblock - before.ru_inblock) * 512,
+                   (after.ru_oublock - before.ru_oublock) * 512, peak)  # fmt: skip
+
+
+def median(runs: int, once: Callable[[], Measure]) -> Measure:
+    results = [once() for _ in range(runs)]
+    return Measure(
+        seconds=statistics.median(r.seconds for r in results),
+        read_bytes=int(statistics.median(r.read_bytes for r in results)),
+        written_bytes=int(statistics.median(r.written_bytes for r in results)),
+        peak_rss=int(statistics.median(r.peak_rss for r in results)),
+    )
+
+
+# -- data -----------------------------------------------------------------------------
+
+
+def dataset(name: str, spec: Spec) -> Path:
+    """Generated once and cached under bench/work (the big images take a while to draw)."""
+    root = WORK / name
+    marker = root / "spec.json"
+    if marker.exists() and json.loads(marker.read_text()) == asdict(spec):
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"generating {name} ({spec.classes * spec.train_per_class} train images, {spec.profile} sizes)...")
+    generate(root, spec)
+    marker.write_text(json.dumps(asdict(spec)))
+    return root
+
+
+def bootstrap_cmd(stage: str, data: Path, src: Path, *extra: str) -> list[str]:
+    return [PY, "-m", "bootstrap", stage, "--data-dir", str(data), "--source", str(src),
+            "--dataset-table", str(src / "dataset.json"), "--resize", "256", "--quality", "90",
+            "--workers", str(os.cpu_count()), "--max-failure-rate", "0.01", *extra]  # fmt: skip
+
+
+def fresh_fetched(data: Path, src: Path) -> None:
+    """A data dir whose archives were fetched and MD5-verified, as the download stage leaves it."""
+    shutil.rmtree(data, ignore_errors=True)
+    subprocess.run(bootstrap_cmd("fetch", data, src), check=True, stderr=subprocess.DEVNULL)
+
+
+def extract_tree(src: Path, tree: Path) -> None:
+    """The by-hand layout im2rec reads: train/<wnid>/*.JPEG."""
+    shutil.rmtree(tree, ignore_errors=True)
+    (tree / "train").mkdir(parents=True)
+    with tarfile.open(src / TRAIN) as outer:
+        for member in outer:
+            reader = outer.extractfile(member)
+            assert reader is not None
+            with tarfile.open(fileobj=reader) as inner:
+                inner.extractall(tree / "train" / member.name[:-4], filter="data")
+
+
+# -- 1. pack throughput ------------------------------------------------------------------
+
+
+FLOOR = """
+import sys, time, cv2, numpy as np
+from multiprocessing import Pool
+from pathlib import Path
+def one(path):
+    img = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    size = (256, h * 256 // w) if w < h else (w * 256 // h, 256)
+    return len(cv2.imencode(".jpg", cv2.resize(img, size), [cv2.IMWRITE_JPEG_QUALITY, 90])[1])
+files = sorted(str(p) for p in Path(sys.argv[1]).glob("*/*.JPEG"))
+with Pool(int(sys.argv[2])) as pool:
+    pool.map(one, files, chunksize=16)
+"""
+
+
+def bench_pack(src: Path, runs: int) -> dict[str, Any]:
+    tree = WORK / "tree-pack"
+    extract_tree(src, tree)
+    images = len(list((tree / "train").glob("*/*.JPEG")))
+    lst = WORK / "im2rec-pack"
+    shutil.rmtree(lst, ignore_errors=True)
+    lst.mkdir()
+    subprocess.run([PY, "-m", "mxnet.tools.im2rec", "--list", "--recursive", str(lst / "train"),
+                    str(tree / "train")], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    cpus = str(os.cpu_count())
+    im2rec = median(runs, lambda: measure([[PY, "-m", "mxnet.tools.im2rec", "--resize", "256", "--quality", "90",
+                                             "--num-thread", cpus, str(lst / "train"), str(tree / "train")]],
+                                          cold=False))  # fmt: skip
+    data = WORK / "ours-pack"
+    fresh_fetched(data, src)
+    subprocess.run(bootstrap_cmd("organise", data, src), check=True, stderr=subprocess.DEVNULL)
+
+    def ours_once() -> Measure:
+        for marker in (data / ".state").glob("pack-*"):
+            shutil.rmtree(marker) if marker.is_dir() else marker.unlink()
+        return measure([bootstrap_cmd("pack", data, src)], cold=False)
+
+    ours = median(runs, ours_once)
+    floor = median(runs, lambda: measure([[PY, "-c", FLOOR, str(tree / "train"), cpus]], cold=False))
+    val_images = len(read_devkit(src / DEVKIT).val_wnids)
+    return {
+        "images": images,
+        "processes": int(cpus),
+        "im2rec_images_per_s": round(images / im2rec.seconds, 1),
+        "ours_images_per_s": round((images + val_images) / ours.seconds, 1),
+        "floor_images_per_s": round(images / floor.seconds, 1),
+        "speedup_vs_im2rec": round(im2rec.seconds / ours.seconds * (images + val_images) / images, 2),
+    }
+
+
+# -- 2. end to end -------------------------------------------------------------------------
+
+
+def by_hand_chain(src: Path, data: Path) -> list[list[str]]:
+    """The 2017 recipe as shell commands: untar twice, move val, im2rec list + pack."""
+    move_val = (
+        "import os,sys\n"
+        "d, labels = sys.argv[1], open(sys.argv[2]).read().split()\n"
+        "for i, w in enumerate(labels, 1):\n"
+        "    os.makedirs(os.path.join(d, w), exist_ok=True)\n"
+        "    n = 'ILSVRC2012_val_%08d.JPEG' % i\n"
+        "    os.rename(os.path.join(d, n), os.path.join(d, w, n))\n"
+    )
+    untar_classes = (
+        f'cd {data}/train && for f in *.tar; do d="${{f%.tar}}"; mkdir "$d"; tar xf "$f" -C "$d"; rm "$f"; done'
+    )
+    cpus = str(os.cpu_count())
+    return [
+        ["bash", "-c", f"mkdir -p {data}/train {data}/val {data}/rec && tar xf {src / TRAIN} -C {data}/train"],
+        ["bash", "-c", untar_classes],
+        ["tar", "xf", str(src / VAL), "-C", str(data / "val")],
+        [PY, "-c", move_val, str(data / "val"), str(data / "val_labels.txt")],
+        [PY, "-m", "mxnet.tools.im2rec", "--list", "--recursive", str(data / "rec" / "train"), str(data / "train")],
+        [PY, "-m", "mxnet.tools.im2rec", "--list", "--recursive", "--no-shuffle", str(data / "rec" / "val"),
+         str(data / "val")],
+        [PY, "-m", "mxnet.tools.im2rec", "--resize", "256", "--quality", "90", "--num-thread", cpus,
+         str(data / "rec" / "train"), str(data / "train")],
+        [PY, "-m", "mxnet.tools.im2rec", "--resize", "256", "--quality", "90", "--num-thread", cpus,
+         str(data / "rec" / "val"), str(data / "val")],
+    ]  # fmt: skip
+
+
+def bench_end_to_end(src: Path, runs: int) -> dict[str, Any]:
+    def by_hand_once() -> Measure:
+        data = WORK / "byhand-e2e"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        (data / "val_labels.txt").write_text("\n".join(read_devkit(src / DEVKIT).val_wnids) + "\n")
+        return measure(by_hand_chain(src, data))
+
+    def ours_once() -> Measure:
+        data = WORK / "ours-e2e"
+        fresh_fetched(data, src)
+        return measure([bootstrap_cmd("run", data, src)])
+
+    hand, ours = median(runs, by_hand_once), median(runs, ours_once)
+    io_hand, io_ours = hand.read_bytes + hand.written_bytes, ours.read_bytes + ours.written_bytes
+    return {
+        "archive_bytes": sum((src / n).stat().st_size for n in (TRAIN, VAL, DEVKIT)),
+        "by_hand_seconds": round(hand.seconds, 1),
+        "ours_seconds": round(ours.seconds, 1),
+        "speedup": round(hand.seconds / ours.seconds, 2),
+        "by_hand_io_bytes": io_hand,
+        "ours_io_bytes": io_ours,
+        "io_ratio": round(io_ours / io_hand, 2) if io_hand else None,
+        "cold_cache": os.geteuid() == 0,
+    }
+
+
+# -- 3. download ---------------------------------------------------------------------------
+
+
+def bench_download(runs: int, size_mib: int, rate_mib: float) -> dict[str, Any]:
+    served = WORK / "served"
+    served.mkdir(parents=True, exist_ok=True)
+    blob = served / "blob.tar"
+    if not blob.exists() or blob.stat().st_size != size_mib << 20:
+        blob.write_bytes(os.urandom(size_mib << 20))
+    md5 = hashlib.md5(blob.read_bytes()).hexdigest()
+    port_file = WORK / "port"
+    port_file.unlink(missing_ok=True)
+    server = subprocess.Popen([PY, "-m", "tests.fixtures.http_server", str(served), "--rate-mib", str(rate_mib),
+                               "--port-file", str(port_file)], cwd=ROOT)  # fmt: skip
+    try:
+        while not port_file.exists():
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port_file.read_text()}/blob.tar"
+        out = WORK / "downloads"
+
+        def clean() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+
+        def run(command: list[str]) -> Measure:
+            clean()
+            return measure([command], cold=False)
+
+        fetch = (
+            "import sys; from pathlib import Path; from bootstrap.archives import ArchiveSpec\n"
+            "from bootstrap.fetch import FetchOptions, fetch_archive; from bootstrap.sources import HttpSource\n"
+            "fetch_archive(HttpSource(sys.argv[1].rsplit('/', 1)[0]), ArchiveSpec('train', 'blob.tar', sys.argv[2],"
+            " int(sys.argv[3])), Path(sys.argv[4]), FetchOptions(connections=8))\n"
+        )
+        curl = median(runs, lambda: run(["curl", "-sf", "-C", "-", "-o", str(out / "blob.tar"), url]))
+        ours = median(runs, lambda: run([PY, "-c", fetch, url, md5, str(size_mib << 20), str(out)]))
+        aria = median(runs, lambda: run(["aria2c", "-q", "-x8", "-s8", "-k1M", "--file-allocation=none",
+                                         "-d", str(out), "-o", "blob.tar", url]))  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait()
+    return {
+        "size_mib": size_mib,
+        "per_connection_mib_s": rate_mib,
+        "curl_seconds": round(curl.seconds, 2),
+        "ours_seconds": round(ours.seconds, 2),
+        "aria2c_seconds": round(aria.seconds, 2),
+        "speedup_vs_curl": round(curl.seconds / ours.seconds, 2),
+        "vs_aria2c": round(ours.seconds / aria.seconds, 2),
+        "ours_includes_md5": True,
+    }
+
+
+# -- 4. memory -----------------------------------------------------------------------------
+
+
+def bench_memory(sizes: list[int], runs: int) -> dict[str, Any]:
+    peaks = {}
+    for per_class in sizes:
+        src = dataset(f"mem-{per_class}", Spec(classes=10, train_per_class=per_class, val_per_class=5, seed=3))
+
+        def once(src: Path = src) -> Measure:
+            data = WORK / "ours-mem"
+            shutil.rmtree(data, ignore_errors=True)
+            # Small buckets, so every size runs with full buckets: the shuffle's memory bound is then
+            # the same, and any growth would come from per-image state.
+            return measure([bootstrap_cmd("run", data, src, "--bucket-mib", "2")], cold=False)
+
+        peaks[per_class * 10] = median(runs, once).peak_rss
+    return {"train_images_to_peak_rss_bytes": peaks}
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    p, e, d, m = results["pack"], results["end_to_end"], results["download"], results["memory"]
+    rss = m["train_images_to_peak_rss_bytes"]
+    counts = sorted(rss, key=int)
+    mib = 1 << 20
+    rows = [
+        ("Pack throughput (resize 256, q90)",
+         f"{p['ours_images_per_s']} img/s", f"im2rec {p['im2rec_images_per_s']} img/s; floor {p['floor_images_per_s']}",
+         f"{p['speedup_vs_im2rec']}x (target >= 1.5x)"),
+        ("End to end, archives -> RecordIO", f"{e['ours_seconds']} s, {e['ours_io_bytes'] / mib:.0f} MiB I/O",
+         f"by hand {e['by_hand_seconds']} s, {e['by_hand_io_bytes'] / mib:.0f} MiB I/O",
+         f"{e['speedup']}x faster, I/O ratio {e['io_ratio']} (targets >= 2x, <= 0.5)"),
+        (f"Download {d['size_mib']} MiB at {d['per_connection_mib_s']} MiB/s per connection",
+         f"{d['ours_seconds']} s (8 connections, incl. MD5)",
+         f"curl -C - {d['curl_seconds']} s; aria2c -x8 {d['aria2c_seconds']} s",
+         f"{d['speedup_vs_curl']}x curl (target >= 6x); {d['vs_aria2c']}x aria2c time (target <= 1.1)"),
+        ("Peak RSS of the whole run",
+         ", ".join(f"{rss[c] / mib:.0f} MiB at {int(c):,} images" for c in counts), "", "flat in image count"),
+    ]  # fmt: skip
+    machine = results["machine"]
+    lines = [
+        f"Measured {results['date']} on {machine['cpus']} CPUs ({machine['cpu']}), {p['images']} ImageNet-sized "
+        f"images (most ~500x375, a tail to 4000x3000); medians of {results['runs']} runs. `make bench` to reproduce.",
+        "",
+        "| benchmark | ours | reference | result |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d_} |" for a, b, c, d_ in rows],
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in content and end in content:
+        head, rest = content.split(start, 1)
+        readme.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--download-mib", type=int, default=256)
+    parser.add_argument("--rate-mib", type=float, default=8.0)
+    parser.add_argument("--only", choices=("pack", "end_to_end", "download", "memory"), action="append")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    src = dataset("imagenet", Spec(classes=args.classes, train_per_class=args.per_class, val_per_class=5,
+                                   profile="imagenet", awkward=False))  # fmt: skip
+    results_path = ROOT / "bench" / "results.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "pack": lambda: bench_pack(src, args.runs),
+        "end_to_end": lambda: bench_end_to_end(src, args.runs),
+        "download": lambda: bench_download(args.runs, args.download_mib, args.rate_mib),
+        "memory": lambda: bench_memory([100, 400, 1600], args.runs),
+    }
+    for name, step in steps.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        results[name] = step()
+        print(json.dumps(results[name], indent=2), flush=True)
+    machine = {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()}
+    results.update(date=time.strftime("%Y-%m-%d"), runs=args.runs, machine=machine)
+    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    if all(k in results for k in steps):
+        text = table(results)
+        (ROOT / "bench" / "results.md").write_text(text + "\n")
+        update_readme(text)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
