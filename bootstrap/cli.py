@@ -17,7 +17,6 @@ from typing import Any
 
 from bootstrap.config import load_config
 from bootstrap.errors import BootstrapError
-from bootstrap.libc import pin_mmap_threshold
 from bootstrap.stages import Engine, describe
 from bootstrap.state import read_json
 
@@ -30,6 +29,9 @@ STAGES = {
     "pack": "one pass over each archive into .rec/.idx/.lst (+ class folders with --keep-tree)",
     "verify": "re-read every record, check offsets, labels and counts, decode a sample",
     "inspect": "write a contact-sheet PNG of random records with their class names",
+    "backup": "sync the data directory to S3 (incremental, checksummed); --verify compares S3 with the manifest",
+    "snapshot": "freeze the data filesystem, snapshot its EBS volume with tags, wait until complete",
+    "publish": "write the snapshot id and dataset facts to the snapshot SSM parameter",
     "status": "print the status file of the data directory",
 }
 
@@ -61,6 +63,11 @@ def _flag_args(parser: argparse.ArgumentParser) -> None:
     add("--bucket-mib", type=int, help="shuffle bucket size in MiB (memory bound of the shuffle)")
     add("--max-image-mib", type=int, help="refuse archive members larger than this (default 64)")
     add("--sample-every", type=int, help="verify decodes every Nth record (default 50)")
+    add("--bucket", help="S3 bucket for the backup")
+    add("--prefix", help="key prefix in the backup bucket")
+    add("--snapshot-parameter", help="SSM parameter to publish the snapshot id to")
+    add("--status-parameter", help="SSM parameter to copy the live status to")
+    add("--verify", action="store_true", help="backup: compare S3 with the manifest instead of uploading")
     add("--json", action="store_true", help="print the result as JSON")
     add("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -76,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NOT_CONFIG = {"stage", "config", "json", "verbose"}
+_NOT_CONFIG = {"stage", "config", "json", "verbose", "verify"}
 
 
 def configure_logging(verbose: bool) -> None:
@@ -92,7 +99,6 @@ def configure_logging(verbose: bool) -> None:
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    pin_mmap_threshold()
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     try:
         config = load_config(args.config, overrides)
@@ -101,7 +107,9 @@ def run(argv: Sequence[str]) -> int:
             print(json.dumps(status, indent=2) if status else f"no status yet at {config.paths.status}")
             return 0
         engine = Engine(config)
-        result: Any = getattr(engine, args.stage)()
+        result: Any = (
+            engine.backup(verify_only=True) if args.stage == "backup" and args.verify else getattr(engine, args.stage)()
+        )
         if args.stage == "run":
             print(describe(result))
         elif args.json and result is not None:

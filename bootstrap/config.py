@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bootstrap.backup import BackupOptions
+from bootstrap.devices import DeviceRoots
 from bootstrap.errors import ConfigError
 from bootstrap.fetch import FetchOptions
 from bootstrap.imaging import ImageOptions
@@ -50,8 +52,26 @@ class PrepConfig:
     max_image_mib: int = 64
     sample_every: int = 50
     """verify decodes every Nth record."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Keys for later stages (backup, snapshot, ...), kept as given."""
+    # -- on the instance: backup, snapshot, publish, status --------------------------
+    pipeline: str = "imagenet-staging"
+    """Name used in tags, so teardown and fleets find this pipeline's resources."""
+    region: str | None = None
+    """AWS region; by default the instance's own (from IMDSv2) or the SDK's."""
+    bucket: str | None = None
+    """S3 bucket for the backup of the data directory; no backup when unset."""
+    prefix: str = ""
+    storage_class: str = "STANDARD"
+    large_storage_class: str = "STANDARD_IA"
+    """Storage class for files of 1 GiB and more (the archives)."""
+    sse: str = "AES256"
+    kms_key_id: str | None = None
+    snapshot_parameter: str | None = None
+    """SSM parameter the snapshot id is published to; no snapshot when unset."""
+    status_parameter: str | None = None
+    """SSM parameter the live status is copied to; none when unset."""
+    status_interval: float = 30.0
+    sys_root: Path = Path("/sys")
+    dev_root: Path = Path("/dev")
 
     def __post_init__(self) -> None:
         checks = {
@@ -68,6 +88,8 @@ class PrepConfig:
             "bucket_mib": self.bucket_mib >= 1,
             "max_image_mib": self.max_image_mib >= 1,
             "sample_every": self.sample_every >= 1,
+            "sse": self.sse in ("AES256", "aws:kms"),
+            "status_interval": self.status_interval > 0,
         }
         bad = [key for key, ok in checks.items() if not ok]
         if bad:
@@ -85,6 +107,15 @@ class PrepConfig:
     def image_options(self) -> ImageOptions:
         return ImageOptions(self.resize, self.center_crop, self.quality, self.encoding, self.color,
                             self.pass_through, self.upscale)  # fmt: skip
+
+    def backup_options(self) -> BackupOptions:
+        if not self.bucket:
+            raise ConfigError("no bucket configured: set 'bucket' to back the data directory up to S3")
+        return BackupOptions(self.bucket, self.prefix, self.storage_class, self.large_storage_class,
+                             sse=self.sse, kms_key_id=self.kms_key_id)  # fmt: skip
+
+    def device_roots(self) -> DeviceRoots:
+        return DeviceRoots(self.sys_root, self.dev_root)
 
     def pack_options(self, split: str) -> PackOptions:
         return PackOptions(
@@ -129,10 +160,8 @@ class DataPaths:
         return self.state / f"pack-{split}"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(PrepConfig) if f.name != "extra"}
-_PATHS = {"data_dir", "dataset_table"}
-# Keys the CDK app writes for the later instance stages; accepted and passed through.
-EXTRA_KEYS = {"bucket", "prefix", "region", "status_parameter", "snapshot_parameter", "pipeline", "storage_class"}
+_FIELDS = {f.name: f for f in dataclasses.fields(PrepConfig)}
+_PATHS = {"data_dir", "dataset_table", "sys_root", "dev_root"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -152,7 +181,6 @@ def _coerce(key: str, value: Any) -> Any:
 def load_config(path: Path | None, overrides: dict[str, Any]) -> PrepConfig:
     """Defaults, then the JSON object in ``path``, then ``overrides`` (flags; ``None`` means not given)."""
     values: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
     if path is not None:
         try:
             raw = json.loads(path.read_text())
@@ -165,12 +193,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> PrepConfig:
         for key, value in raw.items():
             if key in _FIELDS:
                 values[key] = _coerce(key, value)
-            elif key in EXTRA_KEYS:
-                extra[key] = value
             else:
-                valid = ", ".join(sorted([*_FIELDS, *EXTRA_KEYS]))
+                valid = ", ".join(sorted(_FIELDS))
                 raise ConfigError(f"config file {path}: unknown key {key!r}; valid keys are: {valid}")
     for key, value in overrides.items():
         if value is not None:
             values[key] = _coerce(key, value)
-    return PrepConfig(**values, extra=extra)
+    return PrepConfig(**values)

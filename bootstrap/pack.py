@@ -20,7 +20,9 @@ import errno
 import logging
 import multiprocessing
 import os
+import select
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,10 +33,9 @@ from typing import Any
 
 from bootstrap.errors import ArchiveError, DiskFullError, PackError
 from bootstrap.imaging import ImageError, ImageOptions, transcode
-from bootstrap.libc import die_with_parent, pin_mmap_threshold
 from bootstrap.plan import bucket_count, failure_rate_exceeded, shuffle_bucket
 from bootstrap.progress import Progress, StatusFile, human_bytes
-from bootstrap.sinks import BucketWriter, FailureLog, RecordSink, read_bucket
+from bootstrap.sinks import BucketWriter, FailureLog, RecordSink, move_into, read_bucket
 from bootstrap.state import Markers, atomic_write_json, read_json
 from bootstrap.streams import END, Cursor, Item, StreamFactory
 
@@ -87,15 +88,31 @@ def _worker_pool(workers: int, options: ImageOptions) -> ProcessPoolExecutor:
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["bootstrap.pack"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(options,))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(options, os.getpid())
+    )
 
 
-def _init_worker(options: ImageOptions) -> None:
+def _exit_when_gone(pid: int) -> None:
+    """Block until process ``pid`` ends, then end this one.
+
+    A worker's parent is the fork server, not the packer, and every worker
+    holds pipes that keep the fork server and its own task queue open; if the
+    packer is killed with SIGKILL nothing else would ever tell the workers.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    select.select([fd], [], [])  # a pidfd becomes readable when the process exits
+    os._exit(1)
+
+
+def _init_worker(options: ImageOptions, packer_pid: int) -> None:
     global _worker_options
     import cv2
 
-    die_with_parent()
-    pin_mmap_threshold()
+    threading.Thread(target=_exit_when_gone, args=(packer_pid,), name="watch-packer", daemon=True).start()
     cv2.setNumThreads(1)  # one process per core already
     _worker_options = options
 
@@ -269,14 +286,19 @@ class _SplitPacker:
         state = read_json(self.ckpt_path)
         if state is None or (state["phase"] == 1 and (state["cursor"] or {}).get("offset") != END):
             state = self.pass_one(state)
-        if self.opts.shuffle:
-            state = self.pass_two(state)
-        sink = RecordSink(self.work / "out", self.split, self.opts.parts, state["sink"])
-        names = sink.finish(self.out_dir)
-        failures_name = self.failures_path.name
-        os.replace(self.failures_path, self.out_dir / failures_name)
-        return PackReport(self.split, state["packed"], state["failed"], names, failures_name,
-                          round(time.monotonic() - start, 1))  # fmt: skip
+        if state["phase"] != "finishing":
+            if self.opts.shuffle:
+                state = self.pass_two(state)
+            names = RecordSink(self.work / "out", self.split, self.opts.parts, state["sink"]).close()
+            state = {**state, "phase": "finishing", "outputs": names}
+            self._save(state)
+        # Moving into place is the last step; a run killed part-way through it moves the rest.
+        move_into(self.work / "out", self.out_dir, state["outputs"])
+        move_into(self.work, self.out_dir, [self.failures_path.name])
+        seconds = round(time.monotonic() - start, 1)
+        return PackReport(
+            self.split, state["packed"], state["failed"], state["outputs"], self.failures_path.name, seconds
+        )
 
 
 def pack_split(

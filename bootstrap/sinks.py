@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from bootstrap.errors import PackError
 from bootstrap.plan import bucket_of, global_idx_name, part_names, part_of
 from bootstrap.recordio import ImageHeader, encode_record, format_idx_line, format_lst_line, pack_image
 
@@ -28,6 +29,12 @@ class _AppendFile:
     def __init__(self, path: Path, length: int = 0, buffering: int = WRITE_BUFFER) -> None:
         self.path = path
         with open(path, "ab") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < length:  # truncate() would pad with zeros: refuse rather than corrupt
+                raise PackError(
+                    f"{path} is {size} bytes but its checkpoint says {length}; the work directory was changed "
+                    f"by hand. Delete {path.parent.parent} to pack this split again"
+                )
             f.truncate(length)
         self._f: IO[bytes] = open(path, "ab", buffering=buffering)  # noqa: SIM115 - closed in close()
         self.length = length
@@ -73,8 +80,8 @@ class RecordSink:
     def sync(self) -> dict[str, Any]:
         return {"position": self.position, "lengths": [[f.sync() for f in files] for files in self._files]}
 
-    def finish(self, dest: Path) -> list[str]:
-        """Close, add the global index for parts, and move the files into ``dest``; returns their names."""
+    def close(self) -> list[str]:
+        """Flush, close, and write the global index when there are parts; returns the output file names."""
         self.sync()
         for files in self._files:
             for f in files:
@@ -90,13 +97,20 @@ class RecordSink:
                             out.write(format_idx_line(int(key), base + int(offset)))
                     base += (self.directory / p.rec).stat().st_size
             names.append(global_idx_name(self.split))
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            src = self.directory / name
-            with open(src, "rb") as done:
-                os.fsync(done.fileno())
-            os.replace(src, dest / name)
         return names
+
+
+def move_into(source: Path, dest: Path, names: list[str]) -> None:
+    """Move finished files into place; safe to repeat after a crash part-way (moved ones are skipped)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src = source / name
+        if src.exists():
+            with open(src, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(src, dest / name)
+        elif not (dest / name).exists():
+            raise PackError(f"{name} is neither in {source} nor in {dest}; delete {source.parent} to pack again")
 
 
 _ENTRY = struct.Struct("<QfIH")

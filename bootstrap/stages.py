@@ -20,21 +20,28 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bootstrap import aws
 from bootstrap.archives import DatasetSpec, load_dataset
+from bootstrap.backup import MANIFEST, Backup, BackupError
 from bootstrap.config import PrepConfig
 from bootstrap.contact_sheet import contact_sheet
 from bootstrap.devkit import Devkit, SynsetClass, read_devkit
 from bootstrap.errors import ArchiveError, BootstrapError, ConfigError
 from bootstrap.fetch import fetch_all
+from bootstrap.imds import Imds
 from bootstrap.pack import PackReport, pack_split
 from bootstrap.plan import part_names
 from bootstrap.progress import StatusFile
 from bootstrap.safetar import SAFE_BASENAME
+from bootstrap.snapshot import SnapshotRequest, find_data_volume, publish, take_snapshot
 from bootstrap.sources import open_source, resolve_credentials
 from bootstrap.state import Markers, atomic_write_bytes, atomic_write_json, read_json
+from bootstrap.status_publisher import StatusPublisher
 from bootstrap.streams import Item, train_stream, val_stream
 from bootstrap.verify import verify_split
 
@@ -206,24 +213,127 @@ class Engine:
         result: list[Path] = self._stage("inspect", body)
         return result
 
+    # -- on the instance: backup, snapshot, publish ------------------------------------
+
+    def _region(self) -> str | None:
+        return self.config.region
+
+    def backup(self, verify_only: bool = False) -> dict[str, Any]:
+        """Sync the data directory to S3 (incremental), or with ``verify_only`` compare S3 with the manifest."""
+
+        def body() -> dict[str, Any]:
+            opts = self.config.backup_options()
+            job = Backup(self.paths.root, aws.client("s3", region=self._region()), opts, self.status)
+            if verify_only:
+                problems = job.verify()
+                if problems:
+                    shown = "\n  ".join(problems[:20])
+                    raise BackupError(f"the backup does not match its manifest ({len(problems)} differences):\n  "
+                                      f"{shown}\nrun the backup stage again to repair it")  # fmt: skip
+                log.info("backup verified: every file in the manifest is in S3 as uploaded")
+                return {"verified": True}
+            manifest = job.run()
+            info = {
+                "manifest": f"s3://{opts.bucket}/{opts.key(MANIFEST)}",
+                "manifest_sha256": manifest["sha256"],
+                "files": len(manifest["files"]),
+                "bytes": manifest["total_bytes"],
+            }
+            self.markers.mark("backup", info)
+            return info
+
+        result: dict[str, Any] = self._stage("backup", body)
+        return result
+
+    def snapshot(self) -> dict[str, Any]:
+        def body() -> dict[str, Any]:
+            done = self.markers.info("snapshot")
+            if done:
+                log.info("snapshot: %s already completed", done["snapshot_id"])
+                return dict(done)
+            backup = self.markers.info("backup")
+            if backup is None:
+                raise BootstrapError("the data is not backed up yet: run the backup stage first")
+            identity = Imds().identity()
+            ec2 = aws.client("ec2", region=self._region() or identity.region)
+            volume = find_data_volume(ec2, identity, self.paths.root, self.config.device_roots())
+            request = SnapshotRequest(self.config.pipeline, self.dataset.name, backup["manifest_sha256"])
+            snap = take_snapshot(ec2, identity, volume, request, mount_point=self.paths.root,
+                                 state_path=self.paths.state / "snapshot.json", status=self.status)  # fmt: skip
+            info = {
+                "snapshot_id": snap["SnapshotId"],
+                "volume_id": volume.volume_id,
+                "volume_size_gib": volume.size_gib,
+                "region": identity.region,
+                "source_instance_id": identity.instance_id,
+                "started": str(snap.get("StartTime", "")),
+            }
+            self.markers.mark("snapshot", info)
+            return info
+
+        result: dict[str, Any] = self._stage("snapshot", body)
+        return result
+
+    def publish(self) -> dict[str, Any]:
+        def body() -> dict[str, Any]:
+            parameter = self.config.snapshot_parameter
+            if not parameter:
+                raise ConfigError("no snapshot_parameter configured: set it to publish the snapshot id")
+            snap, backup = self.markers.info("snapshot"), self.markers.info("backup")
+            if snap is None or backup is None:
+                raise BootstrapError("nothing to publish yet: run the backup and snapshot stages first")
+            info = {
+                **snap,
+                "pipeline": self.config.pipeline,
+                "dataset": self.dataset.name,
+                "images": {split: v["packed"] for split, v in self.summary()["splits"].items()},
+                "manifest": backup["manifest"],
+                "bytes": backup["bytes"],
+                "published": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            publish(aws.client("ssm", region=snap["region"]), parameter, info)
+            self.markers.mark("publish", info)
+            log.info("publish: %s -> %s", info["snapshot_id"], parameter)
+            return info
+
+        result: dict[str, Any] = self._stage("publish", body)
+        return result
+
     # -- everything ------------------------------------------------------------------
 
+    def _status_publisher(self) -> AbstractContextManager[Any]:
+        if not self.config.status_parameter:
+            return nullcontext()
+        ssm = aws.client("ssm", region=self._region())
+        return StatusPublisher(self.paths.status, ssm, self.config.status_parameter, self.config.status_interval)
+
     def run(self) -> dict[str, Any]:
+        """Every stage this configuration asks for, each skipped when already done."""
         if self.markers.is_done("run"):
             log.info("everything is already done (%s); nothing to do", self.markers.root / "run.done")
             return self.summary()
-        self.fetch()
-        self.organise()
-        self.pack()
-        self.verify()
-        self.inspect()
-        summary = self.summary()
-        self.markers.mark("run", summary)
-        self.status.update(stage="run", state="done")
+        with self._status_publisher():
+            self.fetch()
+            self.organise()
+            self.pack()
+            self.verify()
+            self.inspect()
+            if self.config.bucket:
+                self.backup()
+            if self.config.snapshot_parameter:
+                self.snapshot()
+                self.publish()
+            summary = self.summary()
+            self.markers.mark("run", summary)
+            self.status.update(stage="run", state="done")
         return summary
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"data_dir": str(self.paths.root), "recordio": str(self.paths.recordio), "splits": {}}
+        for stage in ("backup", "publish"):
+            info = self.markers.info(stage)
+            if info:
+                out[stage] = info
         for split in SPLITS:
             info = self.markers.info(f"pack-{split}")
             if info:

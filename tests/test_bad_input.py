@@ -145,4 +145,4 @@ def test_flags_override_file(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"resize": 300, "quality": 80, "bucket": "b"}))
     cfg = load_config(path, {"resize": 128, "quality": None})
-    assert (cfg.resize, cfg.quality, cfg.extra) == (128, 80, {"bucket": "b"})
+    assert (cfg.resize, cfg.quality, cfg.bucket) == (128, 80, "b")

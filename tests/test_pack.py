@@ -187,6 +187,23 @@ def test_keep_tree_writes_class_folders(archives: Generated, tmp_path: Path) -> 
         assert (tree / "val" / wnid / name).exists()
 
 
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
 KILL_AT = {
     "pass one": lambda ckpt: ckpt["phase"] == 1 and ckpt["cursor"]["next_id"] > 40,
     "pass two": lambda ckpt: ckpt["phase"] == 2 and ckpt["next_bucket"] >= 1,
@@ -215,11 +232,17 @@ def test_kill_9_during_pack_resumes_to_identical_output(moment: str, tmp_path: P
         except (FileNotFoundError, json.JSONDecodeError):
             ckpt = None
         if ckpt and KILL_AT[moment](ckpt):
+            helpers = descendants(proc.pid)
             proc.send_signal(signal.SIGKILL)
             killed = True
             break
         time.sleep(0.002)
     proc.wait()
     assert killed, f"pack finished before reaching {moment}; make the data set larger"
+    assert helpers, "the packer should have a fork server and workers"
+    deadline = time.monotonic() + 10
+    while [p for p in helpers if Path(f"/proc/{p}").exists()] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in helpers if Path(f"/proc/{p}").exists()], "workers outlived the killed packer"
     Engine(cfg).run()
     assert digests(data / "recordio") == {k: v for k, v in digests(reference.paths.recordio).items()}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bootstrap.devkit import read_devkit
-from bootstrap.errors import ArchiveError, VerifyError
+from bootstrap.errors import ArchiveError, PackError, VerifyError
 from bootstrap.plan import bucket_of, part_names, shuffle_bucket, val_position, wnid_of_class_tar
-from bootstrap.sinks import RecordSink
+from bootstrap.sinks import RecordSink, move_into
 from bootstrap.verify import verify_split
 from tests.fixtures.synthetic_imagenet import DEVKIT, Generated, add_member
 
@@ -23,7 +23,7 @@ def packed_dir(tmp_path: Path) -> Path:
     image = (Path(__file__).parent / "golden" / "tiny.jpg").read_bytes()
     for i in range(20):
         sink.add(i, i % 4, f"n0000000{i % 4}/x_{i}.JPEG", image)
-    sink.finish(tmp_path / "out")
+    move_into(tmp_path / "work", tmp_path / "out", sink.close())
     return tmp_path / "out"
 
 
@@ -116,3 +116,25 @@ def test_devkit_with_bad_ground_truth_is_refused(archives: Generated, tmp_path: 
         add_member(tar, "readme.txt", b"")
     with pytest.raises(ArchiveError, match=r"no data/meta\.mat"):
         read_devkit(empty)
+
+
+def test_a_sink_file_shorter_than_its_checkpoint_is_refused_not_zero_filled(tmp_path: Path) -> None:
+    sink = RecordSink(tmp_path / "work", "val", parts=1)
+    sink.add(1, 0, "n0/a.JPEG", b"\xff\xd8\xff" * 10)
+    state = sink.sync()
+    sink.close()
+    (tmp_path / "work" / "val.rec").write_bytes(b"")  # lost, e.g. moved away by a crashed finish
+    with pytest.raises(PackError, match="its checkpoint says"):
+        RecordSink(tmp_path / "work", "val", parts=1, state=state)
+
+
+def test_moving_outputs_into_place_can_be_repeated_after_a_crash(tmp_path: Path) -> None:
+    src, dest = tmp_path / "work", tmp_path / "out"
+    src.mkdir()
+    for name in ("a.rec", "a.idx"):
+        (src / name).write_text(name)
+    move_into(src, dest, ["a.rec"])  # a crash after the first move...
+    move_into(src, dest, ["a.rec", "a.idx"])  # ...and the resumed run moves the rest
+    assert sorted(p.name for p in dest.iterdir()) == ["a.idx", "a.rec"]
+    with pytest.raises(PackError, match="neither in"):
+        move_into(src, dest, ["missing.lst"])

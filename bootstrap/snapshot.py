@@ -1,0 +1,206 @@
+"""Snapshot the data volume consistently, and say where the snapshot is.
+
+1. Find the EBS volume behind the data mount: the instance's attached volumes
+   (IMDSv2 instance id + DescribeVolumes), each resolved to its block device by
+   volume id (``devices``), compared with the device mounted there.
+2. ``sync`` + ``fsfreeze -f``, CreateSnapshot with tags, ``fsfreeze -u`` as soon
+   as the call returns: the snapshot is point-in-time at the call, so the
+   filesystem is frozen for about a second, not for the hours the copy takes.
+3. Wait for ``completed`` with progress; ``error`` is a clear failure.
+
+An sc1 volume allows one pending snapshot.  A pending one of ours (a run that
+was killed while waiting, or a second attempt) is waited for, not duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bootstrap.devices import DeviceRoots, find_device, mount_source, same_device
+from bootstrap.errors import BootstrapError
+from bootstrap.imds import InstanceIdentity
+from bootstrap.progress import Progress, StatusFile
+from bootstrap.state import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+TAG_PIPELINE = "imagenet-staging:pipeline"
+TAG_INSTANCE = "imagenet-staging:instance-id"
+TAG_DATASET = "imagenet-staging:dataset"
+TAG_MANIFEST = "imagenet-staging:manifest-sha256"
+TAG_PRODUCER = "imagenet-staging:produced-by"
+
+
+class SnapshotError(BootstrapError):
+    """The snapshot failed or could not be started."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    volume_id: str
+    device: Path
+    size_gib: int
+    availability_zone: str
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    pipeline: str
+    dataset: str
+    manifest_sha256: str
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def snapshot_tags(request: SnapshotRequest, instance_id: str) -> list[dict[str, str]]:
+    tags = {
+        "Name": f"{request.pipeline} {request.dataset}",
+        TAG_PIPELINE: request.pipeline,
+        TAG_INSTANCE: instance_id,
+        TAG_DATASET: request.dataset,
+        TAG_MANIFEST: request.manifest_sha256,
+        TAG_PRODUCER: "python -m bootstrap snapshot",
+        **request.extra_tags,
+    }
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def find_data_volume(ec2: Any, identity: InstanceIdentity, mount_point: Path, roots: DeviceRoots,
+                     mountinfo: Path = Path("/proc/self/mountinfo")) -> Volume:  # fmt: skip
+    mounted = mount_source(mount_point, mountinfo)
+    response = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [identity.instance_id]}])
+    for volume in response["Volumes"]:
+        for attachment in volume["Attachments"]:
+            if attachment["InstanceId"] != identity.instance_id:
+                continue
+            device = find_device(volume["VolumeId"], attachment.get("Device"), roots)
+            if device is not None and same_device(device, mounted):
+                return Volume(volume["VolumeId"], device, volume["Size"], volume["AvailabilityZone"])
+    raise SnapshotError(
+        f"no EBS volume attached to {identity.instance_id} backs {mount_point} (mounted from {mounted}); "
+        "is the data volume attached and mounted there?"
+    )
+
+
+def _run(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@contextmanager
+def frozen(mount_point: Path, run: Callable[[list[str]], None] = _run) -> Iterator[None]:
+    """Flush and freeze the filesystem for the duration of the block."""
+    run(["sync", "-f", str(mount_point)])
+    try:
+        run(["fsfreeze", "--freeze", str(mount_point)])
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        raise SnapshotError(
+            f"cannot freeze {mount_point} ({e}); the snapshot needs root and a mounted filesystem"
+        ) from None
+    try:
+        yield
+    finally:
+        run(["fsfreeze", "--unfreeze", str(mount_point)])
+
+
+def _pending_snapshot(ec2: Any, volume_id: str, pipeline: str) -> str | None:
+    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "volume-id", "Values": [volume_id]}, {"Name": "status", "Values": ["pending"]},
+        {"Name": f"tag:{TAG_PIPELINE}", "Values": [pipeline]}])["Snapshots"]  # fmt: skip
+    return snapshots[0]["SnapshotId"] if snapshots else None
+
+
+def wait_for_snapshot(
+    ec2: Any,
+    snapshot_id: str,
+    *,
+    poll_seconds: float = 15.0,
+    timeout_seconds: float = 86_400,
+    status: StatusFile | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    progress = Progress(f"snapshot {snapshot_id}", 100, "%", status=status)
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        snap = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+        state = snap["State"]
+        percent = int(str(snap.get("Progress", "0%")).rstrip("%") or 0)
+        progress.advance(percent - progress.done)
+        if state == "completed":
+            progress.finish()
+            return dict(snap)
+        if state == "error":
+            raise SnapshotError(
+                f"snapshot {snapshot_id} ended in state 'error' ({snap.get('StateMessage', 'no reason given')}); "
+                "nothing was published. Run the snapshot stage again to take a new one"
+            )
+        if time.monotonic() > deadline:
+            raise SnapshotError(
+                f"snapshot {snapshot_id} still {state} after {timeout_seconds:.0f}s; run again to keep waiting"
+            )
+        sleep(poll_seconds)
+
+
+def take_snapshot(
+    ec2: Any,
+    identity: InstanceIdentity,
+    volume: Volume,
+    request: SnapshotRequest,
+    *,
+    mount_point: Path,
+    state_path: Path,
+    freeze: Callable[[Path], Any] = frozen,
+    status: StatusFile | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_seconds: float = 15.0,
+) -> dict[str, Any]:
+    """Create (or find) this pipeline's snapshot of ``volume`` and wait until it is complete."""
+    from botocore.exceptions import ClientError
+
+    recorded = read_json(state_path)
+    snapshot_id = recorded.get("snapshot_id") if recorded and recorded.get("volume_id") == volume.volume_id else None
+    snapshot_id = snapshot_id or _pending_snapshot(ec2, volume.volume_id, request.pipeline)
+    if snapshot_id:
+        log.info("snapshot: waiting for %s, started earlier", snapshot_id)
+    else:
+        tags = snapshot_tags(request, identity.instance_id)
+        try:
+            with freeze(mount_point):
+                created = ec2.create_snapshot(
+                    VolumeId=volume.volume_id,
+                    Description=f"{request.pipeline}: {request.dataset} data volume",
+                    TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags}],
+                )
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code == "ConcurrentSnapshotLimitExceeded":
+                snapshot_id = _pending_snapshot(ec2, volume.volume_id, request.pipeline)
+                if snapshot_id is None:
+                    raise SnapshotError(f"{volume.volume_id} already has a pending snapshot that is not ours; "
+                                        "wait for it to finish and run again") from None  # fmt: skip
+            elif code in ("UnauthorizedOperation", "AccessDenied"):
+                raise SnapshotError("not allowed to snapshot the data volume: the instance role needs "
+                                    "ec2:CreateSnapshot and ec2:CreateTags on it") from None  # fmt: skip
+            else:
+                raise SnapshotError(f"CreateSnapshot failed: {code}: {e}") from None
+        else:
+            snapshot_id = created["SnapshotId"]
+            log.info("snapshot: %s of %s started; filesystem thawed", snapshot_id, volume.volume_id)
+        atomic_write_json(state_path, {"snapshot_id": snapshot_id, "volume_id": volume.volume_id})
+    assert snapshot_id is not None
+    return wait_for_snapshot(ec2, snapshot_id, poll_seconds=poll_seconds, status=status, sleep=sleep)
+
+
+def publish(ssm: Any, parameter: str, info: dict[str, Any]) -> None:
+    """Write where the dataset snapshot is, for GPU instances and the operator."""
+    try:
+        ssm.put_parameter(Name=parameter, Value=json.dumps(info, sort_keys=True), Type="String", Overwrite=True)
+    except Exception as e:
+        raise BootstrapError(
+            f"cannot write SSM parameter {parameter} ({e}); the role needs ssm:PutParameter on it"
+        ) from None

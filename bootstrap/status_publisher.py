@@ -1,0 +1,58 @@
+"""Copy the run's status file to an SSM parameter at a bounded rate, so an operator can watch from a laptop.
+
+The engine rewrites ``status.json`` every couple of seconds; SSM PutParameter
+is throttled per account, so a background thread publishes at most once per
+``interval`` and only when the status changed, plus once more on stop so the
+final state (done, or the last error) is always visible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from bootstrap.state import read_json
+
+log = logging.getLogger(__name__)
+
+
+class StatusPublisher:
+    def __init__(self, status_path: Path, ssm: Any, parameter: str, interval: float = 30.0) -> None:
+        self.status_path, self.ssm, self.parameter, self.interval = status_path, ssm, parameter, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="status-publisher", daemon=True)
+        self._last: str | None = None
+
+    def publish(self) -> bool:
+        """Publish the current status if it changed; True when a PutParameter was made."""
+        status = read_json(self.status_path)
+        if status is None:
+            return False
+        status.pop("updated_at", None)  # changes every write; not worth a PutParameter of its own
+        value = json.dumps(status, sort_keys=True)
+        if value == self._last:
+            return False
+        try:
+            self.ssm.put_parameter(Name=self.parameter, Value=value, Type="String", Overwrite=True)
+        except Exception as e:  # status is best effort: never stop the job for it
+            log.warning("could not publish status to %s: %s", self.parameter, e)
+            return False
+        self._last = value
+        log.info("status: %s", value)
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.publish()
+
+    def __enter__(self) -> StatusPublisher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.publish()

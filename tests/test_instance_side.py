@@ -1,0 +1,254 @@
+"""Backup, snapshot, publish and live status against moto's server, an IMDSv2 stub and a loop-mounted volume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.stub import Stubber
+
+from bootstrap.aws import client
+from bootstrap.backup import Backup, BackupError, BackupOptions, part_size, wanted
+from bootstrap.config import PrepConfig
+from bootstrap.imds import Imds, InstanceIdentity
+from bootstrap.snapshot import TAG_INSTANCE, TAG_PIPELINE, SnapshotError, SnapshotRequest, Volume, take_snapshot
+from bootstrap.stages import Engine
+from bootstrap.status_publisher import StatusPublisher
+from tests.fixtures.ec2_world import instance_with_data_volume
+from tests.fixtures.imds import Identity, ImdsStub
+from tests.fixtures.synthetic_imagenet import Generated
+
+pytestmark = pytest.mark.usefixtures("aws_endpoint")
+
+
+def make_data(root: Path, big_mib: int = 40) -> None:
+    (root / "archives").mkdir(parents=True)
+    (root / "recordio").mkdir()
+    (root / "archives" / "big.tar").write_bytes(os.urandom(big_mib << 20))  # multipart at 16 MiB parts
+    for i in range(5):
+        (root / "recordio" / f"part_{i}.rec").write_bytes(os.urandom(100_000 + i))
+    (root / ".state").mkdir()
+    (root / ".state" / "pack-train.done").write_text("{}")
+    (root / ".state" / "pack-train").mkdir()
+    (root / ".state" / "pack-train" / "checkpoint.json").write_text("{}")  # work files are not backed up
+    (root / "status.json").write_text("{}")
+
+
+def bucket(name: str) -> str:
+    client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def test_what_is_backed_up() -> None:
+    assert wanted("archives/ILSVRC2012_img_train.tar") and wanted("recordio/train.idx")
+    assert wanted(".state/pack-train.done") and wanted("imagenet/train/n01/x.JPEG")
+    assert not wanted("status.json") and not wanted(".state/pack-train/checkpoint.json")
+    assert not wanted("archives/.ILSVRC2012_img_train.tar.part")
+    assert part_size(150 << 30) > 16 << 20 and part_size(1 << 20) == 16 << 20
+
+
+def test_backup_twice_sends_nothing_the_second_time(tmp_path: Path) -> None:
+    make_data(tmp_path)
+    s3 = client("s3")
+    opts = BackupOptions(bucket("bk-twice"), "imagenet/")
+    first = Backup(tmp_path, s3, opts).run()
+    assert first["sent"] == 7 and len(first["files"]) == 7
+    keys = {o["Key"]: o for o in s3.list_objects_v2(Bucket=opts.bucket)["Contents"]}
+    assert keys["imagenet/archives/big.tar"]["ETag"].strip('"').endswith("-3")  # multipart
+    assert "imagenet/status.json" not in keys and "imagenet/.state/pack-train/checkpoint.json" not in keys
+    manifest = json.loads(s3.get_object(Bucket=opts.bucket, Key="imagenet/manifest.json")["Body"].read())
+    import hashlib
+
+    for entry in manifest["files"]:
+        assert entry["sha256"] == hashlib.sha256((tmp_path / entry["relpath"]).read_bytes()).hexdigest()
+    head = s3.head_object(Bucket=opts.bucket, Key="imagenet/archives/big.tar")
+    assert head["ServerSideEncryption"] == "AES256" and head.get("StorageClass", "STANDARD") == "STANDARD"
+    assert Backup(tmp_path, s3, opts).run()["sent"] == 0
+    (tmp_path / "recordio" / "part_0.rec").write_bytes(b"changed")
+    assert Backup(tmp_path, s3, opts).run()["sent"] == 1
+    assert Backup(tmp_path, s3, opts).verify() == []
+
+
+def test_large_files_get_the_large_storage_class(tmp_path: Path) -> None:
+    make_data(tmp_path, big_mib=20)
+    opts = BackupOptions(bucket("bk-class"), large_storage_class="STANDARD_IA", large_bytes=10 << 20)
+    Backup(tmp_path, client("s3"), opts).run()
+    assert client("s3").head_object(Bucket=opts.bucket, Key="archives/big.tar")["StorageClass"] == "STANDARD_IA"
+
+
+def test_verify_catches_a_corrupted_object(tmp_path: Path) -> None:
+    make_data(tmp_path, big_mib=1)
+    s3 = client("s3")
+    opts = BackupOptions(bucket("bk-corrupt"))
+    Backup(tmp_path, s3, opts).run()
+    s3.put_object(Bucket=opts.bucket, Key="recordio/part_2.rec", Body=os.urandom(100_002))  # same size, other bytes
+    s3.delete_object(Bucket=opts.bucket, Key="recordio/part_3.rec")
+    problems = Backup(tmp_path, s3, opts).verify()
+    assert any("part_2.rec: S3 has 100002 bytes / ETag" in p for p in problems)
+    assert any("part_3.rec: missing" in p for p in problems)
+
+
+def test_missing_bucket_and_access_denied_say_what_is_wrong(tmp_path: Path) -> None:
+    make_data(tmp_path, big_mib=1)
+    with pytest.raises(BackupError, match="bucket no-such-bucket does not exist"):
+        Backup(tmp_path, client("s3"), BackupOptions("no-such-bucket")).run()
+    s3 = client("s3")
+    with Stubber(s3) as stub:
+        stub.add_client_error("list_objects_v2", "AccessDenied", http_status_code=403)
+        with pytest.raises(BackupError, match=r"access denied .* s3:PutObject, s3:ListBucket"):
+            Backup(tmp_path, s3, BackupOptions("locked")).run()
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from bootstrap.aws import client
+from bootstrap.backup import Backup, BackupOptions
+Backup(Path(sys.argv[1]), client("s3"), BackupOptions(sys.argv[2])).run()
+"""
+
+
+def test_kill_9_during_backup_then_resume(tmp_path: Path) -> None:
+    (tmp_path / "recordio").mkdir(parents=True)
+    for i in range(60):
+        (tmp_path / "recordio" / f"f{i:02d}.rec").write_bytes(os.urandom(300_000))
+    name = bucket("bk-kill")
+    journal = tmp_path / ".state" / "backup.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), name], env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    before = [json.loads(line)["relpath"] for line in journal.read_text().splitlines()]
+    assert 5 <= len(before) < 60, "the kill should land mid-backup"
+    result = Backup(tmp_path, client("s3"), BackupOptions(name)).run()
+    after = [json.loads(line)["relpath"] for line in journal.read_text().splitlines()]
+    assert result["sent"] == 60 - len(before)
+    assert len(after) == len(set(after)) == 60  # every file went up exactly once after it was recorded
+    assert Backup(tmp_path, client("s3"), BackupOptions(name)).verify() == []
+
+
+def test_imds_v2_token_is_required() -> None:
+    with ImdsStub(Identity("i-0abc", "eu-west-1c")) as stub:
+        assert Imds(stub.endpoint).identity() == InstanceIdentity("i-0abc", "eu-west-1", "eu-west-1c")
+        import urllib3
+
+        assert urllib3.request("GET", stub.endpoint + "/latest/meta-data/instance-id").status == 401  # IMDSv1
+
+
+VOLUME = Volume("vol-0123456789abcdef0", Path("/dev/null"), 1000, "us-east-1a")
+IDENTITY = InstanceIdentity("i-0123", "us-east-1", "us-east-1a")
+REQUEST = SnapshotRequest("pipe", "ILSVRC2012", "ab" * 32)
+
+
+def _no_freeze(_mount: Path) -> Any:
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def test_snapshot_in_error_state_is_a_clear_failure(tmp_path: Path) -> None:
+    ec2 = client("ec2")
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": []})
+        stub.add_response("create_snapshot", {"SnapshotId": "snap-1", "State": "pending"})
+        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-1", "State": "pending",
+                                                                 "Progress": "40%"}]})  # fmt: skip
+        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-1", "State": "error",
+                                                                 "StateMessage": "internal"}]})  # fmt: skip
+        with pytest.raises(SnapshotError, match=r"snap-1 ended in state .error.*nothing was published"):
+            take_snapshot(ec2, IDENTITY, VOLUME, REQUEST, mount_point=tmp_path, state_path=tmp_path / "s.json",
+                          freeze=_no_freeze, sleep=lambda _s: None)  # fmt: skip
+        stub.assert_no_pending_responses()
+
+
+def test_second_attempt_waits_for_the_pending_snapshot(tmp_path: Path) -> None:
+    ec2 = client("ec2")
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": []})
+        stub.add_client_error("create_snapshot", "ConcurrentSnapshotLimitExceeded")
+        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-9", "State": "pending"}]})
+        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-9", "State": "completed",
+                                                                 "Progress": "100%"}]})  # fmt: skip
+        snap = take_snapshot(ec2, IDENTITY, VOLUME, REQUEST, mount_point=tmp_path, state_path=tmp_path / "s.json",
+                             freeze=_no_freeze, sleep=lambda _s: None)  # fmt: skip
+        stub.assert_no_pending_responses()
+    assert snap["SnapshotId"] == "snap-9"
+    assert json.loads((tmp_path / "s.json").read_text())["snapshot_id"] == "snap-9"
+
+
+def test_status_is_published_at_a_bounded_rate(tmp_path: Path) -> None:
+    ssm = client("ssm")
+    calls = []
+    ssm.meta.events.register("before-call.ssm.PutParameter", lambda **kw: calls.append(time.monotonic()))
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"stage": "pack", "done": 0}))
+    with StatusPublisher(status, ssm, "/t/status", interval=0.2):
+        for i in range(100):  # the engine rewrites the file far more often than we may publish
+            status.write_text(json.dumps({"stage": "pack", "done": i}))
+            time.sleep(0.01)
+        status.write_text(json.dumps({"stage": "pack", "done": 100, "state": "done"}))
+    assert 2 <= len(calls) <= 1 + 1.0 / 0.2 + 2
+    assert json.loads(ssm.get_parameter(Name="/t/status")["Parameter"]["Value"])["state"] == "done"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("style", ["nvme", "xen"])
+def test_snapshot_of_the_loop_backed_volume(style: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with instance_with_data_volume(tmp_path, style) as world:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", world.imds_endpoint)
+        engine = Engine(PrepConfig(data_dir=world.mount, sys_root=world.roots.sys_root, dev_root=world.roots.dev_root,
+                                   pipeline=f"pipe-{style}"))  # fmt: skip
+        engine.markers.mark("backup", {"manifest_sha256": "cd" * 32})
+        info = engine.snapshot()
+        (world.mount / "still-writable").write_text("thawed")  # would hang if left frozen
+    snap = client("ec2").describe_snapshots(SnapshotIds=[info["snapshot_id"]])["Snapshots"][0]
+    tags = {t["Key"]: t["Value"] for t in snap["Tags"]}
+    assert snap["VolumeId"] == world.volume_id and info["volume_size_gib"] == 1000
+    assert tags[TAG_PIPELINE] == f"pipe-{style}" and tags[TAG_INSTANCE] == world.instance_id
+
+
+@pytest.mark.root
+def test_snapshot_refuses_when_no_attached_volume_backs_the_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with instance_with_data_volume(tmp_path, "nvme") as world:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", world.imds_endpoint)
+        shutil.rmtree(world.roots.sys_root)  # the device can no longer be matched to the volume
+        engine = Engine(PrepConfig(data_dir=world.mount, sys_root=world.roots.sys_root, dev_root=tmp_path / "nodev"))
+        engine.markers.mark("backup", {"manifest_sha256": "cd" * 32})
+        with pytest.raises(SnapshotError, match=r"no EBS volume attached to i-.* backs"):
+            engine.snapshot()
+
+
+@pytest.mark.root
+def test_whole_run_from_archives_to_published_snapshot(
+    archives: Generated, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ssm = client("ssm")
+    name = bucket("bk-whole-run")
+    with instance_with_data_volume(tmp_path, "xen", size_mib=64) as world:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", world.imds_endpoint)
+        config = PrepConfig(data_dir=world.mount, source=str(archives.root), dataset_table=archives.table,
+                            max_failure_rate=0.2, bucket=name, prefix="imagenet", snapshot_parameter="/pipe/snapshot",
+                            status_parameter="/pipe/status", status_interval=0.2, sys_root=world.roots.sys_root,
+                            dev_root=world.roots.dev_root)  # fmt: skip
+        summary = Engine(config).run()
+        published = json.loads(ssm.get_parameter(Name="/pipe/snapshot")["Parameter"]["Value"])
+        status = json.loads(ssm.get_parameter(Name="/pipe/status")["Parameter"]["Value"])
+        again = Engine(config).run()
+    assert published["snapshot_id"].startswith("snap-") and published["source_instance_id"] == world.instance_id
+    assert published["images"] == {"val": 24, "train": 46} and published["manifest"].startswith(f"s3://{name}/")
+    assert status["state"] == "done"
+    assert again == summary
