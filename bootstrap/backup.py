@@ -81,10 +81,10 @@ def part_size(size: int) -> int:
 def wanted(relpath: str) -> bool:
     """What a restore needs: archives, RecordIO and its lists, the class tree, done-markers."""
     parts = relpath.split("/")
-    if any(p.startswith(".") for p in parts[:-1] if p != ".state") or parts[-1].startswith("."):
-        return False
     if parts[0] == ".state":
         return len(parts) == 2 and (parts[1].endswith(".done") or parts[1] == "classes.json")
+    if any(p.startswith(".") for p in parts):  # partial downloads, work files, fetch markers
+        return False
     return parts[0] in ("archives", "recordio", "imagenet")
 
 

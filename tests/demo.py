@@ -5,29 +5,40 @@ by a local HTTP server that demands credentials and limits each connection's
 bandwidth; the credentials sit in a Secrets Manager secret on an AWS emulator
 (moto) on 127.0.0.1.  The engine then runs exactly as on the download
 instance: fetch (parallel, MD5-checked) -> organise -> pack -> verify ->
-inspect.  Finally MXNet's own readers open the output.
+inspect -> backup -> snapshot -> publish.  As root, the data directory is a
+loop-mounted ext4 standing in for the sc1 volume of a simulated t2 instance
+(moto + an IMDSv2 stub), so the snapshot step finds and freezes a real block
+device.  Finally MXNet's own readers open the output.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from bootstrap.aws import client
 from bootstrap.cli import configure_logging
 from bootstrap.config import load_config
 from bootstrap.stages import Engine
 from tests.fixtures.aws_emulator import emulated_aws
+from tests.fixtures.ec2_world import instance_with_data_volume
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 from tests.fixtures.synthetic_imagenet import Spec, generate
 
 OUT = Path("demo-output")
 SECRET = "imagenet-staging/source-credentials"
+BUCKET = "imagenet-staging-demo-backup"
+SNAPSHOT_PARAMETER = "/imagenet-staging/demo/snapshot"
+STATUS_PARAMETER = "/imagenet-staging/demo/status"
 USER, ACCESS_KEY = "demo-user", "demo-access-key-not-a-secret"
 
 
@@ -52,54 +63,105 @@ def check_with_mxnet(recordio: Path) -> dict[str, int]:
     return counts
 
 
+def bucket_summary(name: str, prefix: str) -> str:
+    sizes: dict[str, list[int]] = {}
+    for page in client("s3").get_paginator("list_objects_v2").paginate(Bucket=name, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            top = obj["Key"][len(prefix) :].split("/")[0]
+            sizes.setdefault(top, []).append(obj["Size"])
+    return ", ".join(f"{top}: {len(v)} objects, {sum(v):,} bytes" for top, v in sorted(sizes.items()))
+
+
+@contextmanager
+def data_volume(out: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """As root: a loop-mounted ext4 attached to a simulated t2 instance. Otherwise a plain directory."""
+    if os.geteuid() != 0:
+        print("  not root: the data directory is a plain folder, and the snapshot step is skipped "
+              "(it needs a loop-mounted volume)")  # fmt: skip
+        yield out / "data", {}
+        return
+    with instance_with_data_volume(out / "instance", "xen", size_mib=128) as world:
+        os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = world.imds_endpoint
+        print(f"  simulated t2.large {world.instance_id} in {world.az} (IMDSv2 stub at {world.imds_endpoint}) "
+              f"with sc1 volume {world.volume_id} attached as /dev/sdf -> /dev/xvdf -> {world.device}, "
+              f"ext4 mounted at {world.mount}")  # fmt: skip
+        yield world.mount, {
+            "snapshot_parameter": SNAPSHOT_PARAMETER, "status_parameter": STATUS_PARAMETER, "status_interval": 1.0,
+            "sys_root": str(world.roots.sys_root), "dev_root": str(world.roots.dev_root),
+        }  # fmt: skip
+
+
 def main() -> int:
     configure_logging(verbose=False)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    shutil.rmtree(OUT, ignore_errors=True)
+    out = OUT.resolve()
+    shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
 
-    banner("1/4 generate synthetic ILSVRC2012 archives (exact layout, awkward cases included)")
-    gen = generate(OUT / "source", Spec(classes=16, train_per_class=25, val_per_class=4))
-    for path in sorted((OUT / "source").iterdir()):
+    banner("1/5 generate synthetic ILSVRC2012 archives (exact layout, awkward cases included)")
+    gen = generate(out / "source", Spec(classes=16, train_per_class=25, val_per_class=4))
+    for path in sorted((out / "source").iterdir()):
         print(f"  {path}  {path.stat().st_size:,} bytes")
 
     with (
         emulated_aws() as endpoint,
         ArchiveServer(
-            OUT / "source", ServerOptions(username=USER, password=ACCESS_KEY, bytes_per_second=4 << 20)
+            out / "source", ServerOptions(username=USER, password=ACCESS_KEY, bytes_per_second=4 << 20)
         ) as server,
     ):
-        banner("2/4 AWS emulator and HTTP server on 127.0.0.1")
+        banner("2/5 AWS emulator, HTTP server and the download instance, all on 127.0.0.1")
         client("secretsmanager").create_secret(
             Name=SECRET, SecretString=json.dumps({"username": USER, "access_key": ACCESS_KEY})
         )
-        print(f"  AWS emulator (moto) at {endpoint}; source credentials in secret {SECRET}")
+        client("s3").create_bucket(Bucket=BUCKET)
+        print(f"  AWS emulator (moto) at {endpoint}; source credentials in secret {SECRET}; bucket {BUCKET}")
         print(f"  archives at {server.url} (basic auth, 4 MiB/s per connection)")
+        with data_volume(out) as (data_dir, instance_settings):
+            banner("3/5 python -m bootstrap run: fetch, organise, pack, verify, inspect, backup, snapshot, publish")
+            config_path = out / "bootstrap-config.json"
+            config_path.write_text(json.dumps({
+                "data_dir": str(data_dir), "source": server.url, "source_secret": SECRET,
+                "dataset_table": str(gen.table), "resize": 128, "quality": 90, "max_failure_rate": 0.01,
+                "bucket": BUCKET, "prefix": "imagenet", **instance_settings,
+            }, indent=2))  # fmt: skip
+            command = [sys.executable, "-m", "bootstrap", "run", "--config", str(config_path)]
+            print("  $ " + " ".join(["python", *command[1:]]), flush=True)
+            result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+            if result.returncode != 0:
+                logging.error("the engine failed (exit %d); see its log above", result.returncode)
+                return result.returncode
+            summary = json.loads(result.stdout)
+            print(f"  {server.requests} HTTP requests, {server.body_bytes:,} body bytes served")
 
-        banner("3/4 python -m bootstrap run (fetch, organise, pack, verify, inspect)")
-        config_path = OUT / "bootstrap-config.json"
-        config_path.write_text(json.dumps({
-            "data_dir": str(OUT / "data"), "source": server.url, "source_secret": SECRET,
-            "dataset_table": str(gen.table), "resize": 128, "quality": 90, "max_failure_rate": 0.01,
-        }, indent=2))  # fmt: skip
-        command = [sys.executable, "-m", "bootstrap", "run", "--config", str(config_path)]
-        print("  $ " + " ".join(["python", *command[1:]]), flush=True)
-        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-        if result.returncode != 0:
-            logging.error("the engine failed (exit %d); see its log above", result.returncode)
-            return result.returncode
-        summary = json.loads(result.stdout)
-        print(f"  {server.requests} HTTP requests, {server.body_bytes:,} body bytes served")
-    engine = Engine(load_config(config_path, {}))
+            banner("4/5 check the output with MXNet's own readers")
+            engine = Engine(load_config(config_path, {}))
+            counts = check_with_mxnet(engine.paths.recordio)
+            expected = {s: v["packed"] for s, v in summary["splits"].items()}
+            if counts != expected:
+                logging.error("mxnet read %s but the engine packed %s", counts, expected)
+                return 1
+            for name in ("contact_sheet_train.png", "contact_sheet_val.png"):
+                shutil.copy(engine.paths.recordio / name, out / name)  # kept after the volume is unmounted
 
-    banner("4/4 check the output with MXNet's own readers")
-    counts = check_with_mxnet(engine.paths.recordio)
-    expected = {s: v["packed"] for s, v in summary["splits"].items()}
-    if counts != expected:
-        logging.error("mxnet read %s but the engine packed %s", counts, expected)
-        return 1
+            banner(f"5/5 done in {time.monotonic() - started:.0f}s; where everything is")
+            describe_outputs(engine, summary, config_path)
+            print(f"  backup in s3://{BUCKET}/imagenet/: {bucket_summary(BUCKET, 'imagenet/')}")
+            if instance_settings:
+                ssm = client("ssm")
+                published = json.loads(ssm.get_parameter(Name=SNAPSHOT_PARAMETER)["Parameter"]["Value"])
+                status = json.loads(ssm.get_parameter(Name=STATUS_PARAMETER)["Parameter"]["Value"])
+                print(f"  snapshot {published['snapshot_id']} of {published['volume_id']} published in "
+                      f"{SNAPSHOT_PARAMETER}: {json.dumps(published['images'])} images")  # fmt: skip
+                print(f"  backup manifest:            {published['manifest']}")
+                print(f"  live status in {STATUS_PARAMETER}: stage {status['stage']}, state {status['state']}")
+            print(f"  contact sheets copied to:   {out}/contact_sheet_{{train,val}}.png")
+            if instance_settings:
+                print(f"  (the data directory lives in {out}/instance/volume.img, unmounted when the demo ends; "
+                      "`mount -o loop` it to look inside)")  # fmt: skip
+    return 0
 
-    banner(f"done in {time.monotonic() - started:.0f}s; where everything is")
+
+def describe_outputs(engine: Engine, summary: dict[str, Any], config_path: Path) -> None:
     data = engine.paths
     print(f"  archives (MD5-verified):    {data.archives}")
     for split, info in summary["splits"].items():
@@ -110,10 +172,8 @@ def main() -> int:
         for line in listed:
             print(f"      {line}")
     print(f"  classes:                    {data.recordio / 'synsets.txt'}")
-    print(f"  contact sheets:             {data.recordio}/contact_sheet_{{train,val}}.png")
     print(f"  status file:                {data.status}")
     print(f"  config used:                {config_path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from bootstrap.aws import client
 from bootstrap.backup import Backup, BackupError, BackupOptions, part_size, wanted
 from bootstrap.config import PrepConfig
+from bootstrap.errors import BootstrapError
 from bootstrap.imds import Imds, InstanceIdentity
 from bootstrap.snapshot import TAG_INSTANCE, TAG_PIPELINE, SnapshotError, SnapshotRequest, Volume, take_snapshot
 from bootstrap.stages import Engine
@@ -51,7 +53,7 @@ def test_what_is_backed_up() -> None:
     assert wanted("archives/ILSVRC2012_img_train.tar") and wanted("recordio/train.idx")
     assert wanted(".state/pack-train.done") and wanted("imagenet/train/n01/x.JPEG")
     assert not wanted("status.json") and not wanted(".state/pack-train/checkpoint.json")
-    assert not wanted("archives/.ILSVRC2012_img_train.tar.part")
+    assert not wanted("archives/.ILSVRC2012_img_train.tar.part") and not wanted("archives/.state/fetch-x.done")
     assert part_size(150 << 30) > 16 << 20 and part_size(1 << 20) == 16 << 20
 
 
@@ -252,3 +254,24 @@ def test_whole_run_from_archives_to_published_snapshot(
     assert published["images"] == {"val": 24, "train": 46} and published["manifest"].startswith(f"s3://{name}/")
     assert status["state"] == "done"
     assert again == summary
+
+
+def test_a_failed_snapshot_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
+        raise SnapshotError("snapshot snap-x ended in state 'error'")
+
+    monkeypatch.setattr("bootstrap.stages.take_snapshot", failing)
+    monkeypatch.setattr("bootstrap.stages.find_data_volume", lambda *a, **k: VOLUME)
+    with ImdsStub(Identity("i-0fail", "us-east-1a")) as imds:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
+        engine = Engine(PrepConfig(data_dir=tmp_path, snapshot_parameter="/fail/snapshot"))
+        engine.markers.mark("backup", {"manifest_sha256": "ef" * 32, "manifest": "s3://b/m", "bytes": 1})
+        with pytest.raises(SnapshotError):
+            engine.snapshot()
+        status = json.loads((tmp_path / "status.json").read_text())
+        assert (status["stage"], status["state"]) == ("snapshot", "failed")
+        assert status["last_error"].startswith("snapshot snap-x")
+        with pytest.raises(BootstrapError, match="run the backup and snapshot stages first"):
+            engine.publish()
+    with pytest.raises(ClientError, match="ParameterNotFound"):
+        client("ssm").get_parameter(Name="/fail/snapshot")

@@ -1,0 +1,45 @@
+"""The unit that runs the instance side: resumes after a crash, never loops on a permanent error."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parent.parent / "bootstrap" / "systemd" / "imagenet-staging.service"
+
+
+def load() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNIT)
+    return parser
+
+
+def test_unit_restarts_on_failure_but_not_on_permanent_errors() -> None:
+    unit = load()
+    service = unit["Service"]
+    assert service["Restart"] == "on-failure"
+    assert set(service["RestartPreventExitStatus"].split()) == {"2", "3"}  # ConfigError, DiskFullError
+    assert "-m bootstrap run --config" in service["ExecStart"]
+    assert unit["Unit"]["RequiresMountsFor"] == "/data"
+    assert int(unit["Unit"]["StartLimitBurst"]) <= 5
+
+
+def test_exit_codes_match_the_errors() -> None:
+    from bootstrap.errors import ConfigError, DiskFullError
+
+    assert (ConfigError.exit_code, DiskFullError.exit_code) == (2, 3)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_systemd_accepts_the_unit() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(UNIT)], capture_output=True, text=True, check=False
+    )
+    # The interpreter exists only on the instance; any other complaint is a real problem with the unit.
+    complaints = [line for line in result.stderr.splitlines() if "is not executable" not in line]
+    assert complaints == []
