@@ -15,8 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bootstrap import aws
+from bootstrap.attach import Attacher, AttachOptions
 from bootstrap.config import load_config
+from bootstrap.devices import DeviceRoots
 from bootstrap.errors import BootstrapError
+from bootstrap.imds import Imds
 from bootstrap.stages import Engine, describe
 from bootstrap.state import read_json
 
@@ -33,6 +37,7 @@ STAGES = {
     "snapshot": "freeze the data filesystem, snapshot its EBS volume with tags, wait until complete",
     "publish": "write the snapshot id and dataset facts to the snapshot SSM parameter",
     "status": "print the status file of the data directory",
+    "attach": "on a GPU instance: create the dataset volume from the snapshot, attach it, mount it read-only",
 }
 
 
@@ -72,6 +77,46 @@ def _flag_args(parser: argparse.ArgumentParser) -> None:
     add("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _attach_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--snapshot-parameter", help="SSM parameter with the published snapshot (default: newest tagged snapshot)")
+    add("--pipeline", default="imagenet-staging", help="pipeline name in the snapshot and volume tags")
+    add("--mount-point", type=Path, default=Path("/data"))
+    add("--volume-type", default="gp3")
+    add("--iops", type=int, help="provisioned IOPS (gp3: 3000-80000)")
+    add("--throughput", type=int, help="MiB/s (gp3: 125-2000)")
+    add("--initialization-rate", type=int, help="MiB/s (100-300) at which EBS fetches the snapshot's blocks")
+    add("--prewarm", action="store_true", help="read the whole volume once in the background")
+    add("--shutdown-on-failure", action="store_true", help="shut the instance down when the volume fails")
+    add("--timeout", type=float, default=300.0, help="seconds to wait for each step")
+    add("--sys-root", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
+    add("--dev-root", type=Path, default=Path("/dev"), help=argparse.SUPPRESS)
+    add("--fstab", type=Path, default=Path("/etc/fstab"), help=argparse.SUPPRESS)
+    add("--ready-marker", type=Path, default=Path("/run/imagenet-staging/dataset-ready"))
+    add("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def attach(args: argparse.Namespace) -> dict[str, Any]:
+    identity = Imds().identity()
+    opts = AttachOptions(
+        pipeline=args.pipeline,
+        snapshot_parameter=args.snapshot_parameter,
+        mount_point=args.mount_point,
+        volume_type=args.volume_type,
+        iops=args.iops,
+        throughput=args.throughput,
+        initialization_rate=args.initialization_rate,
+        prewarm=args.prewarm,
+        shutdown_on_failure=args.shutdown_on_failure,
+        timeout_seconds=args.timeout,
+        roots=DeviceRoots(args.sys_root, args.dev_root),
+        fstab=args.fstab,
+        ready_marker=args.ready_marker,
+    )
+    ec2, ssm = aws.client("ec2", region=identity.region), aws.client("ssm", region=identity.region)
+    return Attacher(ec2, ssm, identity, opts).attach()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bootstrap",
@@ -79,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in STAGES.items():
-        _flag_args(sub.add_parser(name, help=help_text, description=help_text))
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        (_attach_args if name == "attach" else _flag_args)(stage)
     return parser
 
 
@@ -99,6 +145,13 @@ def configure_logging(verbose: bool) -> None:
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    if args.stage == "attach":
+        try:
+            print(json.dumps(attach(args), indent=2))
+            return 0
+        except BootstrapError as e:
+            log.error("%s", e)
+            return e.exit_code
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     try:
         config = load_config(args.config, overrides)

@@ -25,13 +25,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bootstrap.attach import TAG_OWNER
 from bootstrap.aws import client
 from bootstrap.cli import configure_logging
 from bootstrap.config import load_config
 from bootstrap.stages import Engine
 from tests.fixtures.aws_emulator import emulated_aws
-from tests.fixtures.ec2_world import instance_with_data_volume
+from tests.fixtures.ec2_world import gpu_instance, instance_with_data_volume
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
+from tests.fixtures.loopdev import loop_attach, run
 from tests.fixtures.synthetic_imagenet import Spec, generate
 
 OUT = Path("demo-output")
@@ -158,7 +160,57 @@ def main() -> int:
             if instance_settings:
                 print(f"  (the data directory lives in {out}/instance/volume.img, unmounted when the demo ends; "
                       "`mount -o loop` it to look inside)")  # fmt: skip
+        return gpu_boots(out, bool(instance_settings))
     return 0
+
+
+def gpu_boots(out: Path, have_volume: bool) -> int:
+    """A GPU instance launched from the template runs the attach agent, as its user data does."""
+    banner("6/6 a GPU instance boots: volume from the snapshot in its own AZ, attached, mounted read-only")
+    if not have_volume:
+        print("  skipped: simulating the GPU's block device needs root (a loop device)")
+        return 0
+    pipeline = "imagenet-staging"
+    with (
+        loop_attach(out / "instance" / "volume.img") as snapshot_device,
+        gpu_instance(out / "gpu", pipeline, "us-east-1d", "nvme", [snapshot_device]) as gpu,
+    ):
+        os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = gpu.imds_endpoint
+        print(f"  simulated g5.xlarge {gpu.instance_id} in {gpu.az} (Nitro: EBS volumes appear as NVMe devices)")
+        command = [sys.executable, "-m", "bootstrap", "attach", "--snapshot-parameter", SNAPSHOT_PARAMETER,
+                   "--pipeline", pipeline, "--mount-point", str(gpu.opts.mount_point),
+                   "--sys-root", str(gpu.opts.roots.sys_root), "--dev-root", str(gpu.opts.roots.dev_root),
+                   "--fstab", str(gpu.opts.fstab), "--ready-marker", str(gpu.opts.ready_marker)]  # fmt: skip
+        print("  $ python -m bootstrap attach --snapshot-parameter " + SNAPSHOT_PARAMETER + " ...", flush=True)
+        started = time.monotonic()
+        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+        if result.returncode != 0:
+            logging.error("the attach agent failed (exit %d)", result.returncode)
+            return result.returncode
+        attached = json.loads(result.stdout)
+        print(f"  {attached['volume_id']} mounted read-only at {attached['mount_point']} from {attached['device']} "
+              f"in {time.monotonic() - started:.1f}s")  # fmt: skip
+        try:
+            read_a_few_records(gpu.opts.mount_point / "recordio")
+        finally:
+            run("umount", str(gpu.opts.mount_point))
+        ec2 = client("ec2")
+        ec2.terminate_instances(InstanceIds=[gpu.instance_id])
+        left = ec2.describe_volumes(Filters=[{"Name": f"tag:{TAG_OWNER}", "Values": [gpu.instance_id]}])["Volumes"]
+        print(f"  instance terminated; volumes it leaves behind: {len(left)} (DeleteOnTermination was set at attach)")
+        return 1 if left else 0
+
+
+def read_a_few_records(recordio: Path) -> None:
+    import mxnet as mx
+
+    rec = recordio / "train.rec"
+    reader = mx.recordio.MXIndexedRecordIO(str(rec.with_suffix(".idx")), str(rec), "r")
+    names = [line.split("\t")[0] for line in (recordio / "synsets.txt").read_text().splitlines()]
+    for key in reader.keys[:3]:
+        header, image = mx.recordio.unpack_img(reader.read_idx(key))
+        print(f"  read record {key} from the mount: label {int(header.label)} ({names[int(header.label)]}), "
+              f"image {image.shape[1]}x{image.shape[0]}")  # fmt: skip
 
 
 def describe_outputs(engine: Engine, summary: dict[str, Any], config_path: Path) -> None:

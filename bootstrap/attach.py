@@ -1,0 +1,258 @@
+"""``python -m bootstrap attach``: give a GPU instance the dataset volume at boot, and never leak it.
+
+1. IMDSv2 identity (instance id, region, AZ).
+2. Reboot: a volume of ours already attached to this instance is only mounted.
+3. The snapshot: from the published SSM parameter, or the newest completed
+   snapshot tagged with the pipeline; a missing or incomplete one is an error.
+4. CreateVolume from it in the instance's own AZ (gp3 by default), encrypted,
+   tagged with the pipeline and the owner instance at creation.
+5. Wait until available, attach at a free device name, and at once set
+   DeleteOnTermination, before anything else can fail: an instance that dies
+   later still takes its volume with it.
+6. Wait until in use; find the block device by volume id (NVMe serial or Xen
+   name, ``devices``); mount read-only with noatime; add a ``nofail`` fstab
+   entry so a reboot never hangs; optionally pre-read it in the background.
+7. Signal readiness: a marker file and an instance tag.
+
+Any failure after the volume was created deletes it (detaching first), exits
+non-zero naming the step, and, if configured, shuts the instance down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bootstrap.devices import DeviceRoots, find_device
+from bootstrap.errors import BootstrapError
+from bootstrap.imds import InstanceIdentity
+from bootstrap.snapshot import TAG_PIPELINE
+
+log = logging.getLogger(__name__)
+TAG_OWNER = "imagenet-staging:owner-instance-id"
+TAG_READY = "imagenet-staging:dataset-ready"
+DEVICE_NAMES = [f"/dev/sd{c}" for c in "fghijklmnop"]
+
+
+class AttachError(BootstrapError):
+    """The dataset volume could not be created, attached or mounted."""
+
+
+@dataclass(frozen=True)
+class AttachOptions:
+    pipeline: str
+    snapshot_parameter: str | None = None
+    mount_point: Path = Path("/data")
+    volume_type: str = "gp3"
+    iops: int | None = None
+    throughput: int | None = None
+    initialization_rate: int | None = None
+    """MiB/s (100-300) at which EBS fetches the snapshot's blocks; None leaves lazy loading."""
+    prewarm: bool = False
+    shutdown_on_failure: bool = False
+    timeout_seconds: float = 300.0
+    poll_seconds: float = 2.0
+    roots: DeviceRoots = field(default_factory=DeviceRoots)
+    fstab: Path = Path("/etc/fstab")
+    ready_marker: Path = Path("/run/imagenet-staging/dataset-ready")
+
+
+Runner = Callable[[list[str]], str]
+
+
+def run_command(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError as e:
+        raise AttachError(f"{' '.join(argv)} failed: {e.stderr.strip() or e}") from None
+
+
+# -- pure decisions ---------------------------------------------------------------
+
+
+def free_device_name(mappings: list[dict[str, Any]]) -> str:
+    used = {m["DeviceName"] for m in mappings}
+    for name in DEVICE_NAMES:
+        if name not in used and name.replace("/dev/sd", "/dev/xvd") not in used:
+            return name
+    raise AttachError("no free device name between /dev/sdf and /dev/sdp on this instance")
+
+
+def volume_request(snapshot_id: str, identity: InstanceIdentity, opts: AttachOptions) -> dict[str, Any]:
+    tags = [
+        {"Key": "Name", "Value": f"{opts.pipeline} dataset for {identity.instance_id}"},
+        {"Key": TAG_PIPELINE, "Value": opts.pipeline},
+        {"Key": TAG_OWNER, "Value": identity.instance_id},
+    ]
+    request: dict[str, Any] = {
+        "SnapshotId": snapshot_id,
+        "AvailabilityZone": identity.availability_zone,
+        "VolumeType": opts.volume_type,
+        "Encrypted": True,
+        "TagSpecifications": [{"ResourceType": "volume", "Tags": tags}],
+    }
+    if opts.iops:
+        request["Iops"] = opts.iops
+    if opts.throughput:
+        request["Throughput"] = opts.throughput
+    if opts.initialization_rate:
+        request["VolumeInitializationRate"] = opts.initialization_rate
+    return request
+
+
+def fstab_line(uuid: str, mount_point: Path, fstype: str) -> str:
+    # nofail: a missing volume must never hold up the boot; the agent attaches it again.
+    return f"UUID={uuid} {mount_point} {fstype} ro,noatime,nofail,x-systemd.device-timeout=30s 0 0\n"
+
+
+# -- the agent ----------------------------------------------------------------------
+
+
+class Attacher:
+    def __init__(self, ec2: Any, ssm: Any, identity: InstanceIdentity, opts: AttachOptions, *,
+                 run: Runner = run_command, sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+        self.ec2, self.ssm, self.identity, self.opts = ec2, ssm, identity, opts
+        self.run, self.sleep = run, sleep
+        self.step = "start"
+
+    def _wait(self, what: str, check: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self.opts.timeout_seconds
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AttachError(f"timed out after {self.opts.timeout_seconds:.0f}s waiting for {what}")
+            self.sleep(self.opts.poll_seconds)
+
+    def _volume(self, volume_id: str) -> dict[str, Any]:
+        return dict(self.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0])
+
+    def own_attached_volume(self) -> dict[str, Any] | None:
+        volumes = self.ec2.describe_volumes(Filters=[
+            {"Name": "attachment.instance-id", "Values": [self.identity.instance_id]},
+            {"Name": f"tag:{TAG_OWNER}", "Values": [self.identity.instance_id]},
+            {"Name": f"tag:{TAG_PIPELINE}", "Values": [self.opts.pipeline]}])["Volumes"]  # fmt: skip
+        return dict(volumes[0]) if volumes else None
+
+    def snapshot_id(self) -> str:
+        if self.opts.snapshot_parameter:
+            try:
+                raw = self.ssm.get_parameter(Name=self.opts.snapshot_parameter)["Parameter"]["Value"]
+            except Exception as e:
+                raise AttachError(f"cannot read {self.opts.snapshot_parameter} ({e}); has the download instance "
+                                  "published its snapshot yet?") from None  # fmt: skip
+            snapshot_id = str(json.loads(raw)["snapshot_id"])
+        else:
+            snaps = self.ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+                {"Name": f"tag:{TAG_PIPELINE}", "Values": [self.opts.pipeline]},
+                {"Name": "status", "Values": ["completed"]}])["Snapshots"]  # fmt: skip
+            if not snaps:
+                raise AttachError(f"no completed snapshot tagged {TAG_PIPELINE}={self.opts.pipeline}; "
+                                  "has the download instance finished?")  # fmt: skip
+            snapshot_id = str(max(snaps, key=lambda s: s["StartTime"])["SnapshotId"])
+        state = self.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
+        if state != "completed":
+            raise AttachError(f"snapshot {snapshot_id} is {state}, not completed; wait for it and boot again")
+        return snapshot_id
+
+    def attach_new(self) -> tuple[str, str]:
+        """Create, attach and protect a volume; returns (volume id, attachment device name)."""
+        self.step = "find snapshot"
+        snapshot_id = self.snapshot_id()
+        self.step = "create volume"
+        volume_id = str(self.ec2.create_volume(**volume_request(snapshot_id, self.identity, self.opts))["VolumeId"])
+        log.info("attach: created %s from %s in %s", volume_id, snapshot_id, self.identity.availability_zone)
+        try:
+            self.step = "wait for the volume to be available"
+            self._wait(f"{volume_id} to be available", lambda: self._volume(volume_id)["State"] == "available")
+            self.step = "attach volume"
+            instance = self.ec2.describe_instances(InstanceIds=[self.identity.instance_id])
+            mappings = instance["Reservations"][0]["Instances"][0].get("BlockDeviceMappings", [])
+            device_name = free_device_name(mappings)
+            self.ec2.attach_volume(VolumeId=volume_id, InstanceId=self.identity.instance_id, Device=device_name)
+            self.step = "set DeleteOnTermination"
+            self.ec2.modify_instance_attribute(InstanceId=self.identity.instance_id, BlockDeviceMappings=[
+                {"DeviceName": device_name, "Ebs": {"VolumeId": volume_id, "DeleteOnTermination": True}}])  # fmt: skip
+            return volume_id, device_name
+        except Exception:
+            self.delete(volume_id)
+            raise
+
+    def delete(self, volume_id: str) -> None:
+        """Detach if needed and delete; best effort, logged, never masks the original error."""
+        try:
+            attachments = self._volume(volume_id)["Attachments"]
+            for attachment in attachments:
+                self.ec2.detach_volume(VolumeId=volume_id, InstanceId=attachment["InstanceId"],
+                                       Device=attachment["Device"], Force=True)  # fmt: skip
+            if attachments:
+                self._wait(f"{volume_id} to detach", lambda: self._volume(volume_id)["State"] == "available")
+            self.ec2.delete_volume(VolumeId=volume_id)
+            log.info("attach: deleted %s after the failure", volume_id)
+        except Exception as e:
+            log.error("attach: could not delete %s (%s); the janitor will remove it", volume_id, e)
+
+    def mount(self, volume_id: str, device_name: str) -> Path:
+        self.step = "wait for the volume to be in use"
+        self._wait(f"{volume_id} to be attached", lambda: self._volume(volume_id)["State"] == "in-use")
+        self.step = "find the block device"
+        device = self._wait(
+            f"the block device of {volume_id}", lambda: find_device(volume_id, device_name, self.opts.roots)
+        )
+        self.step = "mount"
+        mp = self.opts.mount_point
+        mp.mkdir(parents=True, exist_ok=True)
+        mounted = any(line.split()[1] == str(mp) for line in Path("/proc/self/mounts").read_text().splitlines())
+        if not mounted:
+            self.run(["mount", "-o", "ro,noatime", str(device), str(mp)])
+        uuid = self.run(["blkid", "-s", "UUID", "-o", "value", str(device)]).strip()
+        fstype = self.run(["blkid", "-s", "TYPE", "-o", "value", str(device)]).strip()
+        if uuid:
+            existing = self.opts.fstab.read_text() if self.opts.fstab.exists() else ""
+            if f"UUID={uuid} " not in existing:
+                with open(self.opts.fstab, "a") as f:
+                    f.write(fstab_line(uuid, mp, fstype or "ext4"))
+        if self.opts.prewarm:
+            subprocess.Popen(["dd", f"if={device}", "of=/dev/null", "bs=1M"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        return Path(device)
+
+    def signal_ready(self, volume_id: str) -> None:
+        self.step = "signal readiness"
+        self.opts.ready_marker.parent.mkdir(parents=True, exist_ok=True)
+        self.opts.ready_marker.write_text(
+            json.dumps({"volume_id": volume_id, "mount_point": str(self.opts.mount_point)})
+        )
+        self.ec2.create_tags(Resources=[self.identity.instance_id], Tags=[{"Key": TAG_READY, "Value": volume_id}])
+
+    def attach(self) -> dict[str, Any]:
+        created: str | None = None
+        try:
+            existing = self.own_attached_volume()
+            if existing:
+                volume_id = existing["VolumeId"]
+                device_name = next(a["Device"] for a in existing["Attachments"]
+                                   if a["InstanceId"] == self.identity.instance_id)  # fmt: skip
+                log.info("attach: %s is already attached as %s (reboot); mounting it", volume_id, device_name)
+            else:
+                volume_id, device_name = self.attach_new()
+                created = volume_id
+            device = self.mount(volume_id, device_name)
+            self.signal_ready(volume_id)
+        except Exception as e:
+            if created:
+                self.delete(created)
+            message = str(e) if isinstance(e, BootstrapError) else f"{type(e).__name__}: {e}"
+            if self.opts.shutdown_on_failure:
+                log.error("attach failed at '%s'; shutting the instance down", self.step)
+                self.run(["shutdown", "-h", "+1", f"dataset volume failed at {self.step}"])
+            raise AttachError(f"attach failed at '{self.step}': {message}") from None
+        log.info("attach: %s mounted read-only at %s from %s", volume_id, self.opts.mount_point, device)
+        return {"volume_id": volume_id, "device": str(device), "mount_point": str(self.opts.mount_point)}

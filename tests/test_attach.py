@@ -1,0 +1,221 @@
+"""The GPU attach agent against moto's EC2/SSM, IMDSv2 stubs and real loop devices."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bootstrap.attach import TAG_OWNER, Attacher, AttachError, AttachOptions, free_device_name, volume_request
+from bootstrap.aws import client
+from bootstrap.cli import run as cli_run
+from bootstrap.imds import InstanceIdentity
+from bootstrap.snapshot import TAG_PIPELINE
+from tests.fixtures.ec2_world import gpu_instance, launch_instance
+from tests.fixtures.imds import Identity, ImdsStub
+from tests.fixtures.loopdev import loop_image, run
+
+pytestmark = pytest.mark.usefixtures("aws_endpoint")
+
+
+def published_snapshot(pipeline: str, parameter: str) -> str:
+    """A completed, tagged dataset snapshot published the way the download instance does."""
+    ec2 = client("ec2")
+    source = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8, VolumeType="sc1")["VolumeId"]
+    snap = ec2.create_snapshot(VolumeId=source, TagSpecifications=[
+        {"ResourceType": "snapshot", "Tags": [{"Key": TAG_PIPELINE, "Value": pipeline}]}])["SnapshotId"]  # fmt: skip
+    ec2.delete_volume(VolumeId=source)
+    client("ssm").put_parameter(Name=parameter, Value=json.dumps({"snapshot_id": snap}), Type="String",
+                                Overwrite=True)  # fmt: skip
+    return str(snap)
+
+
+def pipeline_volumes(pipeline: str) -> list[dict[str, Any]]:
+    return list(client("ec2").describe_volumes(Filters=[{"Name": f"tag:{TAG_PIPELINE}", "Values": [pipeline]}])[
+        "Volumes"])  # fmt: skip
+
+
+def unmount(path: Path) -> None:
+    if any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines()):
+        run("umount", str(path))
+
+
+def test_pure_decisions() -> None:
+    assert free_device_name([{"DeviceName": "/dev/xvda"}, {"DeviceName": "/dev/sdf"}]) == "/dev/sdg"
+    assert free_device_name([{"DeviceName": "/dev/xvdf"}]) == "/dev/sdg"
+    request = volume_request("snap-1", InstanceIdentity("i-1", "us-west-2", "us-west-2c"),
+                             AttachOptions("p", iops=6000, throughput=500, initialization_rate=300))  # fmt: skip
+    assert request["AvailabilityZone"] == "us-west-2c" and request["Encrypted"] and request["Iops"] == 6000
+    assert {"Key": TAG_OWNER, "Value": "i-1"} in request["TagSpecifications"][0]["Tags"]
+    assert request["VolumeInitializationRate"] == 300
+
+
+@pytest.fixture
+def dataset_image(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Loop devices holding an ext4 'dataset' with one known file; detached afterwards."""
+    stack = ExitStack()
+
+    def make(name: str) -> str:
+        content = tmp_path / "content" / name
+        content.mkdir(parents=True)
+        (content / "train.idx").write_text(f"0\t0\n# {name}\n")
+        return stack.enter_context(loop_image(tmp_path / "img" / f"{name}.img", 8, content))
+
+    with stack:
+        yield make
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("style", ["nvme", "xen"])
+def test_attach_mounts_the_dataset_read_only(style: str, tmp_path: Path, dataset_image: Callable[[str], str]) -> None:
+    pipeline = f"gpu-{style}"
+    published_snapshot(pipeline, f"/{pipeline}/snapshot")
+    with gpu_instance(tmp_path, pipeline, "us-east-1c", style, [dataset_image("one")]) as gpu:
+        result = Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
+        try:
+            assert (gpu.opts.mount_point / "train.idx").read_text().endswith("# one\n")
+            with pytest.raises(OSError):
+                (gpu.opts.mount_point / "x").write_text("read-only")
+            assert "ro,noatime,nofail" in gpu.opts.fstab.read_text()
+            assert json.loads(gpu.opts.ready_marker.read_text())["volume_id"] == result["volume_id"]
+            # reboot: the agent runs again, finds its volume, creates nothing new
+            unmount(gpu.opts.mount_point)
+            again = Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
+            assert again["volume_id"] == result["volume_id"] and len(pipeline_volumes(pipeline)) == 1
+            assert gpu.opts.fstab.read_text().count("UUID=") == 1
+        finally:
+            unmount(gpu.opts.mount_point)
+    volume = client("ec2").describe_volumes(VolumeIds=[result["volume_id"]])["Volumes"][0]
+    assert volume["AvailabilityZone"] == "us-east-1c" and volume["VolumeType"] == "gp3" and volume["Encrypted"]
+    instance = client("ec2").describe_instances(InstanceIds=[gpu.instance_id])["Reservations"][0]["Instances"][0]
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["imagenet-staging:dataset-ready"] == result["volume_id"]
+
+
+@pytest.mark.root
+def test_twenty_agents_at_once_leave_nothing_behind(tmp_path: Path, dataset_image: Callable[[str], str]) -> None:
+    pipeline = "gpu-fleet"
+    published_snapshot(pipeline, f"/{pipeline}/snapshot")
+    azs = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
+    devices = [dataset_image(f"d{i}") for i in range(20)]
+    results: dict[int, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    with ExitStack() as stack:
+        # 40 pollers share one emulator process: poll less often than a real agent would need to
+        gpus = [stack.enter_context(gpu_instance(tmp_path / f"gpu{i}", pipeline, azs[i % 4], "nvme", [devices[i]],
+                                                 poll=0.3)) for i in range(20)]  # fmt: skip
+
+        def agent(i: int) -> None:
+            try:
+                results[i] = Attacher(client("ec2"), client("ssm"), gpus[i].identity, gpus[i].opts).attach()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=agent, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for gpu in gpus:
+            unmount(gpu.opts.mount_point)
+    assert not errors
+    ec2 = client("ec2")
+    assert len({r["volume_id"] for r in results.values()}) == 20
+    for i, gpu in enumerate(gpus):
+        volume = ec2.describe_volumes(VolumeIds=[results[i]["volume_id"]])["Volumes"][0]
+        assert volume["AvailabilityZone"] == gpu.az and volume["Attachments"][0]["InstanceId"] == gpu.instance_id
+        mappings = ec2.describe_instances(InstanceIds=[gpu.instance_id])["Reservations"][0]["Instances"][0][
+            "BlockDeviceMappings"]  # fmt: skip
+        assert [m["Ebs"]["DeleteOnTermination"] for m in mappings if m["Ebs"]["VolumeId"] == volume["VolumeId"]] == [
+            True
+        ]
+    ec2.terminate_instances(InstanceIds=[g.instance_id for g in gpus])
+    assert pipeline_volumes(pipeline) == []
+
+
+def _fail_on(operation: str, nth: int = 1) -> Callable[..., None]:
+    calls = {"n": 0}
+
+    def hook(**_kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == nth:
+            raise RuntimeError(f"injected failure in {operation}")
+
+    return hook
+
+
+FAILURES = {
+    "create volume": ("CreateVolume", 1),
+    "wait for the volume to be available": ("DescribeVolumes", 2),
+    "attach volume": ("AttachVolume", 1),
+    "set DeleteOnTermination": ("ModifyInstanceAttribute", 1),
+}
+
+
+@pytest.mark.parametrize("step", FAILURES)
+def test_a_failure_at_each_step_leaves_no_volume(step: str, tmp_path: Path) -> None:
+    pipeline = f"fail-{FAILURES[step][0].lower()}"
+    published_snapshot(pipeline, f"/{pipeline}/snapshot")
+    ec2 = client("ec2")
+    operation, nth = FAILURES[step]
+    ec2.meta.events.register(f"before-call.ec2.{operation}", _fail_on(operation, nth))
+    commands: list[list[str]] = []
+    with gpu_instance(tmp_path, pipeline, "us-east-1b", "nvme", [], shutdown_on_failure=True) as gpu:
+        attacher = Attacher(ec2, client("ssm"), gpu.identity, gpu.opts, run=lambda argv: commands.append(argv) or "")
+        with pytest.raises(AttachError, match=f"attach failed at '{step}'.*injected failure"):
+            attacher.attach()
+    assert pipeline_volumes(pipeline) == []
+    assert commands and commands[-1][0] == "shutdown"
+
+
+def test_device_that_never_appears_is_cleaned_up(tmp_path: Path) -> None:
+    pipeline = "fail-device"
+    published_snapshot(pipeline, f"/{pipeline}/snapshot")
+    with gpu_instance(tmp_path, pipeline, "us-east-1a", "nvme", [], hotplug=False) as gpu:
+        opts = AttachOptions(**{**gpu.opts.__dict__, "timeout_seconds": 0.5})
+        with pytest.raises(AttachError, match="at 'find the block device': timed out"):
+            Attacher(client("ec2"), client("ssm"), gpu.identity, opts).attach()
+    assert pipeline_volumes(pipeline) == []
+
+
+@pytest.mark.root
+def test_mount_failure_is_cleaned_up(tmp_path: Path, dataset_image: Callable[[str], str]) -> None:
+    pipeline = "fail-mount"
+    published_snapshot(pipeline, f"/{pipeline}/snapshot")
+
+    def runner(argv: list[str]) -> str:
+        if argv[0] == "mount":
+            raise AttachError("mount: wrong fs type (injected)")
+        return ""
+
+    with (
+        gpu_instance(tmp_path, pipeline, "us-east-1a", "xen", [dataset_image("m")]) as gpu,
+        pytest.raises(AttachError, match="at 'mount': mount: wrong fs type"),
+    ):
+        Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts, run=runner).attach()
+    assert pipeline_volumes(pipeline) == []
+
+
+def test_missing_or_incomplete_snapshot_is_a_clear_error(tmp_path: Path) -> None:
+    with gpu_instance(tmp_path, "no-snapshot", "us-east-1a", "nvme", []) as gpu:
+        with pytest.raises(AttachError, match=r"cannot read /no-snapshot/snapshot.*published its snapshot"):
+            Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
+        by_tag = AttachOptions(**{**gpu.opts.__dict__, "snapshot_parameter": None})
+        with pytest.raises(AttachError, match="no completed snapshot tagged"):
+            Attacher(client("ec2"), client("ssm"), gpu.identity, by_tag).attach()
+
+
+def test_cli_exit_code_and_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    ec2 = client("ec2")
+    instance_id = launch_instance(ec2, "us-east-1a", "g5.xlarge")
+    with ImdsStub(Identity(instance_id, "us-east-1a")) as imds:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
+        code = cli_run(["attach", "--snapshot-parameter", "/nothing/here", "--mount-point", str(tmp_path / "d"),
+                        "--fstab", str(tmp_path / "fstab"), "--ready-marker", str(tmp_path / "r")])  # fmt: skip
+    assert code == 1 and "attach failed at 'find snapshot'" in caplog.text
