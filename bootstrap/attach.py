@@ -32,11 +32,11 @@ from typing import Any
 from bootstrap.devices import DeviceRoots, find_device
 from bootstrap.errors import BootstrapError
 from bootstrap.imds import InstanceIdentity
-from bootstrap.snapshot import TAG_PIPELINE
+from bootstrap.tags import OWNER as TAG_OWNER
+from bootstrap.tags import PIPELINE as TAG_PIPELINE
+from bootstrap.tags import READY as TAG_READY
 
 log = logging.getLogger(__name__)
-TAG_OWNER = "imagenet-staging:owner-instance-id"
-TAG_READY = "imagenet-staging:dataset-ready"
 DEVICE_NAMES = [f"/dev/sd{c}" for c in "fghijklmnop"]
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bootstrap import tags
 from bootstrap.devices import DeviceRoots, find_device, mount_source, same_device
 from bootstrap.errors import BootstrapError
 from bootstrap.imds import InstanceIdentity
@@ -31,11 +32,8 @@ from bootstrap.progress import Progress, StatusFile
 from bootstrap.state import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
-TAG_PIPELINE = "imagenet-staging:pipeline"
-TAG_INSTANCE = "imagenet-staging:instance-id"
-TAG_DATASET = "imagenet-staging:dataset"
-TAG_MANIFEST = "imagenet-staging:manifest-sha256"
-TAG_PRODUCER = "imagenet-staging:produced-by"
+TAG_PIPELINE, TAG_INSTANCE, TAG_DATASET = tags.PIPELINE, tags.INSTANCE, tags.DATASET
+TAG_MANIFEST, TAG_PRODUCER = tags.MANIFEST, tags.PRODUCER
 
 
 class SnapshotError(BootstrapError):

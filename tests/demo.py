@@ -25,11 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bootstrap.attach import TAG_OWNER
 from bootstrap.aws import client
 from bootstrap.cli import configure_logging
 from bootstrap.config import load_config
 from bootstrap.stages import Engine
+from bootstrap.tags import OWNER as TAG_OWNER
 from tests.fixtures.aws_emulator import emulated_aws
 from tests.fixtures.ec2_world import gpu_instance, instance_with_data_volume
 from tests.fixtures.http_server import ArchiveServer, ServerOptions

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from bootstrap.attach import TAG_OWNER, Attacher, AttachError, AttachOptions, free_device_name, volume_request
+from bootstrap.attach import Attacher, AttachError, AttachOptions, free_device_name, volume_request
 from bootstrap.aws import client
 from bootstrap.cli import run as cli_run
 from bootstrap.imds import InstanceIdentity
 from bootstrap.snapshot import TAG_PIPELINE
+from bootstrap.tags import OWNER as TAG_OWNER
 from tests.fixtures.ec2_world import gpu_instance, launch_instance
 from tests.fixtures.imds import Identity, ImdsStub
 from tests.fixtures.loopdev import loop_image, run

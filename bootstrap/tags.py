@@ -1,0 +1,15 @@
+"""Tag keys shared by everything that must recognise this pipeline's resources.
+
+The CDK app passes them to the Lambda functions as environment variables, so
+this module stays the one place they are spelled.
+"""
+
+PIPELINE = "imagenet-staging:pipeline"
+INSTANCE = "imagenet-staging:instance-id"
+"""On a dataset snapshot: the download instance it was taken on."""
+DATASET = "imagenet-staging:dataset"
+MANIFEST = "imagenet-staging:manifest-sha256"
+PRODUCER = "imagenet-staging:produced-by"
+OWNER = "imagenet-staging:owner-instance-id"
+"""On a GPU dataset volume or the download data volume: the instance it belongs to."""
+READY = "imagenet-staging:dataset-ready"

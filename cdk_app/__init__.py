@@ -1,0 +1,1 @@
+"""The AWS CDK app (issue 3). ``functions/`` holds the Lambda runtime code, which CDK code never imports."""

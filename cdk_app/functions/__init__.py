@@ -1,0 +1,1 @@
+"""Lambda runtime code: plain Python + boto3, deployed as assets, tested against moto."""
