@@ -100,6 +100,9 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
 
+    banner("0 the operator plans the real run first: python -m scripts plan")
+    subprocess.run([sys.executable, "-m", "scripts", "plan"], check=True)
+
     banner("1/5 generate synthetic ILSVRC2012 archives (exact layout, awkward cases included)")
     gen = generate(out / "source", Spec(classes=16, train_per_class=25, val_per_class=4))
     for path in sorted((out / "source").iterdir()):
@@ -156,6 +159,10 @@ def main() -> int:
                       f"{SNAPSHOT_PARAMETER}: {json.dumps(published['images'])} images")  # fmt: skip
                 print(f"  backup manifest:            {published['manifest']}")
                 print(f"  live status in {STATUS_PARAMETER}: stage {status['stage']}, state {status['state']}")
+                print("  $ python -m scripts status   # what the operator sees from a laptop")
+                subprocess.run([sys.executable, "-m", "scripts", "status", "--pipeline", "imagenet-staging",
+                                "--status-parameter", STATUS_PARAMETER, "--snapshot-parameter", SNAPSHOT_PARAMETER],
+                               check=True)  # fmt: skip
             print(f"  contact sheets copied to:   {out}/contact_sheet_{{train,val}}.png")
             if instance_settings:
                 print(f"  (the data directory lives in {out}/instance/volume.img, unmounted when the demo ends; "

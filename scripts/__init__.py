@@ -1,0 +1,1 @@
+"""The operator's CLI, run from a laptop: ``python -m scripts <command>``."""

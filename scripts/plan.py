@@ -1,0 +1,125 @@
+"""What a run will cost and how long it will take: pure arithmetic over stated assumptions.
+
+Every number comes from the inputs, the dated price file, or the project's own
+benchmark (images/s per vCPU); nothing is fetched.  Each row says what it
+assumed, so a reader can redo the sum.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GB = 1e9
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    archive_bytes: int = 147_897_477_120 + 6_744_924_160
+    images: int = 1_281_167 + 50_000
+    packed_bytes: int = 40 * 10**9
+    """RecordIO at resize 256 / quality 90 is about a quarter of the archives."""
+    bandwidth_mb_s: float = 60.0
+    instance_type: str = "t2.large"
+    cpu_credits: str = "standard"
+    data_volume_type: str = "sc1"
+    data_volume_gib: int = 1000
+    images_per_vcpu_s: float = 100.0
+    backup_storage_class: str = "STANDARD_IA"
+    gpu_instances: int = 1
+    gpu_hours: float = 24.0
+    restored_volume_type: str = "gp3"
+    restored_iops: int = 3000
+    restored_throughput: int = 125
+    fsr_azs: int = 0
+    fsr_hours: float = 1.0
+
+
+@dataclass(frozen=True)
+class Row:
+    item: str
+    hours: float | None
+    usd: float
+    assumption: str
+
+
+def load_prices(path: Path = ROOT / "scripts" / "prices.json") -> dict[str, Any]:
+    prices: dict[str, Any] = json.loads(path.read_text())
+    return prices
+
+
+def measured_images_per_vcpu_s(results: Path = ROOT / "bench" / "results.json") -> float | None:
+    """Pack throughput per vCPU from the project's own last benchmark, if there is one."""
+    try:
+        pack = json.loads(results.read_text())["pack"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return None
+    return float(pack["ours_images_per_s"]) / float(pack["processes"])
+
+
+def sc1_burst_mib_s(gib: int) -> float:
+    """sc1: 80 MiB/s burst per TiB, capped at 250 MiB/s (baseline 12 MiB/s per TiB)."""
+    return min(250.0, 80.0 * gib / 1024)
+
+
+def plan(inputs: PlanInputs, prices: dict[str, Any]) -> list[Row]:
+    p, i = prices, inputs
+    month = p["hours_per_month"]
+    rows: list[Row] = []
+
+    disk_mib_s = sc1_burst_mib_s(i.data_volume_gib) if i.data_volume_type == "sc1" else 125.0
+    download_rate = min(i.bandwidth_mb_s * 1e6, disk_mib_s * MIB)
+    download_h = i.archive_bytes / download_rate / 3600
+    rows.append(Row("download", download_h, 0.0,
+                    f"{i.archive_bytes / GB:.0f} GB at min({i.bandwidth_mb_s:.0f} MB/s link, "
+                    f"{disk_mib_s:.0f} MiB/s {i.data_volume_type} burst)"))  # fmt: skip
+
+    vcpus = p["t2_vcpus"].get(i.instance_type, 2)
+    baseline = p["t2_baseline_per_vcpu"].get(i.instance_type)
+    effective = vcpus if (baseline is None or i.cpu_credits == "unlimited") else vcpus * baseline
+    cpu_h = i.images / (i.images_per_vcpu_s * effective) / 3600
+    io_h = (i.archive_bytes + 3 * i.packed_bytes) / (disk_mib_s * MIB) / 3600  # read once; scatter, gather, write
+    pack_h = max(cpu_h, io_h)
+    surplus = 0.0
+    if baseline is not None and i.cpu_credits == "unlimited":
+        surplus = vcpus * (1 - baseline) * pack_h * p["t2_unlimited_surplus_per_vcpu_hour"]
+    rows.append(Row("pack", pack_h, surplus,
+                    f"{i.images:,} images at {i.images_per_vcpu_s:.0f} img/s per vCPU x {effective:.1f} vCPU "
+                    f"({i.cpu_credits} credits), or the disk, whichever is slower"))  # fmt: skip
+
+    backup_h = (i.archive_bytes + i.packed_bytes) / download_rate / 3600
+    rows.append(
+        Row("backup + snapshot", backup_h, 0.0, "upload at the same link rate; the snapshot copies in the background")
+    )
+
+    hours = download_h + pack_h + backup_h
+    hourly = p["instance_hourly"][i.instance_type]
+    rows.append(Row(f"{i.instance_type} instance", hours, hours * hourly, f"${hourly}/h for the whole run"))
+    disk = i.data_volume_gib * p["ebs_gb_month"][i.data_volume_type] * hours / month
+    rows.append(Row(f"{i.data_volume_type} {i.data_volume_gib} GiB volume", hours, disk,
+                    f"${p['ebs_gb_month'][i.data_volume_type]}/GB-month while the download side exists"))  # fmt: skip
+
+    stored = (i.archive_bytes + i.packed_bytes) / GB
+    s3 = stored * p["s3_gb_month"][i.backup_storage_class]
+    rows.append(Row("S3 backup, per month", None, s3, f"{stored:.0f} GB in {i.backup_storage_class}"))
+    snap = stored * p["snapshot_gb_month"]
+    rows.append(Row("EBS snapshot, per month", None, snap, f"{stored:.0f} GB of written blocks"))
+
+    size = max(i.data_volume_gib, 1)  # a volume from a snapshot is at least the source volume's size
+    gp3 = (size * p["ebs_gb_month"][i.restored_volume_type]
+           + max(i.restored_iops - 3000, 0) * p["gp3_iops_month_above_3000"]
+           + max(i.restored_throughput - 125, 0) * p["gp3_mibps_month_above_125"])  # fmt: skip
+    per_gpu = gp3 * i.gpu_hours / month
+    rows.append(Row("restored volume per GPU instance", i.gpu_hours, per_gpu * i.gpu_instances,
+                    f"{i.gpu_instances} x {size} GiB {i.restored_volume_type} for {i.gpu_hours:.0f} h "
+                    "(a volume from a snapshot is at least the source volume's size)"))  # fmt: skip
+    if i.fsr_azs:
+        fsr = i.fsr_azs * max(i.fsr_hours, 1.0) * p["fsr_dsu_hour"]
+        rows.append(
+            Row("fast snapshot restore", i.fsr_hours, fsr, f"{i.fsr_azs} AZ x ${p['fsr_dsu_hour']}/h, 1 h minimum")
+        )
+    return rows

@@ -1,0 +1,62 @@
+"""Where the pipeline is, from a laptop: the published status, the snapshot, the fleet's volumes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bootstrap import tags
+
+
+def _parameter(ssm: Any, name: str) -> dict[str, Any] | None:
+    try:
+        value: dict[str, Any] = json.loads(ssm.get_parameter(Name=name)["Parameter"]["Value"])
+        return value
+    except ssm.exceptions.ParameterNotFound:
+        return None
+    except json.JSONDecodeError:
+        return {"raw": ssm.get_parameter(Name=name)["Parameter"]["Value"]}
+
+
+def gather(ssm: Any, ec2: Any, *, pipeline: str, status_parameter: str, snapshot_parameter: str) -> dict[str, Any]:
+    status = _parameter(ssm, status_parameter)
+    published = _parameter(ssm, snapshot_parameter)
+    snapshot = None
+    if published and "snapshot_id" in published:
+        found = ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [published["snapshot_id"]]}])
+        if found["Snapshots"]:
+            s = found["Snapshots"][0]
+            snapshot = {"id": s["SnapshotId"], "state": s["State"], "progress": s.get("Progress", "")}
+    volumes = ec2.describe_volumes(Filters=[{"Name": f"tag:{tags.PIPELINE}", "Values": [pipeline]}])["Volumes"]
+    fleet = [
+        {"volume": v["VolumeId"], "state": v["State"], "az": v["AvailabilityZone"],
+         "owner": {t["Key"]: t["Value"] for t in v.get("Tags", [])}.get(tags.OWNER),
+         "attached_to": [a["InstanceId"] for a in v["Attachments"]]}
+        for v in volumes
+    ]  # fmt: skip
+    return {"status": status, "published": published, "snapshot": snapshot, "volumes": fleet}
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = []
+    status = report["status"]
+    if status is None:
+        lines.append("status: nothing published yet (has the download instance started?)")
+    elif status.get("stage") == "run" and status.get("state") == "done":
+        lines.append("status: finished; every stage is done")
+    else:
+        total = f"/{status['total']:,}" if status.get("total") else ""
+        eta = f", ETA {status['eta_seconds']}s" if status.get("eta_seconds") else ""
+        lines.append(f"status: {status.get('stage')} {status.get('state', '')} - {status.get('done', 0):,}{total} "
+                     f"{status.get('unit', '')} at {status.get('rate', 0)}/s{eta}")  # fmt: skip
+        if status.get("last_error"):
+            lines.append(f"last error: {status['last_error']}")
+    snap = report["snapshot"]
+    lines.append(
+        f"snapshot: {snap['id']} {snap['state']} {snap['progress']}" if snap else "snapshot: not published yet"
+    )
+    for v in report["volumes"]:
+        lines.append(
+            f"volume {v['volume']} {v['state']} in {v['az']} owner {v['owner']} attached to {v['attached_to']}"
+        )
+    return "\n".join(lines)

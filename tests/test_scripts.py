@@ -1,0 +1,79 @@
+"""The operator CLI: plan against a hand-computed case, status against a seeded emulator, golden help."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bootstrap import tags
+from bootstrap.aws import client
+from scripts.cli import build_parser
+from scripts.cli import run as scripts_run
+from scripts.plan import PlanInputs, load_prices, plan
+from scripts.status import gather, render
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_plan_matches_a_hand_computed_case() -> None:
+    inputs = PlanInputs(archive_bytes=100 * 10**9, images=1_000_000, packed_bytes=25 * 10**9, bandwidth_mb_s=50,
+                        images_per_vcpu_s=100, gpu_instances=2, gpu_hours=10, restored_iops=4000,
+                        restored_throughput=250, fsr_azs=1, fsr_hours=0.5)  # fmt: skip
+    rows = {r.item: r for r in plan(inputs, load_prices())}
+    # download: 100 GB at min(50 MB/s, 78.125 MiB/s) = 2000 s
+    assert rows["download"].hours == pytest.approx(2000 / 3600)
+    # pack: 1e6 images / (100 img/s x 2 vCPU x 30% baseline) = 16,667 s; the disk would need only 2,136 s
+    assert rows["pack"].hours == pytest.approx(1e6 / 60 / 3600)
+    hours = 2000 / 3600 + 1e6 / 60 / 3600 + 125e9 / 50e6 / 3600
+    assert rows["t2.large instance"].usd == pytest.approx(hours * 0.0928)
+    assert rows["sc1 1000 GiB volume"].usd == pytest.approx(1000 * 0.015 * hours / 730)
+    assert rows["S3 backup, per month"].usd == pytest.approx(125 * 0.0125)
+    assert rows["EBS snapshot, per month"].usd == pytest.approx(125 * 0.05)
+    # gp3 1000 GiB: $80 + 1000 extra IOPS x $0.005 + 125 extra MiB/s x $0.04 = $90/month, 10 h, 2 instances
+    assert rows["restored volume per GPU instance"].usd == pytest.approx(2 * 90 * 10 / 730)
+    assert rows["fast snapshot restore"].usd == pytest.approx(0.75)  # one-hour minimum
+
+
+def test_unlimited_credits_cost_surplus_but_pack_faster() -> None:
+    prices = load_prices()
+    standard = {r.item: r for r in plan(PlanInputs(images_per_vcpu_s=100), prices)}
+    unlimited = {r.item: r for r in plan(PlanInputs(images_per_vcpu_s=100, cpu_credits="unlimited"), prices)}
+    assert unlimited["pack"].hours < standard["pack"].hours and unlimited["pack"].usd > 0 == standard["pack"].usd
+
+
+def test_status_against_the_emulator(aws_endpoint: str) -> None:
+    ssm, ec2 = client("ssm"), client("ec2")
+    assert "nothing published yet" in render(gather(ssm, ec2, pipeline="st", status_parameter="/st/status",
+                                                    snapshot_parameter="/st/snapshot"))  # fmt: skip
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8, TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": tags.PIPELINE, "Value": "st"}]}])["VolumeId"]  # fmt: skip
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ssm.put_parameter(Name="/st/status", Type="String", Value=json.dumps(
+        {"stage": "pack train", "state": "running", "done": 500, "total": 1000, "unit": "images", "rate": 50.0,
+         "eta_seconds": 10, "last_error": None}))  # fmt: skip
+    ssm.put_parameter(Name="/st/snapshot", Type="String", Value=json.dumps({"snapshot_id": snapshot}))
+    text = render(gather(ssm, ec2, pipeline="st", status_parameter="/st/status", snapshot_parameter="/st/snapshot"))
+    assert "pack train running - 500/1,000 images at 50.0/s, ETA 10s" in text
+    assert f"snapshot: {snapshot} completed" in text and f"volume {volume} available" in text
+    ssm.put_parameter(Name="/st/status", Type="String", Overwrite=True, Value=json.dumps(
+        {"stage": "run", "state": "done", "done": 100, "total": 100, "unit": "%"}))  # fmt: skip
+    done = render(gather(ssm, ec2, pipeline="st", status_parameter="/st/status", snapshot_parameter="/st/snapshot"))
+    assert "status: finished; every stage is done" in done
+
+
+def test_help_matches_golden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    text = build_parser().format_help()
+    golden = GOLDEN / "scripts-help.txt"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert scripts_run(["--json", "plan", "--gpu-instances", "4"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"]["gpu_instances"] == 4 and data["prices"]["region"] == "us-east-1"
