@@ -215,7 +215,11 @@ def fetch_archive(
         # Placed there by hand or by an earlier version: verify instead of downloading again.
         log.info("%s: found in %s, verifying", spec.name, dest)
         got = md5_file(final, Progress(f"verify {spec.name}", remote.size, "B", status=status))
-        _check_md5(spec, got, final)
+        if got != spec.md5:
+            raise ChecksumError(
+                f"{final} has MD5 {got} but the dataset table pins {spec.md5}; it was left in place. "
+                "Delete or replace it, then run fetch again"
+            )
         markers.mark(f"fetch-{spec.name}", {"md5": got, "size": remote.size})
         return final
 
@@ -258,21 +262,16 @@ def fetch_archive(
     if digest != spec.md5:
         dl.part.unlink(missing_ok=True)
         dl.state_path.unlink(missing_ok=True)
-        _check_md5(spec, digest, final)
+        raise ChecksumError(
+            f"{spec.name}: MD5 is {digest} but the dataset table pins {spec.md5}; the file was removed and nothing "
+            "was marked done. Run fetch again; if it repeats, the source serves a different file "
+            "(check the source URL and the dataset table)"
+        )
     os.replace(dl.part, final)
     dl.state_path.unlink(missing_ok=True)
     markers.mark(f"fetch-{spec.name}", {"md5": digest, "size": remote.size})
     log.info("%s: verified (md5 %s)", spec.name, digest)
     return final
-
-
-def _check_md5(spec: ArchiveSpec, got: str, path: Path) -> None:
-    if got != spec.md5:
-        raise ChecksumError(
-            f"{spec.name}: MD5 is {got} but the dataset table pins {spec.md5}; the file was removed and nothing "
-            "was marked done. Run fetch again; if it repeats, the source serves a different file "
-            "(check the source URL and the dataset table)"
-        )
 
 
 def md5_file(path: Path, progress: Progress | None = None) -> str:

@@ -201,9 +201,10 @@ class _SplitPacker:
         workers = self.opts.worker_count()
         batch: list[Item] = []
         batch_bytes = 0
+        in_flight = 0  # batches in the window (cursors are free)
 
         def settle(entry: _Batch | Cursor) -> None:
-            nonlocal state
+            nonlocal state, in_flight
             if isinstance(entry, Cursor):
                 if entry.offset == END:
                     self._check_count(counts["packed"] + counts["failed"])
@@ -219,13 +220,15 @@ class _SplitPacker:
                     failures.add(record_id, relpath, str(value))
                     counts["failed"] += 1
                     log.warning("%s: cannot pack %s: %s", self.split, relpath, value)
+            in_flight -= 1
             progress.advance(len(entry.items))
 
         with _worker_pool(workers, self.opts.image) as pool:
 
             def submit() -> None:
-                nonlocal batch, batch_bytes
+                nonlocal batch, batch_bytes, in_flight
                 if batch:
+                    in_flight += 1
                     future = pool.submit(_transcode_batch, [i.data for i in batch])
                     window.append(_Batch(future, [(i.id, i.label, i.relpath) for i in batch]))
                     batch, batch_bytes = [], 0
@@ -241,7 +244,7 @@ class _SplitPacker:
                     batch_bytes += len(obj.data)
                     if len(batch) >= self.opts.batch_images or batch_bytes >= BATCH_BYTES:
                         submit()
-                while sum(isinstance(e, _Batch) for e in window) > 2 * workers:
+                while in_flight > 2 * workers:
                     settle(window.popleft())
             submit()
             while window:

@@ -192,3 +192,15 @@ def test_credentials_from_env_or_secret() -> None:
     from_secret = resolve_credentials("src", {}, lambda name: '{"username": "bob", "access_key": "s3cr3t"}')
     assert from_secret == Credentials("bob", "s3cr3t")
     assert "s3cr3t" not in repr(from_secret)
+
+
+def test_archive_already_in_place_with_wrong_md5_is_reported_and_left(
+    blob: tuple[Path, ArchiveSpec], tmp_path: Path
+) -> None:
+    root, spec = blob
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / spec.name).write_bytes(b"x" * (spec.size or 0))  # right size, wrong bytes
+    with pytest.raises(ChecksumError, match="left in place. Delete or replace it"):
+        fetch_archive(LocalSource(root), spec, dest, OPTS, **NO_SLEEP)
+    assert (dest / spec.name).exists()
