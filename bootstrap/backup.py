@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,6 +189,7 @@ class Backup:
     def __init__(self, data_dir: Path, s3: Any, opts: BackupOptions, status: StatusFile | None = None) -> None:
         self.data_dir, self.s3, self.opts, self.status = data_dir, s3, opts, status
         self.journal_path = data_dir / ".state" / "backup.jsonl"
+        self._journal_lock = threading.Lock()
 
     def _journal(self) -> dict[str, Uploaded]:
         entries: dict[str, Uploaded] = {}
@@ -202,7 +204,7 @@ class Backup:
 
     def _record(self, entry: Uploaded) -> None:
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.journal_path, "a") as f:
+        with self._journal_lock, open(self.journal_path, "a") as f:
             f.write(json.dumps(asdict(entry)) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -137,8 +137,7 @@ class _Download:
                             raise _disk_full(self.part.parent, self.size) from None
                         raise
                     pos += len(block)
-                    with self.lock:
-                        progress.advance(len(block))
+                    progress.advance(len(block))
             except TransientError as e:
                 attempt += 1
                 if attempt >= self.opts.max_attempts:
@@ -150,8 +149,7 @@ class _Download:
                 log.warning("%s: %s; retry %d/%d in %.1fs", self.spec.name, e, attempt, self.opts.max_attempts, delay)
                 if not self.ranges:
                     # Without range support the stream restarts at 0: rewind, and take back progress.
-                    with self.lock:
-                        progress.advance(start - pos)
+                    progress.advance(start - pos)
                     pos = start
                 sleep(delay)
         os.fdatasync(self.fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,7 @@ class Progress:
         self.stage, self.total, self.unit = stage, total, unit
         self.done = done
         self._start_done = done
+        self._lock = threading.Lock()
         self._status = status or StatusFile(None)
         self._clock = clock
         self._start = self._last_log = self._last_status = clock()
@@ -116,6 +118,11 @@ class Progress:
         )
 
     def advance(self, n: int = 1) -> None:
+        """Count ``n`` more units; safe to call from several threads (upload callbacks do)."""
+        with self._lock:
+            self._advance(n)
+
+    def _advance(self, n: int) -> None:
         self.done += n
         now = self._clock()
         if now - self._last_status >= self._status_every:

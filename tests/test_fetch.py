@@ -201,6 +201,6 @@ def test_archive_already_in_place_with_wrong_md5_is_reported_and_left(
     dest = tmp_path / "d"
     dest.mkdir()
     (dest / spec.name).write_bytes(b"x" * (spec.size or 0))  # right size, wrong bytes
-    with pytest.raises(ChecksumError, match="left in place. Delete or replace it"):
+    with pytest.raises(ChecksumError, match=r"left in place\. Delete or replace it"):
         fetch_archive(LocalSource(root), spec, dest, OPTS, **NO_SLEEP)
     assert (dest / spec.name).exists()
