@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from bootstrap.snapshot import SnapshotRequest, find_data_volume, publish, take_
 from bootstrap.sources import open_source, resolve_credentials
 from bootstrap.state import Markers, atomic_write_bytes, atomic_write_json, read_json
 from bootstrap.status_publisher import StatusPublisher
-from bootstrap.streams import Item, train_stream, val_stream
+from bootstrap.streams import Item, StreamFactory, train_stream, val_stream
 from bootstrap.verify import verify_split
 
 log = logging.getLogger(__name__)
@@ -149,10 +150,10 @@ class Engine:
                 self._require_archive(split)
                 path = self.archive(split)
                 if split == "train":
-                    stream = lambda start, p=path: train_stream(p, classes, max_image, start)  # noqa: E731
+                    stream: StreamFactory = partial(train_stream, path, classes, max_image)
                     expected = self.dataset.train_images
                 else:
-                    stream = lambda start, p=path: val_stream(p, classes, devkit.val_wnids, max_image, start)  # noqa: E731
+                    stream = partial(val_stream, path, classes, devkit.val_wnids, max_image)
                     expected = self.dataset.val_images
                 reports[split] = pack_split(
                     split,
