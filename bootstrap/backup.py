@@ -209,19 +209,6 @@ class Backup:
             f.flush()
             os.fsync(f.fileno())
 
-    def remote(self) -> dict[str, tuple[int, str]]:
-        """Every object under the prefix: key -> (size, ETag without quotes)."""
-        found: dict[str, tuple[int, str]] = {}
-        try:
-            for page in self.s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.opts.bucket, Prefix=self.opts.key("")
-            ):
-                for obj in page.get("Contents", []):
-                    found[obj["Key"]] = (obj["Size"], obj["ETag"].strip('"'))
-        except Exception as e:
-            raise _translate(e, self.opts, "listing the backup") from None
-        return found
-
     def _upload(self, f: LocalFile, progress: Progress) -> Uploaded:
         from boto3.s3.transfer import TransferConfig
 
@@ -294,21 +281,40 @@ class Backup:
         manifest["sent"] = len(pending)
         return manifest
 
+    def remote(self) -> dict[str, tuple[int, str]]:
+        return list_remote(self.s3, self.opts)
+
     def verify(self) -> list[str]:
-        """Differences between the manifest in S3 and the objects in S3; empty when they agree."""
-        try:
-            body = self.s3.get_object(Bucket=self.opts.bucket, Key=self.opts.key(MANIFEST))["Body"].read()
-        except Exception as e:
-            raise _translate(e, self.opts, "reading the manifest (has backup run?)") from None
-        remote = self.remote()
-        problems = []
-        for entry in json.loads(body)["files"]:
-            key = self.opts.key(entry["relpath"])
-            if key not in remote:
-                problems.append(f"{key}: missing from S3")
-            elif remote[key] != (entry["size"], entry["etag"]):
-                size, etag = remote[key]
-                problems.append(
-                    f"{key}: S3 has {size} bytes / ETag {etag}, manifest says {entry['size']} / {entry['etag']}"
-                )
-        return problems
+        return verify_backup(self.s3, self.opts)
+
+
+def list_remote(s3: Any, opts: BackupOptions) -> dict[str, tuple[int, str]]:
+    """Every object under the prefix: key -> (size, ETag without quotes)."""
+    found: dict[str, tuple[int, str]] = {}
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=opts.bucket, Prefix=opts.key("")):
+            for obj in page.get("Contents", []):
+                found[obj["Key"]] = (obj["Size"], obj["ETag"].strip('"'))
+    except Exception as e:
+        raise _translate(e, opts, "listing the backup") from None
+    return found
+
+
+def verify_backup(s3: Any, opts: BackupOptions) -> list[str]:
+    """Differences between the manifest in S3 and the objects in S3; empty when they agree."""
+    try:
+        body = s3.get_object(Bucket=opts.bucket, Key=opts.key(MANIFEST))["Body"].read()
+    except Exception as e:
+        raise _translate(e, opts, "reading the manifest (has backup run?)") from None
+    remote = list_remote(s3, opts)
+    problems = []
+    for entry in json.loads(body)["files"]:
+        key = opts.key(entry["relpath"])
+        if key not in remote:
+            problems.append(f"{key}: missing from S3")
+        elif remote[key] != (entry["size"], entry["etag"]):
+            size, etag = remote[key]
+            problems.append(
+                f"{key}: S3 has {size} bytes / ETag {etag}, manifest says {entry['size']} / {entry['etag']}"
+            )
+    return problems

@@ -1,4 +1,4 @@
-"""``python -m scripts``: plan, status (more commands: issue 6).
+"""``python -m scripts``: plan, status, launch-fleet, teardown, copy-snapshot.
 
 ``run(argv)`` returns an exit code and is what tests call; results go to
 stdout (human text, or JSON with ``--json``), logs to stderr.  Exit codes:
@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from bootstrap.errors import BootstrapError
 from scripts.plan import PlanInputs, load_prices, measured_images_per_vcpu_s, plan
 from scripts.status import gather, render
 
@@ -38,11 +39,79 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _plan_args(sub.add_parser("plan", help="expected time and cost of a run, with every assumption"))
     status = sub.add_parser("status", help="published status, snapshot state, the fleet's volumes")
-    status.add_argument("--pipeline", default="imagenet-staging")
+    _common(status)
     status.add_argument("--status-parameter", default="/imagenet-staging/status")
-    status.add_argument("--snapshot-parameter", default="/imagenet-staging/snapshot")
-    status.add_argument("--region")
+
+    fleet = sub.add_parser("launch-fleet", help="N GPU instances from the launch template (CreateFleet, instant)")
+    _common(fleet)
+    fleet.add_argument("--launch-template-id", required=True)
+    fleet.add_argument("--count", type=int, default=1)
+    fleet.add_argument("--instance-types", default="g5.xlarge", help="comma-separated, in order of preference")
+    fleet.add_argument("--subnets", required=True, help="comma-separated subnet ids (their AZs are where to look)")
+    fleet.add_argument("--spot", action="store_true")
+    fleet.add_argument("--wait", action="store_true", help="wait until every instance reports its dataset mounted")
+
+    down = sub.add_parser("teardown", help="download: after the snapshot; fleet: every GPU instance; all")
+    _common(down)
+    down.add_argument("what", choices=("download", "fleet", "all"))
+    down.add_argument("--force", action="store_true", help="download: even before snapshot and backup are verified")
+    down.add_argument("--keep-volume", action="store_true", help="download: keep the data volume")
+
+    copy = sub.add_parser("copy-snapshot", help="copy the dataset snapshot to another region, optionally share it")
+    _common(copy)
+    copy.add_argument("--to-region", required=True)
+    copy.add_argument("--kms-key-id", help="a customer key in the target region (needed to share with other accounts)")
+    copy.add_argument("--share-with", default="", help="comma-separated account ids")
     return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline", default="imagenet-staging")
+    parser.add_argument("--snapshot-parameter", default="/imagenet-staging/snapshot")
+    parser.add_argument("--region")
+
+
+def _aws(args: argparse.Namespace, *services: str) -> list[Any]:
+    from bootstrap.aws import client
+
+    return [client(name, region=args.region) for name in services]
+
+
+def _fleet_command(args: argparse.Namespace) -> tuple[Any, str]:
+    from scripts import fleet
+
+    if args.command == "launch-fleet":
+        (ec2,) = _aws(args, "ec2")
+        result = fleet.launch_fleet(ec2, template_id=args.launch_template_id, count=args.count,
+                                    instance_types=args.instance_types.split(","), subnets=args.subnets.split(","),
+                                    pipeline=args.pipeline, spot=args.spot)  # fmt: skip
+        if args.wait and result["instances"]:
+            result["ready"] = fleet.wait_for_datasets(ec2, result["instances"])
+        errors = "".join(f"\n  {e['type']} in {e['subnet']}: {e['error']}" for e in result["errors"])
+        text = f"launched {len(result['instances'])} of {args.count}: {' '.join(result['instances'])}{errors}"
+        return result, text
+    if args.command == "teardown":
+        ec2, ssm, s3 = _aws(args, "ec2", "ssm", "s3")
+        result = {}
+        if args.what in ("fleet", "all"):
+            result["fleet"] = fleet.teardown_fleet(ec2, pipeline=args.pipeline)
+        if args.what in ("download", "all"):
+            result["download"] = fleet.teardown_download(ec2, ssm, s3, snapshot_parameter=args.snapshot_parameter,
+                                                          pipeline=args.pipeline, force=args.force,
+                                                          keep_volume=args.keep_volume)  # fmt: skip
+        return result, json.dumps(result, indent=2)
+    source_ec2, source_ssm = _aws(args, "ec2", "ssm")
+    from bootstrap.aws import client
+
+    published = json.loads(source_ssm.get_parameter(Name=args.snapshot_parameter)["Parameter"]["Value"])
+    info = fleet.copy_snapshot(source_ec2, client("ec2", region=args.to_region), client("ssm", region=args.to_region),
+                               published=published, source_region=published["region"], target_region=args.to_region,
+                               snapshot_parameter=args.snapshot_parameter, kms_key_id=args.kms_key_id,
+                               share_with=[a for a in args.share_with.split(",") if a])  # fmt: skip
+    note = ("" if not args.share_with or args.kms_key_id else
+            "\nnote: a snapshot encrypted with the default aws/ebs key cannot be used by another account; copy it "
+            "with --kms-key-id of a customer key whose policy lets that account use it")  # fmt: skip
+    return info, f"{info['snapshot_id']} in {args.to_region}, published in {args.snapshot_parameter} there{note}"
 
 
 def _plan(args: argparse.Namespace) -> tuple[Any, str]:
@@ -69,14 +138,19 @@ def _plan(args: argparse.Namespace) -> tuple[Any, str]:
 
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "plan":
-        data, text = _plan(args)
-    else:
-        from bootstrap.aws import client
-
-        data = gather(client("ssm", region=args.region), client("ec2", region=args.region), pipeline=args.pipeline,
-                      status_parameter=args.status_parameter, snapshot_parameter=args.snapshot_parameter)  # fmt: skip
-        text = render(data)
+    try:
+        if args.command == "plan":
+            data, text = _plan(args)
+        elif args.command == "status":
+            ssm, ec2 = _aws(args, "ssm", "ec2")
+            data = gather(ssm, ec2, pipeline=args.pipeline, status_parameter=args.status_parameter,
+                          snapshot_parameter=args.snapshot_parameter)  # fmt: skip
+            text = render(data)
+        else:
+            data, text = _fleet_command(args)
+    except BootstrapError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     print(json.dumps(data, indent=2, default=str) if args.json else text)
     return 0
 

@@ -63,17 +63,28 @@ def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, clou
              "Dimensions": [{"Name": "Pipeline", "Value": env["PIPELINE"]}]}])  # fmt: skip
         return {"action": "alarm", "snapshot_id": snapshot_id, "instance_id": instance_id}
 
-    reservations = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [instance_id]}])["Reservations"]
-    instances = [i for r in reservations for i in r["Instances"]]
-    if not instances or instances[0]["State"]["Name"] in GONE:
-        return {"action": "none", "reason": f"{instance_id} is already gone", "snapshot_id": snapshot_id}
     keep = env.get("KEEP_VOLUME", "false").lower() == "true"
-    if not keep:
-        for mapping in instances[0].get("BlockDeviceMappings", []):
-            if mapping["Ebs"]["VolumeId"] == snapshot["VolumeId"]:
-                ec2.modify_instance_attribute(InstanceId=instance_id, BlockDeviceMappings=[
-                    {"DeviceName": mapping["DeviceName"], "Ebs": {"DeleteOnTermination": True}}])  # fmt: skip
-    ec2.terminate_instances(InstanceIds=[instance_id])
+    if not terminate_with_volume(ec2, instance_id, snapshot["VolumeId"], keep_volume=keep):
+        return {"action": "none", "reason": f"{instance_id} is already gone", "snapshot_id": snapshot_id}
     log.info("snapshot %s completed: terminated %s, data volume %s %s", snapshot_id, instance_id,
              snapshot["VolumeId"], "kept" if keep else "deleted with it")  # fmt: skip
     return {"action": "terminated", "instance_id": instance_id, "volume_deleted": not keep, "snapshot_id": snapshot_id}
+
+
+def terminate_with_volume(ec2: Any, instance_id: str, volume_id: str, *, keep_volume: bool) -> bool:
+    """Terminate the instance, taking ``volume_id`` with it unless kept; False when it is already gone.
+
+    Marking the volume DeleteOnTermination first means nobody has to wait for
+    the instance to stop before the volume can be deleted.
+    """
+    reservations = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [instance_id]}])["Reservations"]
+    instances = [i for r in reservations for i in r["Instances"]]
+    if not instances or instances[0]["State"]["Name"] in GONE:
+        return False
+    if not keep_volume:
+        for mapping in instances[0].get("BlockDeviceMappings", []):
+            if mapping["Ebs"]["VolumeId"] == volume_id:
+                ec2.modify_instance_attribute(InstanceId=instance_id, BlockDeviceMappings=[
+                    {"DeviceName": mapping["DeviceName"], "Ebs": {"DeleteOnTermination": True}}])  # fmt: skip
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    return True

@@ -1,0 +1,137 @@
+"""launch-fleet, teardown and copy-snapshot against moto (Stubber where moto cannot fail capacity)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.stub import ANY, Stubber
+
+from bootstrap import tags
+from bootstrap.aws import client
+from bootstrap.backup import Backup, BackupOptions
+from bootstrap.errors import BootstrapError
+from scripts.cli import run as scripts_run
+from scripts.fleet import copy_snapshot, launch_fleet, teardown_download, teardown_fleet
+from tests.fixtures.ec2_world import AL2023
+
+pytestmark = pytest.mark.usefixtures("aws_endpoint")
+
+
+def template(name: str) -> str:
+    image = client("ssm").get_parameter(Name=AL2023)["Parameter"]["Value"]
+    data = {"ImageId": image, "MetadataOptions": {"HttpTokens": "required"}}
+    created = client("ec2").create_launch_template(LaunchTemplateName=name, LaunchTemplateData=data)
+    return str(created["LaunchTemplate"]["LaunchTemplateId"])
+
+
+def subnets() -> list[str]:
+    return [s["SubnetId"] for s in client("ec2").describe_subnets()["Subnets"]][:2]
+
+
+def test_capacity_errors_fall_back_to_the_other_types_and_azs() -> None:
+    ec2 = client("ec2")
+    capacity_error = {
+        "LaunchTemplateAndOverrides": {"Overrides": {"InstanceType": "g5.xlarge", "SubnetId": "s-a"}},
+        "ErrorCode": "InsufficientInstanceCapacity",
+        "ErrorMessage": "none left",
+        "Lifecycle": "on-demand",
+    }
+    launched = {"InstanceIds": ["i-1", "i-2"], "InstanceType": "g6.xlarge", "Lifecycle": "on-demand"}
+    second_call = {
+        "Type": "instant",
+        "LaunchTemplateConfigs": [{
+            "LaunchTemplateSpecification": {"LaunchTemplateId": "lt-1", "Version": "$Latest"},
+            "Overrides": [{"InstanceType": "g6.xlarge", "SubnetId": "s-a", "Priority": 1.0}],  # g5 is dropped
+        }],
+        "TargetCapacitySpecification": {"TotalTargetCapacity": 2, "DefaultTargetCapacityType": "on-demand"},
+        "OnDemandOptions": ANY,
+        "SpotOptions": ANY,
+        "TagSpecifications": ANY,
+    }  # fmt: skip
+    with Stubber(ec2) as stub:
+        stub.add_response("create_fleet", {"FleetId": "f-1", "Errors": [capacity_error], "Instances": []})
+        stub.add_response("create_fleet", {"FleetId": "f-2", "Errors": [], "Instances": [launched]}, second_call)
+        result = launch_fleet(ec2, template_id="lt-1", count=2, instance_types=["g5.xlarge", "g6.xlarge"],
+                              subnets=["s-a"], pipeline="p")  # fmt: skip
+        stub.assert_no_pending_responses()
+    assert result["instances"] == ["i-1", "i-2"] and result["errors"][0]["error"] == "InsufficientInstanceCapacity"
+
+
+def test_launch_fleet_against_the_emulator_tags_the_instances() -> None:
+    result = launch_fleet(client("ec2"), template_id=template("lf"), count=2, instance_types=["g5.xlarge"],
+                          subnets=subnets(), pipeline="lf", spot=True)  # fmt: skip
+    assert len(result["instances"]) >= 1
+    found = client("ec2").describe_instances(InstanceIds=result["instances"])["Reservations"]
+    assert all({"Key": tags.PIPELINE, "Value": "lf"} in i["Tags"] for r in found for i in r["Instances"])
+
+
+def _download_side(pipeline: str, tmp: Path, with_backup: bool) -> dict[str, Any]:
+    ec2 = client("ec2")
+    image = client("ssm").get_parameter(Name=AL2023)["Parameter"]["Value"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.large")["Instances"][0]
+    volume = ec2.create_volume(AvailabilityZone=instance["Placement"]["AvailabilityZone"], Size=1000,
+                               VolumeType="sc1")["VolumeId"]  # fmt: skip
+    ec2.attach_volume(VolumeId=volume, InstanceId=instance["InstanceId"], Device="/dev/sdf")
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    bucket = f"bk-{pipeline}"
+    client("s3").create_bucket(Bucket=bucket)
+    if with_backup:
+        (tmp / "recordio").mkdir(parents=True)
+        (tmp / "recordio" / "train.rec").write_bytes(b"rec" * 1000)
+        Backup(tmp, client("s3"), BackupOptions(bucket, "imagenet")).run()
+    published = {"snapshot_id": snapshot, "volume_id": volume, "source_instance_id": instance["InstanceId"],
+                 "region": "us-east-1", "pipeline": pipeline,
+                 "manifest": f"s3://{bucket}/imagenet/manifest.json"}  # fmt: skip
+    client("ssm").put_parameter(Name=f"/{pipeline}/snapshot", Value=json.dumps(published), Type="String")
+    return published
+
+
+def test_teardown_download_refuses_until_backup_is_verified_then_removes_instance_and_volume(tmp_path: Path) -> None:
+    ec2, ssm, s3 = client("ec2"), client("ssm"), client("s3")
+    with pytest.raises(BootstrapError, match="does not exist: the snapshot is not published yet"):
+        teardown_download(ec2, ssm, s3, snapshot_parameter="/nope/snapshot", pipeline="nope")
+    unsafe = _download_side("td-unsafe", tmp_path / "a", with_backup=False)
+    with pytest.raises(BootstrapError, match="manifest"):
+        teardown_download(ec2, ssm, s3, snapshot_parameter="/td-unsafe/snapshot", pipeline="td-unsafe")
+    assert ec2.describe_instances(InstanceIds=[unsafe["source_instance_id"]])["Reservations"][0]["Instances"][0][
+        "State"]["Name"] == "running"  # fmt: skip
+    safe = _download_side("td-safe", tmp_path / "b", with_backup=True)
+    result = teardown_download(ec2, ssm, s3, snapshot_parameter="/td-safe/snapshot", pipeline="td-safe")
+    assert result == {"terminated": safe["source_instance_id"], "volume_deleted": True}
+    assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [safe["volume_id"]]}])["Volumes"]
+
+
+def test_teardown_fleet_leaves_no_pipeline_volume() -> None:
+    ec2 = client("ec2")
+    result = launch_fleet(ec2, template_id=template("tf"), count=2, instance_types=["g5.xlarge"],
+                          subnets=subnets(), pipeline="tf")  # fmt: skip
+    owned = []
+    for instance in result["instances"]:
+        az = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["Placement"][
+            "AvailabilityZone"]  # fmt: skip
+        volume = ec2.create_volume(AvailabilityZone=az, Size=8, TagSpecifications=[{"ResourceType": "volume", "Tags": [
+            {"Key": tags.PIPELINE, "Value": "tf"}, {"Key": tags.OWNER, "Value": instance}]}])["VolumeId"]  # fmt: skip
+        owned.append(volume)
+    ec2.attach_volume(VolumeId=owned[0], InstanceId=result["instances"][0], Device="/dev/sdf")  # leaked on purpose
+    report = teardown_fleet(ec2, pipeline="tf")
+    assert sorted(report["terminated"]) == sorted(result["instances"]) and report["volumes_left"] == []
+
+
+def test_copy_snapshot_publishes_it_in_the_target_region(tmp_path: Path) -> None:
+    published = _download_side("cp", tmp_path, with_backup=False)
+    info = copy_snapshot(client("ec2"), client("ec2", region="us-west-2"), client("ssm", region="us-west-2"),
+                         published=published, source_region="us-east-1", target_region="us-west-2",
+                         snapshot_parameter="/cp/snapshot", share_with=["111122223333"])  # fmt: skip
+    there = json.loads(client("ssm", region="us-west-2").get_parameter(Name="/cp/snapshot")["Parameter"]["Value"])
+    assert there["snapshot_id"] == info["snapshot_id"] != published["snapshot_id"] and there["region"] == "us-west-2"
+    attribute = client("ec2", region="us-west-2").describe_snapshot_attribute(
+        SnapshotId=info["snapshot_id"], Attribute="createVolumePermission")  # fmt: skip
+    assert attribute["CreateVolumePermissions"] == [{"UserId": "111122223333"}]
+
+
+def test_cli_errors_are_one_line_and_exit_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert scripts_run(["teardown", "download", "--snapshot-parameter", "/missing/snapshot"]) == 1
+    assert "error: /missing/snapshot does not exist" in capsys.readouterr().err
