@@ -37,6 +37,7 @@ STAGES = {
     "snapshot": "freeze the data filesystem, snapshot its EBS volume with tags, wait until complete",
     "publish": "write the snapshot id and dataset facts to the snapshot SSM parameter",
     "status": "print the status file of the data directory",
+    "mount-data": "on the download instance: find the data volume by id, format it if blank, mount it at data_dir",
     "attach": "on a GPU instance: create the dataset volume from the snapshot, attach it, mount it read-only",
 }
 
@@ -72,6 +73,7 @@ def _flag_args(parser: argparse.ArgumentParser) -> None:
     add("--prefix", help="key prefix in the backup bucket")
     add("--snapshot-parameter", help="SSM parameter to publish the snapshot id to")
     add("--status-parameter", help="SSM parameter to copy the live status to")
+    add("--data-volume-id", help="mount-data: the EBS volume id of the data volume")
     add("--verify", action="store_true", help="backup: compare S3 with the manifest instead of uploading")
     add("--json", action="store_true", help="print the result as JSON")
     add("-v", "--verbose", action="store_true", help="debug logging")
@@ -160,12 +162,13 @@ def run(argv: Sequence[str]) -> int:
             print(json.dumps(status, indent=2) if status else f"no status yet at {config.paths.status}")
             return 0
         engine = Engine(config)
-        result: Any = (
-            engine.backup(verify_only=True) if args.stage == "backup" and args.verify else getattr(engine, args.stage)()
-        )
+        if args.stage == "backup" and args.verify:
+            result: Any = engine.backup(verify_only=True)
+        else:
+            result = getattr(engine, args.stage.replace("-", "_"))()
         if args.stage == "run":
             print(describe(result))
-        elif args.json and result is not None:
+        elif (args.json or args.stage == "mount-data") and result is not None:
             print(json.dumps(result, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o), indent=2))
         return 0
     except BootstrapError as e:

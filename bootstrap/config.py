@@ -70,8 +70,13 @@ class PrepConfig:
     status_parameter: str | None = None
     """SSM parameter the live status is copied to; none when unset."""
     status_interval: float = 30.0
+    data_volume_id: str | None = None
+    """The download instance's data volume; ``mount-data`` formats (once) and mounts it at data_dir."""
+    data_device: str = "/dev/sdf"
+    """The device name it is attached as (only Xen instances use it; Nitro is matched by serial)."""
     sys_root: Path = Path("/sys")
     dev_root: Path = Path("/dev")
+    fstab: Path = Path("/etc/fstab")
 
     def __post_init__(self) -> None:
         checks = {
@@ -161,7 +166,7 @@ class DataPaths:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(PrepConfig)}
-_PATHS = {"data_dir", "dataset_table", "sys_root", "dev_root"}
+_PATHS = {"data_dir", "dataset_table", "sys_root", "dev_root", "fstab"}
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -45,6 +45,7 @@ from bootstrap.state import Markers, atomic_write_bytes, atomic_write_json, read
 from bootstrap.status_publisher import StatusPublisher
 from bootstrap.streams import Item, StreamFactory, train_stream, val_stream
 from bootstrap.verify import verify_split
+from bootstrap.volume import mount_data_volume
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "train")
@@ -73,6 +74,17 @@ class Engine:
             raise
         self.status.update(stage=name, state="done")
         return result
+
+    # -- the data volume -------------------------------------------------------------
+
+    def mount_data(self) -> dict[str, Any]:
+        """Format (only if blank) and mount the data volume at data_dir; idempotent, run at every boot."""
+        volume_id = self.config.data_volume_id
+        if not volume_id:
+            raise ConfigError("no data_volume_id configured: set it to the EBS volume to mount at data_dir")
+        device = mount_data_volume(volume_id, self.config.data_device, self.paths.root,
+                                   roots=self.config.device_roots(), fstab=self.config.fstab)  # fmt: skip
+        return {"volume_id": volume_id, "device": str(device), "mount_point": str(self.paths.root)}
 
     # -- fetch ----------------------------------------------------------------------
 

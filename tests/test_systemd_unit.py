@@ -25,7 +25,7 @@ def test_unit_restarts_on_failure_but_not_on_permanent_errors() -> None:
     assert service["Restart"] == "on-failure"
     assert set(service["RestartPreventExitStatus"].split()) == {"2", "3"}  # ConfigError, DiskFullError
     assert "-m bootstrap run --config" in service["ExecStart"]
-    assert unit["Unit"]["RequiresMountsFor"] == "/data"
+    assert "-m bootstrap mount-data --config" in service["ExecStartPre"]  # /data is mounted before the run
     assert int(unit["Unit"]["StartLimitBurst"]) <= 5
 
 
