@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bootstrap import aws
 from bootstrap.archives import DatasetSpec, load_dataset
@@ -48,6 +48,7 @@ from bootstrap.verify import verify_split
 from bootstrap.volume import mount_data_volume
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SPLITS = ("val", "train")
 
 
@@ -64,7 +65,7 @@ class Engine:
     def archive(self, role: str) -> Path:
         return self.paths.archives / self.dataset.archive(role).name
 
-    def _stage(self, name: str, body: Callable[[], Any]) -> Any:
+    def _stage(self, name: str, body: Callable[[], T]) -> T:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.status.update(stage=name, state="running", last_error=None)
         try:
@@ -129,8 +130,7 @@ class Engine:
             log.info("organise: %d classes, %d validation labels", len(devkit.classes), len(devkit.val_wnids))
             return devkit
 
-        result: Devkit = self._stage("organise", body)
-        return result
+        return self._stage("organise", body)
 
     def _require_archive(self, role: str) -> None:
         if not self.archive(role).exists():
@@ -181,8 +181,7 @@ class Engine:
                 )
             return reports
 
-        result: dict[str, PackReport] = self._stage("pack", body)
-        return result
+        return self._stage("pack", body)
 
     # -- verify and inspect ----------------------------------------------------------
 
@@ -223,8 +222,7 @@ class Engine:
                 sheets.append(out)
             return sheets
 
-        result: list[Path] = self._stage("inspect", body)
-        return result
+        return self._stage("inspect", body)
 
     # -- on the instance: backup, snapshot, publish ------------------------------------
 
@@ -255,8 +253,7 @@ class Engine:
             self.markers.mark("backup", info)
             return info
 
-        result: dict[str, Any] = self._stage("backup", body)
-        return result
+        return self._stage("backup", body)
 
     def snapshot(self) -> dict[str, Any]:
         def body() -> dict[str, Any]:
@@ -284,8 +281,7 @@ class Engine:
             self.markers.mark("snapshot", info)
             return info
 
-        result: dict[str, Any] = self._stage("snapshot", body)
-        return result
+        return self._stage("snapshot", body)
 
     def publish(self) -> dict[str, Any]:
         def body() -> dict[str, Any]:
@@ -309,8 +305,7 @@ class Engine:
             log.info("publish: %s -> %s", info["snapshot_id"], parameter)
             return info
 
-        result: dict[str, Any] = self._stage("publish", body)
-        return result
+        return self._stage("publish", body)
 
     # -- everything ------------------------------------------------------------------
 
