@@ -16,7 +16,7 @@ from typing import Any
 
 from bootstrap.errors import BootstrapError
 from scripts.plan import PlanInputs, load_prices, measured_images_per_vcpu_s, plan
-from scripts.status import gather, render
+from scripts.status import gather, render, watch
 
 
 def _plan_args(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="published status, snapshot state, the fleet's volumes")
     _common(status)
     status.add_argument("--status-parameter", default="/imagenet-staging/status")
+    status.add_argument("--watch", action="store_true", help="show a progress bar until the run is done or fails")
+    status.add_argument("--interval", type=float, default=30.0, help="seconds between polls with --watch")
 
     fleet = sub.add_parser("launch-fleet", help="N GPU instances from the launch template (CreateFleet, instant)")
     _common(fleet)
@@ -56,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("what", choices=("download", "fleet", "all"))
     down.add_argument("--force", action="store_true", help="download: even before snapshot and backup are verified")
     down.add_argument("--keep-volume", action="store_true", help="download: keep the data volume")
+    down.add_argument(
+        "--purge", action="store_true", help="all: also delete the snapshots, backup bucket and parameters"
+    )
+    down.add_argument("--yes", action="store_true", help="with --purge: do not ask for confirmation")
+    down.add_argument("--status-parameter", default="/imagenet-staging/status")
 
     copy = sub.add_parser("copy-snapshot", help="copy the dataset snapshot to another region, optionally share it")
     _common(copy)
@@ -77,6 +84,13 @@ def _aws(args: argparse.Namespace, *services: str) -> list[Any]:
     return [client(name, region=args.region) for name in services]
 
 
+def _confirm(pipeline: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"Delete every snapshot, the backup bucket and the parameters of {pipeline}? Type the name: ")
+    return answer.strip() == pipeline
+
+
 def _fleet_command(args: argparse.Namespace) -> tuple[Any, str]:
     from scripts import fleet
 
@@ -93,12 +107,20 @@ def _fleet_command(args: argparse.Namespace) -> tuple[Any, str]:
     if args.command == "teardown":
         ec2, ssm, s3 = _aws(args, "ec2", "ssm", "s3")
         result = {}
-        if args.what in ("fleet", "all"):
+        if args.purge and args.what != "all":
+            raise fleet.OperatorError("--purge goes with 'teardown all'")
+        if args.purge and not args.yes and not _confirm(args.pipeline):
+            raise fleet.OperatorError("not confirmed; nothing was deleted (pass --yes to skip the question)")
+        if args.what in ("fleet", "all"):  # first: a fleet comes down whatever the download side's state
             result["fleet"] = fleet.teardown_fleet(ec2, pipeline=args.pipeline)
         if args.what in ("download", "all"):
             result["download"] = fleet.teardown_download(ec2, ssm, s3, snapshot_parameter=args.snapshot_parameter,
-                                                          pipeline=args.pipeline, force=args.force,
+                                                          pipeline=args.pipeline, force=args.force or args.purge,
                                                           keep_volume=args.keep_volume)  # fmt: skip
+        if args.purge:
+            result["purge"] = fleet.purge(ec2, ssm, s3, pipeline=args.pipeline,
+                                          snapshot_parameter=args.snapshot_parameter,
+                                          status_parameter=args.status_parameter)  # fmt: skip
         return result, json.dumps(result, indent=2)
     source_ec2, source_ssm = _aws(args, "ec2", "ssm")
     from bootstrap.aws import client
@@ -143,8 +165,14 @@ def run(argv: Sequence[str]) -> int:
             data, text = _plan(args)
         elif args.command == "status":
             ssm, ec2 = _aws(args, "ssm", "ec2")
-            data = gather(ssm, ec2, pipeline=args.pipeline, status_parameter=args.status_parameter,
-                          snapshot_parameter=args.snapshot_parameter)  # fmt: skip
+
+            def fetch() -> dict[str, Any]:
+                return gather(ssm, ec2, pipeline=args.pipeline, status_parameter=args.status_parameter,
+                              snapshot_parameter=args.snapshot_parameter)  # fmt: skip
+
+            if args.watch:
+                return 0 if watch(fetch, interval=args.interval) else 1
+            data = fetch()
             text = render(data)
         else:
             data, text = _fleet_command(args)

@@ -5,6 +5,7 @@ Every function takes its boto3 clients as arguments; the CLI makes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -146,3 +147,29 @@ def copy_snapshot(source_ec2: Any, target_ec2: Any, target_ssm: Any, *, publishe
     target_ssm.put_parameter(Name=snapshot_parameter, Value=json.dumps(info, sort_keys=True), Type="String",
                              Overwrite=True)  # fmt: skip
     return info
+
+
+def purge(ec2: Any, ssm: Any, s3: Any, *, pipeline: str, snapshot_parameter: str,
+          status_parameter: str) -> dict[str, Any]:  # fmt: skip
+    """Delete what teardown keeps: the pipeline's snapshots, the backup bucket, the published parameters."""
+    try:
+        published = json.loads(ssm.get_parameter(Name=snapshot_parameter)["Parameter"]["Value"])
+    except ssm.exceptions.ParameterNotFound:
+        published = {}
+    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": f"tag:{tags.PIPELINE}", "Values": [pipeline]}])["Snapshots"]  # fmt: skip
+    ids = {s["SnapshotId"] for s in snapshots} | ({published["snapshot_id"]} if "snapshot_id" in published else set())
+    for snapshot_id in sorted(ids):
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    bucket = published.get("manifest", "").removeprefix("s3://").partition("/")[0]
+    if bucket:
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                      for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]  # fmt: skip
+            if doomed:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed})
+        s3.delete_bucket(Bucket=bucket)
+    for name in (snapshot_parameter, status_parameter):
+        with contextlib.suppress(ssm.exceptions.ParameterNotFound):
+            ssm.delete_parameter(Name=name)
+    return {"snapshots_deleted": sorted(ids), "bucket_deleted": bucket or None}

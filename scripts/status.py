@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from bootstrap import tags
 
@@ -60,3 +63,40 @@ def render(report: dict[str, Any]) -> str:
             f"volume {v['volume']} {v['state']} in {v['az']} owner {v['owner']} attached to {v['attached_to']}"
         )
     return "\n".join(lines)
+
+
+def finished(report: dict[str, Any]) -> bool | None:
+    """True when the run is done, False when its last stage failed, None while it is still going."""
+    status = report["status"] or {}
+    if status.get("state") == "failed":
+        return False
+    if status.get("stage") == "run" and status.get("state") == "done":
+        return True
+    return None
+
+
+def bar(status: dict[str, Any] | None, width: int = 30) -> str:
+    if not status or not status.get("total"):
+        return ""
+    fraction = min(status.get("done", 0) / status["total"], 1.0)
+    return f"[{'#' * int(fraction * width)}{'.' * (width - int(fraction * width))}] {fraction:5.1%} "
+
+
+def watch(fetch: Callable[[], dict[str, Any]], *, interval: float = 30.0, out: TextIO = sys.stdout,
+          sleep: Callable[[float], None] = time.sleep, max_polls: int | None = None) -> bool:  # fmt: skip
+    """Show progress until the run is done (True) or has failed (False)."""
+    polls = 0
+    while True:
+        report = fetch()
+        line = bar(report["status"]) + render(report).splitlines()[0]
+        out.write(("\r" + line + "\033[K") if out.isatty() else line + "\n")
+        out.flush()
+        state = finished(report)
+        polls += 1
+        if state is not None or (max_polls is not None and polls >= max_polls):
+            if out.isatty():
+                out.write("\n")
+            if state is False:
+                out.write(render(report) + "\n")
+            return bool(state)
+        sleep(interval)

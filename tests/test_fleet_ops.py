@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
 from bootstrap import tags
@@ -135,3 +136,47 @@ def test_copy_snapshot_publishes_it_in_the_target_region(tmp_path: Path) -> None
 def test_cli_errors_are_one_line_and_exit_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
     assert scripts_run(["teardown", "download", "--snapshot-parameter", "/missing/snapshot"]) == 1
     assert "error: /missing/snapshot does not exist" in capsys.readouterr().err
+
+
+def _seed_status(name: str, value: dict[str, Any]) -> None:
+    client("ssm").put_parameter(Name=name, Value=json.dumps(value), Type="String", Overwrite=True)
+
+
+def test_status_watch_ends_when_done_or_failed() -> None:
+    import io
+
+    from scripts.status import gather, watch
+
+    def fetch() -> dict[str, Any]:
+        return gather(client("ssm"), client("ec2"), pipeline="w", status_parameter="/w/status",
+                      snapshot_parameter="/w/snapshot")  # fmt: skip
+
+    progress = iter([{"stage": "pack train", "state": "running", "done": 10, "total": 100, "unit": "images"},
+                     {"stage": "run", "state": "done"}])  # fmt: skip
+    _seed_status("/w/status", next(progress))
+    out = io.StringIO()
+    assert watch(fetch, interval=0, out=out, sleep=lambda _s: _seed_status("/w/status", next(progress)))
+    assert "[###" in out.getvalue() and "finished" in out.getvalue()
+    _seed_status("/w/status", {"stage": "snapshot", "state": "failed", "last_error": "snapshot snap-1 ended in error"})
+    out = io.StringIO()
+    assert not watch(fetch, interval=0, out=out, sleep=lambda _s: None)
+    assert "last error: snapshot snap-1 ended in error" in out.getvalue()
+    _seed_status("/w/status", {"stage": "pack train", "state": "running", "done": 1, "total": 2})
+    assert not watch(fetch, interval=0, out=io.StringIO(), sleep=lambda _s: None, max_polls=3)
+
+
+def test_teardown_all_purge_asks_then_deletes_what_teardown_keeps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    published = _download_side("pg", tmp_path, with_backup=True)
+    args = ["teardown", "all", "--purge", "--pipeline", "pg", "--snapshot-parameter", "/pg/snapshot",
+            "--status-parameter", "/pg/status"]  # fmt: skip
+    assert scripts_run(args) == 1  # not a terminal: no confirmation, nothing deleted
+    assert "not confirmed; nothing was deleted" in capsys.readouterr().err
+    assert client("ec2").describe_snapshots(SnapshotIds=[published["snapshot_id"]])["Snapshots"]
+    assert scripts_run([*args, "--yes"]) == 0
+    assert not client("ec2").describe_snapshots(Filters=[
+        {"Name": "snapshot-id", "Values": [published["snapshot_id"]]}])["Snapshots"]  # fmt: skip
+    assert "bk-pg" not in [b["Name"] for b in client("s3").list_buckets()["Buckets"]]
+    with pytest.raises(ClientError, match="ParameterNotFound"):
+        client("ssm").get_parameter(Name="/pg/snapshot")
