@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--subnets", required=True, help="comma-separated subnet ids (their AZs are where to look)")
     fleet.add_argument("--spot", action="store_true")
     fleet.add_argument("--wait", action="store_true", help="wait until every instance reports its dataset mounted")
+    fleet.add_argument(
+        "--fast-restore",
+        action="store_true",
+        help="enable fast snapshot restore in the subnets' AZs first (billed per AZ-hour; cost shown)",
+    )
 
     down = sub.add_parser("teardown", help="download: after the snapshot; fleet: every GPU instance; all")
     _common(down)
@@ -95,10 +100,21 @@ def _fleet_command(args: argparse.Namespace) -> tuple[Any, str]:
     from scripts import fleet
 
     if args.command == "launch-fleet":
-        (ec2,) = _aws(args, "ec2")
+        ec2, ssm = _aws(args, "ec2", "ssm")
+        subnets = args.subnets.split(",")
+        fast_restore = {}
+        if args.fast_restore:
+            published = json.loads(ssm.get_parameter(Name=args.snapshot_parameter)["Parameter"]["Value"])
+            azs = fleet.subnet_azs(ec2, subnets)
+            cost = fleet.fast_restore_cost(azs, load_prices())
+            print(f"fast snapshot restore in {', '.join(azs)}: ${cost:.2f} per hour while enabled "
+                  "(one-hour minimum); disable it when the fleet is up", file=sys.stderr)  # fmt: skip
+            fast_restore = fleet.enable_fast_restore(ec2, published["snapshot_id"], azs)
         result = fleet.launch_fleet(ec2, template_id=args.launch_template_id, count=args.count,
-                                    instance_types=args.instance_types.split(","), subnets=args.subnets.split(","),
+                                    instance_types=args.instance_types.split(","), subnets=subnets,
                                     pipeline=args.pipeline, spot=args.spot)  # fmt: skip
+        if fast_restore:
+            result["fast_restore"] = fast_restore
         if args.wait and result["instances"]:
             result["ready"] = fleet.wait_for_datasets(ec2, result["instances"])
         errors = "".join(f"\n  {e['type']} in {e['subnet']}: {e['error']}" for e in result["errors"])

@@ -62,6 +62,25 @@ def launch_fleet(ec2: Any, *, template_id: str, count: int, instance_types: list
     return {"requested": count, "instances": launched, "errors": failed}
 
 
+def subnet_azs(ec2: Any, subnets: list[str]) -> list[str]:
+    return sorted({s["AvailabilityZone"] for s in ec2.describe_subnets(SubnetIds=subnets)["Subnets"]})
+
+
+def fast_restore_cost(azs: list[str], prices: dict[str, Any], hours: float = 1.0) -> float:
+    """FSR bills per snapshot per AZ per hour, with a one-hour minimum."""
+    return float(len(azs) * max(hours, 1.0) * prices["fsr_dsu_hour"])
+
+
+def enable_fast_restore(ec2: Any, snapshot_id: str, azs: list[str]) -> dict[str, str]:
+    """Turn FSR on for the snapshot in these AZs; returns AZ -> state (it reaches 'enabled' after ~1 h per TiB)."""
+    response = ec2.enable_fast_snapshot_restores(AvailabilityZones=azs, SourceSnapshotIds=[snapshot_id])
+    states = {item["AvailabilityZone"]: item["State"] for item in response.get("Successful", [])}
+    for item in response.get("Unsuccessful", []):
+        for error in item.get("FastSnapshotRestoreStateErrors", []):
+            states[error["AvailabilityZone"]] = f"failed: {error['Error']['Message']}"
+    return states
+
+
 def wait_for_datasets(ec2: Any, instance_ids: list[str], timeout: float = 900, poll: float = 10,
                       sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:  # fmt: skip
     """Until every instance carries the ready tag its attach agent sets: instance -> volume."""

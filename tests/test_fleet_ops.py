@@ -180,3 +180,20 @@ def test_teardown_all_purge_asks_then_deletes_what_teardown_keeps(
     assert "bk-pg" not in [b["Name"] for b in client("s3").list_buckets()["Buckets"]]
     with pytest.raises(ClientError, match="ParameterNotFound"):
         client("ssm").get_parameter(Name="/pg/snapshot")
+
+
+def test_fast_restore_shows_its_cost_and_enables_per_az() -> None:
+    from scripts.fleet import enable_fast_restore, fast_restore_cost
+    from scripts.plan import load_prices
+
+    assert fast_restore_cost(["us-east-1a", "us-east-1b"], load_prices(), hours=0.25) == pytest.approx(1.5)
+    ec2 = client("ec2")  # moto has no FSR API: check the exact call and the reply handling
+    with Stubber(ec2) as stub:
+        stub.add_response("enable_fast_snapshot_restores", {
+            "Successful": [{"SnapshotId": "snap-1", "AvailabilityZone": "us-east-1a", "State": "enabling"}],
+            "Unsuccessful": [{"SnapshotId": "snap-1", "FastSnapshotRestoreStateErrors": [
+                {"AvailabilityZone": "us-east-1b", "Error": {"Code": "x", "Message": "limit reached"}}]}]},
+            {"AvailabilityZones": ["us-east-1a", "us-east-1b"], "SourceSnapshotIds": ["snap-1"]})  # fmt: skip
+        states = enable_fast_restore(ec2, "snap-1", ["us-east-1a", "us-east-1b"])
+        stub.assert_no_pending_responses()
+    assert states == {"us-east-1a": "enabling", "us-east-1b": "failed: limit reached"}
