@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from bootstrap.errors import BootstrapError
 from scripts.plan import PlanInputs, load_prices, measured_images_per_vcpu_s, plan
 from scripts.status import gather, render, watch
@@ -195,6 +197,10 @@ def run(argv: Sequence[str]) -> int:
     except BootstrapError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except ClientError as e:  # a missing template, snapshot or permission: AWS's own words, on one line
+        error = e.response.get("Error", {})
+        print(f"error: {e.operation_name}: {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+        return 1
     print(json.dumps(data, indent=2, default=str) if args.json else text)
     return 0
 

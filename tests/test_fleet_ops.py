@@ -197,3 +197,11 @@ def test_fast_restore_shows_its_cost_and_enables_per_az() -> None:
         states = enable_fast_restore(ec2, "snap-1", ["us-east-1a", "us-east-1b"])
         stub.assert_no_pending_responses()
     assert states == {"us-east-1a": "enabling", "us-east-1b": "failed: limit reached"}
+
+
+def test_aws_errors_are_one_line_naming_the_call(capsys: pytest.CaptureFixture[str]) -> None:
+    gone = json.dumps({"snapshot_id": "snap-0123456789abcdef0", "region": "us-east-1"})
+    client("ssm").put_parameter(Name="/gone/snapshot", Type="String", Overwrite=True, Value=gone)
+    code = scripts_run(["copy-snapshot", "--snapshot-parameter", "/gone/snapshot", "--to-region", "us-west-2"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: CopySnapshot: InvalidSnapshot.NotFound") and "Traceback" not in err
