@@ -37,7 +37,14 @@ def gather(ssm: Any, ec2: Any, *, pipeline: str, status_parameter: str, snapshot
          "attached_to": [a["InstanceId"] for a in v["Attachments"]]}
         for v in volumes
     ]  # fmt: skip
-    return {"status": status, "published": published, "snapshot": snapshot, "volumes": fleet}
+    found = ec2.describe_instances(Filters=[{"Name": f"tag:{tags.PIPELINE}", "Values": [pipeline]}])["Reservations"]
+    instances = [
+        {"instance": i["InstanceId"], "type": i["InstanceType"], "state": i["State"]["Name"],
+         "az": i["Placement"]["AvailabilityZone"],
+         "dataset": {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get(tags.READY)}
+        for r in found for i in r["Instances"]
+    ]  # fmt: skip
+    return {"status": status, "published": published, "snapshot": snapshot, "instances": instances, "volumes": fleet}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -58,6 +65,9 @@ def render(report: dict[str, Any]) -> str:
     lines.append(
         f"snapshot: {snap['id']} {snap['state']} {snap['progress']}" if snap else "snapshot: not published yet"
     )
+    for i in report["instances"]:
+        mounted = f"dataset {i['dataset']} mounted" if i["dataset"] else "dataset not mounted yet"
+        lines.append(f"instance {i['instance']} {i['type']} {i['state']} in {i['az']}, {mounted}")
     for v in report["volumes"]:
         lines.append(
             f"volume {v['volume']} {v['state']} in {v['az']} owner {v['owner']} attached to {v['attached_to']}"

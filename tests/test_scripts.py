@@ -58,6 +58,13 @@ def test_status_against_the_emulator(aws_endpoint: str) -> None:
     text = render(gather(ssm, ec2, pipeline="st", status_parameter="/st/status", snapshot_parameter="/st/snapshot"))
     assert "pack train running - 500/1,000 images at 50.0/s, ETA 10s" in text
     assert f"snapshot: {snapshot} completed" in text and f"volume {volume} available" in text
+    image = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
+    instance_tags = [{"Key": tags.PIPELINE, "Value": "st"}, {"Key": tags.READY, "Value": volume}]
+    gpu = ec2.run_instances(ImageId=image["Parameter"]["Value"], MinCount=1, MaxCount=1, InstanceType="g5.xlarge",
+                            TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags}])  # fmt: skip
+    text = render(gather(ssm, ec2, pipeline="st", status_parameter="/st/status", snapshot_parameter="/st/snapshot"))
+    assert f"instance {gpu['Instances'][0]['InstanceId']} g5.xlarge running" in text
+    assert f"dataset {volume} mounted" in text
     ssm.put_parameter(Name="/st/status", Type="String", Overwrite=True, Value=json.dumps(
         {"stage": "run", "state": "done", "done": 100, "total": 100, "unit": "%"}))  # fmt: skip
     done = render(gather(ssm, ec2, pipeline="st", status_parameter="/st/status", snapshot_parameter="/st/snapshot"))
