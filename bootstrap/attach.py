@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootstrap.devices import DeviceRoots, find_device
+from bootstrap.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device
 from bootstrap.errors import BootstrapError
 from bootstrap.imds import InstanceIdentity
 from bootstrap.tags import OWNER as TAG_OWNER
@@ -104,11 +104,6 @@ def volume_request(snapshot_id: str, identity: InstanceIdentity, opts: AttachOpt
     if opts.initialization_rate:
         request["VolumeInitializationRate"] = opts.initialization_rate
     return request
-
-
-def fstab_line(uuid: str, mount_point: Path, fstype: str) -> str:
-    # nofail: a missing volume must never hold up the boot; the agent attaches it again.
-    return f"UUID={uuid} {mount_point} {fstype} ro,noatime,nofail,x-systemd.device-timeout=30s 0 0\n"
 
 
 # -- the agent ----------------------------------------------------------------------
@@ -209,16 +204,14 @@ class Attacher:
         self.step = "mount"
         mp = self.opts.mount_point
         mp.mkdir(parents=True, exist_ok=True)
-        mounted = any(line.split()[1] == str(mp) for line in Path("/proc/self/mounts").read_text().splitlines())
-        if not mounted:
+        if mounted_device(mp) is None:
             self.run(["mount", "-o", "ro,noatime", str(device), str(mp)])
         uuid = self.run(["blkid", "-s", "UUID", "-o", "value", str(device)]).strip()
         fstype = self.run(["blkid", "-s", "TYPE", "-o", "value", str(device)]).strip()
         if uuid:
-            existing = self.opts.fstab.read_text() if self.opts.fstab.exists() else ""
-            if f"UUID={uuid} " not in existing:
-                with open(self.opts.fstab, "a") as f:
-                    f.write(fstab_line(uuid, mp, fstype or "ext4"))
+            # nofail: a missing volume must never hold up the boot; the agent attaches it again.
+            add_fstab_entry(self.opts.fstab, uuid, mp, fstype or "ext4",
+                            options="ro,noatime,nofail,x-systemd.device-timeout=30s", passno=0)  # fmt: skip
         if self.opts.prewarm:
             subprocess.Popen(["dd", f"if={device}", "of=/dev/null", "bs=1M"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip

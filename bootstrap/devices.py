@@ -76,3 +76,20 @@ def mount_source(mount_point: Path, mountinfo: Path = Path("/proc/self/mountinfo
         if fields[4] == target:
             return Path(fields[separator + 2])
     raise BootstrapError(f"nothing is mounted at {mount_point}; mount the data volume there first")
+
+
+def mounted_device(mount_point: Path, mounts: Path = Path("/proc/self/mounts")) -> Path | None:
+    """The device mounted at ``mount_point``, or ``None``."""
+    for line in mounts.read_text().splitlines():
+        source, target = line.split()[:2]
+        if target == str(mount_point):
+            return Path(source)
+    return None
+
+
+def add_fstab_entry(fstab: Path, uuid: str, mount_point: Path, fstype: str, *, options: str, passno: int) -> None:
+    """Append ``UUID=… mount_point`` to fstab unless that filesystem already has a line; safe to repeat."""
+    existing = fstab.read_text() if fstab.exists() else ""
+    if f"UUID={uuid} " not in existing:
+        with open(fstab, "a") as f:
+            f.write(f"UUID={uuid} {mount_point} {fstype} {options} 0 {passno}\n")

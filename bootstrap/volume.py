@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bootstrap.attach import Runner, run_command
-from bootstrap.devices import DeviceRoots, find_device, same_device
+from bootstrap.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device, same_device
 from bootstrap.errors import BootstrapError
 
 log = logging.getLogger(__name__)
@@ -26,14 +26,6 @@ def _probe(run: Runner, device: Path, tag: str) -> str:
         return run(["blkid", "-p", "-s", tag, "-o", "value", str(device)]).strip()
     except BootstrapError:
         return ""
-
-
-def mounted_device(mount_point: Path, mounts: Path = Path("/proc/self/mounts")) -> Path | None:
-    for line in mounts.read_text().splitlines():
-        source, target = line.split()[:2]
-        if target == str(mount_point):
-            return Path(source)
-    return None
 
 
 def mount_data_volume(
@@ -71,9 +63,7 @@ def mount_data_volume(
     mount_point.mkdir(parents=True, exist_ok=True)
     run(["mount", "-o", "noatime", str(device), str(mount_point)])
     uuid = _probe(run, device, "UUID")
-    existing = fstab.read_text() if fstab.exists() else ""
-    if uuid and f"UUID={uuid} " not in existing:
-        with open(fstab, "a") as f:
-            f.write(f"UUID={uuid} {mount_point} ext4 defaults,noatime,nofail 0 2\n")
+    if uuid:
+        add_fstab_entry(fstab, uuid, mount_point, "ext4", options="defaults,noatime,nofail", passno=2)
     log.info("mount-data: %s mounted at %s", volume_id, mount_point)
     return device

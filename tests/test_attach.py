@@ -14,6 +14,7 @@ import pytest
 from bootstrap.attach import Attacher, AttachError, AttachOptions, free_device_name, volume_request
 from bootstrap.aws import client
 from bootstrap.cli import run as cli_run
+from bootstrap.devices import mounted_device
 from bootstrap.imds import InstanceIdentity
 from bootstrap.snapshot import TAG_PIPELINE
 from bootstrap.tags import OWNER as TAG_OWNER
@@ -42,7 +43,7 @@ def pipeline_volumes(pipeline: str) -> list[dict[str, Any]]:
 
 
 def unmount(path: Path) -> None:
-    if any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines()):
+    if mounted_device(path) is not None:
         run("umount", str(path))
 
 

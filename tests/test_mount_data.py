@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from bootstrap.config import PrepConfig
-from bootstrap.devices import DeviceRoots
+from bootstrap.devices import DeviceRoots, mounted_device
 from bootstrap.errors import BootstrapError
 from bootstrap.stages import Engine
-from bootstrap.volume import mounted_device
 from tests.fixtures.loopdev import loop_attach, run
 
 VOLUME = "vol-0abc1234def567890"
