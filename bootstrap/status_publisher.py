@@ -28,8 +28,12 @@ class StatusPublisher:
 
     def publish(self) -> bool:
         """Publish the current status if it changed; True when a PutParameter was made."""
-        status = read_json(self.status_path)
-        if status is None:
+        try:
+            status = read_json(self.status_path)
+        except (OSError, ValueError) as e:  # e.g. a file edited by hand; the next tick tries again
+            log.warning("could not read the status file %s: %s", self.status_path, e)
+            return False
+        if not isinstance(status, dict):
             return False
         status.pop("updated_at", None)  # changes every write; not worth a PutParameter of its own
         value = json.dumps(status, sort_keys=True)

@@ -23,6 +23,7 @@ from bootstrap.errors import BootstrapError
 from bootstrap.imds import Imds, InstanceIdentity
 from bootstrap.snapshot import TAG_INSTANCE, TAG_PIPELINE, SnapshotError, SnapshotRequest, Volume, take_snapshot
 from bootstrap.stages import Engine
+from bootstrap.state import atomic_write_json
 from bootstrap.status_publisher import StatusPublisher
 from tests.fixtures.ec2_world import instance_with_data_volume
 from tests.fixtures.imds import Identity, ImdsStub
@@ -195,14 +196,26 @@ def test_status_is_published_at_a_bounded_rate(tmp_path: Path) -> None:
     calls = []
     ssm.meta.events.register("before-call.ssm.PutParameter", lambda **kw: calls.append(time.monotonic()))
     status = tmp_path / "status.json"
-    status.write_text(json.dumps({"stage": "pack", "done": 0}))
+    atomic_write_json(status, {"stage": "pack", "done": 0})
     with StatusPublisher(status, ssm, "/t/status", interval=0.2):
         for i in range(100):  # the engine rewrites the file far more often than we may publish
-            status.write_text(json.dumps({"stage": "pack", "done": i}))
+            atomic_write_json(status, {"stage": "pack", "done": i})
             time.sleep(0.01)
-        status.write_text(json.dumps({"stage": "pack", "done": 100, "state": "done"}))
+        atomic_write_json(status, {"stage": "pack", "done": 100, "state": "done"})
     assert 2 <= len(calls) <= 1 + 1.0 / 0.2 + 2
     assert json.loads(ssm.get_parameter(Name="/t/status")["Parameter"]["Value"])["state"] == "done"
+
+
+def test_status_publisher_outlives_an_unreadable_status_file(tmp_path: Path) -> None:
+    ssm = client("ssm")
+    status = tmp_path / "status.json"
+    status.write_text('{"stage": "pa')  # torn, e.g. written by hand without a rename
+    publisher = StatusPublisher(status, ssm, "/t/torn", interval=0.05)
+    with publisher:
+        time.sleep(0.2)
+        assert publisher._thread.is_alive()
+        atomic_write_json(status, {"stage": "pack", "state": "done"})
+    assert json.loads(ssm.get_parameter(Name="/t/torn")["Parameter"]["Value"]) == {"stage": "pack", "state": "done"}
 
 
 @pytest.mark.root
