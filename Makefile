@@ -17,7 +17,7 @@ help:
 	@echo "make test   - set up and run linters and every test"
 	@echo "make bench  - benchmarks vs im2rec, the by-hand chain, curl and aria2c; writes bench/results.json"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt bootstrap/requirements.txt bootstrap/requirements-attach.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements-dev.txt

@@ -143,7 +143,11 @@ class Attacher:
             except Exception as e:
                 raise AttachError(f"cannot read {self.opts.snapshot_parameter} ({e}); has the download instance "
                                   "published its snapshot yet?") from None  # fmt: skip
-            snapshot_id = str(json.loads(raw)["snapshot_id"])
+            try:
+                snapshot_id = str(json.loads(raw)["snapshot_id"])
+            except (ValueError, TypeError, KeyError):
+                raise AttachError(f"{self.opts.snapshot_parameter} holds no snapshot id ({raw[:80]!r}); "
+                                  "publish one with `python -m bootstrap publish`") from None  # fmt: skip
         else:
             snaps = self.ec2.describe_snapshots(OwnerIds=["self"], Filters=[
                 {"Name": f"tag:{TAG_PIPELINE}", "Values": [self.opts.pipeline]},

@@ -17,12 +17,9 @@ from typing import Any
 
 from bootstrap import aws
 from bootstrap.attach import Attacher, AttachOptions
-from bootstrap.config import load_config
 from bootstrap.devices import DeviceRoots
 from bootstrap.errors import BootstrapError
 from bootstrap.imds import Imds
-from bootstrap.stages import Engine, describe
-from bootstrap.state import read_json
 
 log = logging.getLogger("bootstrap")
 
@@ -154,6 +151,11 @@ def run(argv: Sequence[str]) -> int:
         except BootstrapError as e:
             log.error("%s", e)
             return e.exit_code
+    # imported here so that `attach` runs on a GPU instance with nothing but boto3 installed
+    from bootstrap.config import load_config
+    from bootstrap.stages import Engine, describe
+    from bootstrap.state import read_json
+
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     try:
         config = load_config(args.config, overrides)

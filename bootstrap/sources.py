@@ -74,9 +74,9 @@ class Credentials:
 
 def credentials_from_mapping(values: dict[str, Any]) -> Credentials:
     """Accepts ``{"token"}`` or ``{"username", "password" | "access_key"}``."""
-    token = values.get("token")
-    user = values.get("username")
-    password = values.get("password", values.get("access_key"))
+    token = values.get("token") or None  # empty strings: the placeholder the CDK app creates the secret with
+    user = values.get("username") or None
+    password = values.get("password", values.get("access_key")) or None
     return Credentials(user, password, token)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -207,6 +209,9 @@ def test_missing_or_incomplete_snapshot_is_a_clear_error(tmp_path: Path) -> None
     with gpu_instance(tmp_path, "no-snapshot", "us-east-1a", "nvme", []) as gpu:
         with pytest.raises(AttachError, match=r"cannot read /no-snapshot/snapshot.*published its snapshot"):
             Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
+        client("ssm").put_parameter(Name="/no-snapshot/snapshot", Value="not yet", Type="String")
+        with pytest.raises(AttachError, match=r"holds no snapshot id \('not yet'\); publish one"):
+            Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
         by_tag = AttachOptions(**{**gpu.opts.__dict__, "snapshot_parameter": None})
         with pytest.raises(AttachError, match="no completed snapshot tagged"):
             Attacher(client("ec2"), client("ssm"), gpu.identity, by_tag).attach()
@@ -221,3 +226,13 @@ def test_cli_exit_code_and_message(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         code = cli_run(["attach", "--snapshot-parameter", "/nothing/here", "--mount-point", str(tmp_path / "d"),
                         "--fstab", str(tmp_path / "fstab"), "--ready-marker", str(tmp_path / "r")])  # fmt: skip
     assert code == 1 and "attach failed at 'find snapshot'" in caplog.text
+
+
+def test_attach_needs_only_boto3() -> None:
+    """A GPU instance installs bootstrap/requirements-attach.txt only, so attach must not import the packer."""
+    code = (
+        "import sys; from bootstrap.cli import build_parser; build_parser(); "
+        "print(sorted({'numpy', 'cv2', 'scipy', 'bootstrap.stages'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

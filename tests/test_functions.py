@@ -104,3 +104,19 @@ def test_janitor_deletes_only_orphans_of_this_pipeline() -> None:
     assert sorted(result["deleted"]) == sorted([orphan, never_existed])
     for kept in (owned, untagged_owner, foreign, attached):
         assert volume_exists(kept)
+
+
+@pytest.mark.parametrize("kind", ["scheduled", "other-volume"])
+def test_snapshots_that_are_not_the_dataset_are_ignored(kind: str) -> None:
+    """DLM's scheduled snapshots of the data volume, and snapshots of any other volume, never tear anything down."""
+    pipeline = f"td-{kind}"
+    instance, volume, _dataset = download_side(pipeline)
+    ec2 = client("ec2")
+    if kind == "scheduled":  # what the DLM policy makes: its own tag, not the pipeline's dataset tags
+        spec = [{"ResourceType": "snapshot", "Tags": [{"Key": tags.SCHEDULED, "Value": pipeline}]}]
+        snapshot = ec2.create_snapshot(VolumeId=volume, TagSpecifications=spec)["SnapshotId"]
+    else:
+        other = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+        snapshot = ec2.create_snapshot(VolumeId=other)["SnapshotId"]
+    result = teardown.handler(event(snapshot), ec2=ec2, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    assert result["action"] == "ignored" and state(instance) == "running" and volume_exists(volume)

@@ -1,0 +1,222 @@
+"""The app's one configuration: CDK context (cdk.json defaults, ``-c key=value``) read once into a frozen dataclass.
+
+Every key is a field below with its default.  ``-c`` values arrive as strings,
+so each is coerced to the field's type; a value that does not fit, or a key
+that is not a field (a typo), fails synth with a message naming the key.
+Context keys that belong to the CDK itself (feature flags ``@aws-cdk/...``,
+``aws:cdk:...``, lookups ``availability-zones:...``) are not ours and are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+EBS_SIZE_GIB = {"sc1": (125, 16384), "st1": (125, 16384), "gp3": (1, 65536)}
+GP3_IOPS = (3000, 80000)
+GP3_THROUGHPUT_MIB_S = (125, 2000)
+INITIALIZATION_RATE_MIB_S = (100, 300)
+AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
+_AZ = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
+_SSM_NAME = re.compile(r"^/[A-Za-z0-9_.\-/]+$")
+
+
+class ConfigError(ValueError):
+    """A context value that cannot work; the message names the key and says what would."""
+
+
+@dataclass(frozen=True)
+class StagingConfig:
+    name: str = "imagenet-staging"
+    """Pipeline name: prefix of the stacks and parameters, value of the pipeline tag."""
+    account: str | None = None
+    """Target account; with region unset too, CDK_DEFAULT_ACCOUNT/REGION (or an environment-agnostic synth)."""
+    region: str | None = None
+    # -- the dataset source ----------------------------------------------------------
+    source: str = "https://image-net.org/data/ILSVRC/2012"
+    """https:// base URL or s3:// prefix holding the archives."""
+    source_needs_credentials: bool = True
+    """Create the Secrets Manager secret for the source's credentials (value set out of band)."""
+    # -- the download instance ----------------------------------------------------------
+    download_instance_type: str = "t2.large"
+    cpu_credits: str = "standard"
+    detailed_monitoring: bool = True
+    download_ami_parameter: str = AL2023_PARAMETER
+    data_volume_type: str = "sc1"
+    data_volume_gib: int = 1000
+    keep_data_volume: bool = False
+    """Keep the data volume when the snapshot has completed (the instance is terminated either way)."""
+    vpc_id: str | None = None
+    """Use this VPC (looked up at synth, cached in cdk.context.json) instead of creating a small public one."""
+    # -- what the engine does (bootstrap keys) -------------------------------------------
+    resize: int = 256
+    quality: int = 90
+    center_crop: bool = False
+    parts: int = 1
+    keep_tree: bool = False
+    backup_prefix: str = "imagenet/"
+    # -- snapshots and lifecycle ---------------------------------------------------------
+    dlm_interval_hours: int = 24
+    """The data volume is also snapshotted on this schedule while it exists (0 turns the policy off)."""
+    dlm_retain: int = 3
+    dlm_copy_regions: tuple[str, ...] = ()
+    dlm_fast_restore_azs: tuple[str, ...] = ()
+    janitor_interval_minutes: int = 60
+    # -- GPU fleets -----------------------------------------------------------------------
+    gpu_instance_types: tuple[str, ...] = ("g5.xlarge",)
+    gpu_ami_parameter: str = DLAMI_PARAMETER
+    gpu_root_gib: int = 100
+    restored_volume_type: str = "gp3"
+    restored_iops: int = 3000
+    restored_throughput: int = 125
+    restored_initialization_rate: int = 0
+    """MiB/s at which EBS pre-fetches the restored volume's blocks (100-300); 0 leaves lazy loading."""
+    fleet_asg: bool = False
+    """Also create an Auto Scaling group from the template with desired capacity 0."""
+
+    def __post_init__(self) -> None:
+        for key, problem in self._problems():
+            raise ConfigError(f"context key {key!r}: {problem} (got {getattr(self, key)!r})")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+
+        def need(key: str, ok: bool, problem: str) -> None:
+            if not ok:
+                found.append((key, problem))
+
+        need("name", bool(_NAME.match(self.name)), "3-32 lowercase letters, digits and hyphens, starting with a letter")
+        need("account", self.account is None or bool(_ACCOUNT.match(self.account)), "a 12-digit account id")
+        need("region", self.region is None or bool(_REGION.match(self.region)), "a region like us-east-1")
+        need("source", self.source.startswith(("https://", "s3://")), "an https:// URL or an s3:// prefix")
+        need("download_instance_type", bool(_INSTANCE_TYPE.match(self.download_instance_type)), "like t2.large")
+        need("cpu_credits", self.cpu_credits in ("standard", "unlimited"), "standard or unlimited")
+        need("data_volume_type", self.data_volume_type in EBS_SIZE_GIB, f"one of {', '.join(EBS_SIZE_GIB)}")
+        low, high = EBS_SIZE_GIB.get(self.data_volume_type, (1, 65536))
+        need(
+            "data_volume_gib",
+            low <= self.data_volume_gib <= high,
+            f"{self.data_volume_type} volumes are {low}-{high} GiB; ImageNet needs about 400",
+        )
+        need("vpc_id", self.vpc_id is None or bool(_VPC_ID.match(self.vpc_id)), "like vpc-0123456789abcdef0")
+        need("resize", 0 <= self.resize <= 4096, "0 (keep the size) to 4096 pixels")
+        need("quality", 1 <= self.quality <= 100, "a JPEG quality of 1-100")
+        need("parts", 1 <= self.parts <= 1024, "1-1024")
+        need("backup_prefix", not self.backup_prefix.startswith("/"), "an S3 key prefix without a leading /")
+        need(
+            "dlm_interval_hours",
+            self.dlm_interval_hours in (0, 1, 2, 3, 4, 6, 8, 12, 24),
+            "0 (off) or one of DLM's intervals: 1, 2, 3, 4, 6, 8, 12, 24",
+        )
+        need("dlm_retain", 1 <= self.dlm_retain <= 1000, "1-1000 snapshots")
+        need(
+            "dlm_copy_regions",
+            all(_REGION.match(r) for r in self.dlm_copy_regions) and len(self.dlm_copy_regions) <= 3,
+            "at most 3 regions like us-west-2",
+        )
+        need(
+            "dlm_fast_restore_azs",
+            all(_AZ.match(z) for z in self.dlm_fast_restore_azs),
+            "availability zones like us-east-1a",
+        )
+        need("janitor_interval_minutes", 5 <= self.janitor_interval_minutes <= 1440, "5-1440 minutes")
+        need(
+            "gpu_instance_types",
+            bool(self.gpu_instance_types) and all(_INSTANCE_TYPE.match(t) for t in self.gpu_instance_types),
+            "one or more types like g5.xlarge",
+        )
+        for key in ("download_ami_parameter", "gpu_ami_parameter"):
+            need(key, bool(_SSM_NAME.match(getattr(self, key))), "an SSM parameter name starting with /")
+        need("gpu_root_gib", 30 <= self.gpu_root_gib <= 16384, "30-16384 GiB (the DLAMI needs at least 30)")
+        need("restored_volume_type", self.restored_volume_type in ("gp3", "sc1", "st1"), "gp3, st1 or sc1")
+        if self.restored_volume_type == "gp3":
+            need("restored_iops", GP3_IOPS[0] <= self.restored_iops <= GP3_IOPS[1], "gp3 IOPS are 3000-80000")
+            need(
+                "restored_throughput",
+                GP3_THROUGHPUT_MIB_S[0] <= self.restored_throughput <= GP3_THROUGHPUT_MIB_S[1]
+                and self.restored_throughput <= self.restored_iops / 4,
+                "gp3 throughput is 125-2000 MiB/s and at most restored_iops/4",
+            )
+        rate = self.restored_initialization_rate
+        need(
+            "restored_initialization_rate",
+            rate == 0 or INITIALIZATION_RATE_MIB_S[0] <= rate <= INITIALIZATION_RATE_MIB_S[1],
+            "0 (lazy loading) or 100-300 MiB/s",
+        )
+        return found
+
+    # -- names everything else derives ---------------------------------------------------
+
+    @property
+    def snapshot_parameter(self) -> str:
+        return f"/{self.name}/snapshot"
+
+    @property
+    def status_parameter(self) -> str:
+        return f"/{self.name}/status"
+
+    @property
+    def uses_secret(self) -> bool:
+        return self.source_needs_credentials and self.source.startswith("https://")
+
+    @property
+    def secret_name(self) -> str:
+        return f"{self.name}/source-credentials"
+
+    @property
+    def metric_namespace(self) -> str:
+        return "ImagenetStaging"
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "str": str, "str | None": str, "tuple": list}
+
+
+def _coerce(key: str, hint: str, value: Any) -> Any:
+    """A context value as the field's type: ``-c`` gives strings ("2000", "false", "a,b"), cdk.json JSON values."""
+    if isinstance(value, str) and hint != "str":
+        try:
+            if hint == "bool" and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if hint == "int":
+                return int(value)
+            if hint == "str | None":
+                return value or None
+            if hint == "tuple":
+                items = json.loads(value) if value.startswith("[") else value.split(",")
+                return tuple(str(item).strip() for item in items if str(item).strip())
+        except ValueError:
+            pass
+    elif isinstance(value, _TYPES[hint]) and not (hint == "int" and isinstance(value, bool)):
+        return tuple(str(item) for item in list(value)) if isinstance(value, list) else value
+    raise ConfigError(f"context key {key!r}: expected {hint}, got {value!r}")
+
+
+def _is_ours(key: str) -> bool:
+    return not (key.startswith("@") or ":" in key)
+
+
+def _hint_name(hint: Any) -> str:
+    if hint in (str, int, bool):
+        return str(hint.__name__)
+    return "tuple" if str(hint).startswith("tuple") else "str | None"
+
+
+def from_context(context: Mapping[str, Any]) -> StagingConfig:
+    """The config from CDK context (``app.node.get_all_context()``); keys that are not ours are skipped."""
+    hints = {name: _hint_name(hint) for name, hint in get_type_hints(StagingConfig).items()}
+    present = [key for key in context if _is_ours(key)]
+    unknown = sorted(set(present) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown context key {unknown[0]!r}; valid keys are: {', '.join(sorted(hints))}")
+    values = {key: _coerce(key, hints[key], context[key]) for key in present if context[key] is not None}
+    return StagingConfig(**values)

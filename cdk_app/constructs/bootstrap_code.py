@@ -1,0 +1,60 @@
+"""The instance program shipped as a CDK S3 asset, and the few user-data lines that install it.
+
+User data only installs and starts; every decision is made by ``python -m
+bootstrap`` where tests can run it.  Nothing secret is ever written here: the
+instance reads its source credentials from Secrets Manager at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3_assets as s3_assets
+from constructs import Construct
+
+BOOTSTRAP = Path(__file__).resolve().parent.parent.parent / "bootstrap"
+HOME = "/opt/imagenet-staging"
+PYTHON = f"{HOME}/venv/bin/python"
+CONFIG = f"{HOME}/config.json"
+
+
+class BootstrapCode(Construct):
+    """The ``bootstrap/`` package as a zip asset; ``user_data()`` installs it into ``/opt/imagenet-staging``."""
+
+    def __init__(self, scope: Construct, id: str) -> None:
+        super().__init__(scope, id)
+        self.asset = s3_assets.Asset(self, "Asset", path=str(BOOTSTRAP), exclude=["__pycache__", "*.pyc"])
+
+    def grant_read(self, role: iam.IRole) -> None:
+        """GetObject on this one object (the CDK's own grant would open the whole asset bucket)."""
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[self.asset.bucket.arn_for_objects(self.asset.s3_object_key)]
+            )
+        )
+
+    def user_data(self, *, requirements: str, packages: list[str]) -> ec2.UserData:
+        """Shell that installs Python 3.11, the bootstrap package and ``requirements`` (a file inside it)."""
+        user_data = ec2.UserData.for_linux()
+        user_data.add_commands(
+            "set -euo pipefail",
+            "# Installs the bootstrap program; all the logic lives in it (python -m bootstrap --help).",
+            f"dnf install -y -q {' '.join(['python3.11', 'unzip', *packages])}",
+        )
+        user_data.add_commands(
+            f"mkdir -p {HOME}",
+            f"aws s3 cp {self.asset.s3_object_url} {HOME}/bootstrap.zip",
+            f"unzip -o -q {HOME}/bootstrap.zip -d {HOME}/bootstrap",
+            f"python3.11 -m venv {HOME}/venv",
+            f"{HOME}/venv/bin/pip install -q --disable-pip-version-check -r {HOME}/bootstrap/{requirements}",
+        )
+        return user_data
+
+
+def write_json(scope: Construct, user_data: ec2.UserData, path: str, value: Any) -> None:
+    """Write ``value`` as JSON to ``path``; CDK tokens (a volume id, a bucket name) resolve at deploy time."""
+    user_data.add_commands(f"cat > {path} <<'JSON'\n{cdk.Stack.of(scope).to_json_string(value)}\nJSON")

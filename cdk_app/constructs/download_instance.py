@@ -1,0 +1,236 @@
+"""The download instance: a t2 with an encrypted sc1 data volume, a least-privilege role and a few lines of user data.
+
+The instance boots, installs the bootstrap program and starts its systemd
+unit, which mounts the data volume (formatting it only if blank) and runs
+every stage through to the published snapshot; the teardown function then
+terminates it.  A replaced or rebooted instance resumes from the markers on
+the volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from bootstrap import tags
+from cdk_app.constructs.bootstrap_code import CONFIG, BootstrapCode, write_json
+from cdk_app.constructs.grants import allow, instance_role
+from cdk_app.constructs.nag import acknowledge, spelled
+
+DATA_DEVICE = "/dev/sdf"
+LOG_FILE = "/var/log/imagenet-staging.log"
+AGENT_CONFIG = "/opt/aws/amazon-cloudwatch-agent/etc/imagenet-staging.json"
+VOLUME_TYPES = {
+    "sc1": ec2.EbsDeviceVolumeType.SC1,
+    "st1": ec2.EbsDeviceVolumeType.ST1,
+    "gp3": ec2.EbsDeviceVolumeType.GP3,
+}
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    pipeline: str
+    instance_type: str
+    cpu_credits: str
+    detailed_monitoring: bool
+    ami_parameter: str
+    volume_type: str
+    volume_gib: int
+    keep_volume: bool
+    engine: dict[str, Any]
+    """Keys of bootstrap's PrepConfig (source, resize, ...) passed through to config.json."""
+
+
+@dataclass(frozen=True)
+class DownloadTargets:
+    """What the instance writes to, owned by the storage stack."""
+
+    bucket_name: str
+    prefix: str
+    snapshot_parameter: str
+    status_parameter: str
+    secret_name: str | None
+    source: tuple[str, str] | None
+    """For an s3:// source: the (bucket, prefix) the instance may read."""
+
+
+class DownloadInstance(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: DownloadSettings,
+        targets: DownloadTargets,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
+        security_group: ec2.ISecurityGroup,
+    ) -> None:
+        super().__init__(scope, id)
+        stack = cdk.Stack.of(self)
+        self.volume = ec2.Volume(
+            self,
+            "DataVolume",
+            availability_zone=subnet.availability_zone,
+            size=cdk.Size.gibibytes(settings.volume_gib),
+            volume_type=VOLUME_TYPES[settings.volume_type],
+            encrypted=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN if settings.keep_volume else cdk.RemovalPolicy.DESTROY,
+        )
+        cdk.Tags.of(self.volume).add(tags.DATA_VOLUME, settings.pipeline)
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=cdk.RemovalPolicy.DESTROY
+        )
+        self.role = instance_role(self, "Role")
+        self._grant(stack, targets, settings.pipeline)
+
+        code = BootstrapCode(self, "Bootstrap")
+        code.grant_read(self.role)
+        user_data = code.user_data(requirements="requirements.txt", packages=["amazon-cloudwatch-agent"])
+        config = {
+            **settings.engine,
+            "data_dir": "/data",
+            "pipeline": settings.pipeline,
+            "region": stack.region,
+            "bucket": targets.bucket_name,
+            "prefix": targets.prefix,
+            "snapshot_parameter": targets.snapshot_parameter,
+            "status_parameter": targets.status_parameter,
+            "source_secret": targets.secret_name,
+            "data_volume_id": self.volume.volume_id,
+            "data_device": DATA_DEVICE,
+        }
+        write_json(self, user_data, CONFIG, {k: v for k, v in config.items() if v is not None})
+        write_json(
+            self,
+            user_data,
+            AGENT_CONFIG,
+            {
+                "logs": {
+                    "logs_collected": {
+                        "files": {
+                            "collect_list": [
+                                {
+                                    "file_path": LOG_FILE,
+                                    "log_group_name": self.log_group.log_group_name,
+                                    "log_stream_name": "{instance_id}",
+                                    "timezone": "UTC",
+                                }
+                            ]
+                        }
+                    }
+                }
+            },
+        )
+        user_data.add_commands(
+            "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s "
+            f"-c file:{AGENT_CONFIG}",
+            "install -m 0644 /opt/imagenet-staging/bootstrap/systemd/imagenet-staging.service /etc/systemd/system/",
+            "systemctl daemon-reload",
+            "systemctl enable --now imagenet-staging.service",
+        )
+        burstable = settings.instance_type.startswith("t")
+        self.instance = ec2.Instance(
+            self,
+            "Instance",
+            instance_type=ec2.InstanceType(settings.instance_type),
+            machine_image=ec2.MachineImage.from_ssm_parameter(settings.ami_parameter, os=ec2.OperatingSystemType.LINUX),
+            vpc=vpc,
+            vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
+            security_group=security_group,
+            role=self.role,
+            require_imdsv2=True,
+            detailed_monitoring=settings.detailed_monitoring,
+            credit_specification=ec2.CpuCredits(settings.cpu_credits.upper()) if burstable else None,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/xvda",
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        30, volume_type=ec2.EbsDeviceVolumeType.GP3, encrypted=True, delete_on_termination=True
+                    ),
+                )
+            ],
+            user_data=user_data,
+            user_data_causes_replacement=True,
+            propagate_tags_to_volume_on_creation=True,
+        )
+        acknowledge(
+            self.instance,
+            "EC29",
+            "The instance is meant to go away: the teardown function terminates it "
+            "once its snapshot has completed, so termination protection would defeat the design.",
+        )
+        if not settings.detailed_monitoring:
+            acknowledge(
+                self.instance,
+                "EC28",
+                "Detailed monitoring was turned off in the context "
+                "(detailed_monitoring=false) to save its cost on a short-lived instance.",
+            )
+        ec2.CfnVolumeAttachment(
+            self,
+            "DataVolumeAttachment",
+            instance_id=self.instance.instance_id,
+            volume_id=self.volume.volume_id,
+            device=DATA_DEVICE,
+        )
+
+    def _grant(self, stack: cdk.Stack, targets: DownloadTargets, pipeline: str) -> None:
+        """Least privilege: its prefix, its parameters, snapshots of its own volume, its secret and logs."""
+        role = self.role
+
+        bucket, prefix = s3.Bucket.from_bucket_name(self, "Bucket", targets.bucket_name), targets.prefix
+        objects = bucket.arn_for_objects(f"{prefix}*")
+        allow(role, ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"], [objects])
+        allow(role, ["s3:ListBucket"], [bucket.bucket_arn], StringLike={"s3:prefix": [f"{prefix}*"]})
+        readable = []
+        if targets.source:
+            source_bucket, source_prefix = targets.source
+            source = s3.Bucket.from_bucket_name(self, "SourceBucket", source_bucket)
+            readable.append(source.arn_for_objects(f"{source_prefix}*"))
+            allow(role, ["s3:GetObject"], readable)
+            allow(role, ["s3:ListBucket"], [source.bucket_arn], StringLike={"s3:prefix": [f"{source_prefix}*"]})
+        if targets.secret_name:
+            allow(
+                role,
+                ["secretsmanager:GetSecretValue"],
+                [
+                    stack.format_arn(  # -??????: Secrets Manager's random suffix
+                        service="secretsmanager",
+                        resource="secret",
+                        resource_name=f"{targets.secret_name}-??????",
+                        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            )
+        allow(
+            role,
+            ["ssm:PutParameter", "ssm:GetParameter"],
+            [
+                stack.format_arn(service="ssm", resource="parameter", resource_name=name.lstrip("/"))
+                for name in (targets.snapshot_parameter, targets.status_parameter)
+            ],
+        )
+        allow(role, ["ec2:DescribeVolumes", "ec2:DescribeSnapshots", "ec2:DescribeInstances"], ["*"])
+        allow(
+            role,
+            ["ec2:CreateSnapshot"],
+            [stack.format_arn(service="ec2", resource="volume", resource_name=self.volume.volume_id)],
+        )
+        snapshots = stack.format_arn(service="ec2", resource="snapshot", resource_name="*", account="")
+        allow(role, ["ec2:CreateSnapshot"], [snapshots], StringEquals={f"aws:RequestTag/{tags.PIPELINE}": pipeline})
+        allow(role, ["ec2:CreateTags"], [snapshots], StringEquals={"ec2:CreateAction": "CreateSnapshot"})
+        self.log_group.grant_write(role)
+        acknowledge(
+            role,
+            "IAM5",
+            "Objects are limited to the pipeline's prefix of its bucket (and the source prefix); EC2 Describe* "
+            "has no resource-level permissions; new snapshots must carry the pipeline tag.",
+            findings=["Resource::*", *(f"Resource::{spelled(self, arn)}" for arn in (objects, snapshots, *readable))],
+        )

@@ -1,0 +1,29 @@
+"""cdk-nag acknowledgements, kept next to the construct they excuse, each with its reason.
+
+cdk-nag 3 matches acknowledgements exactly, so a rule that reports findings
+(IAM4, IAM5) is acknowledged finding by finding: a new wildcard added later
+is an error until someone writes down why it is acceptable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aws_cdk as cdk
+from constructs import IConstruct
+
+
+def spelled(scope: IConstruct, resource: str) -> str:
+    """``resource`` as cdk-nag names it in a finding: pseudo-parameter tokens become ``<AWS::AccountId>`` etc."""
+    stack = cdk.Stack.of(scope)
+    for token, name in ((stack.partition, "Partition"), (stack.region, "Region"), (stack.account, "AccountId")):
+        if cdk.Token.is_unresolved(token):
+            resource = resource.replace(token, f"<AWS::{name}>")
+    return resource
+
+
+def acknowledge(construct: IConstruct, rule: str, reason: str, findings: Sequence[str] = ()) -> None:
+    """Accept AwsSolutions ``rule`` (or just its ``findings``) on ``construct`` and its children."""
+    ids = [f"AwsSolutions-{rule}[{finding}]" for finding in findings] or [f"AwsSolutions-{rule}"]
+    for id in ids:
+        cdk.Validations.of(construct).acknowledge(cdk.Acknowledgment(id=f"AwsSolutions::{id}", reason=reason))

@@ -1,0 +1,159 @@
+"""Teardown automation: terminate the download side when its snapshot completes; sweep leaked volumes.
+
+- An EventBridge rule on ``EBS Snapshot Notification`` / ``createSnapshot``
+  invokes ``functions/teardown.py``; a failed snapshot raises the alarm instead.
+- A scheduled rule runs ``functions/janitor.py``, which deletes this
+  pipeline's ``available`` volumes whose owner instance is gone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from bootstrap import tags
+from cdk_app.constructs.grants import allow
+from cdk_app.constructs.nag import acknowledge, spelled
+
+FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+SNAPSHOT_EVENTS = {
+    "source": ["aws.ec2"],
+    "detail_type": ["EBS Snapshot Notification"],
+    "detail": {"event": ["createSnapshot"], "result": ["succeeded", "failed"]},
+}
+DESCRIBE_REASON = "EC2 Describe* calls do not support resource-level permissions."
+
+
+class _Function(Construct):
+    """A Python function from ``functions/`` with its own log group and a role that may write only to it."""
+
+    def __init__(
+        self, scope: Construct, id: str, *, module: str, description: str, environment: dict[str, str]
+    ) -> None:
+        super().__init__(scope, id)
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=cdk.RemovalPolicy.DESTROY
+        )
+        self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=RUNTIME,
+            handler=f"{module}.handler",
+            code=lambda_.Code.from_asset(str(FUNCTIONS), exclude=["__pycache__", "*.pyc"]),
+            description=description,
+            environment=environment,
+            timeout=cdk.Duration.minutes(1),
+            memory_size=256,
+            role=self.role,
+            log_group=self.log_group,
+        )
+        self.log_group.grant_write(self.role)
+        # The function refers to its role by GetAtt already; CDK's DependsOn on the role too is what cfn-lint
+        # flags (W3005), so depend on the role's policy alone: the function must not run before it exists.
+        function, policy = self.function.node.default_child, self.role.node.find_child("DefaultPolicy")
+        assert isinstance(function, cdk.CfnResource) and isinstance(policy.node.default_child, cdk.CfnResource)
+        function.add_override("DependsOn", [cdk.Stack.of(self).get_logical_id(policy.node.default_child)])
+
+
+class SnapshotTeardown(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        pipeline: str,
+        keep_volume: bool,
+        metric_namespace: str,
+        janitor_interval: cdk.Duration,
+    ) -> None:
+        super().__init__(scope, id)
+        stack = cdk.Stack.of(self)
+        instances = stack.format_arn(service="ec2", resource="instance", resource_name="*")
+        volumes = stack.format_arn(service="ec2", resource="volume", resource_name="*")
+        ours = {"StringEquals": {f"aws:ResourceTag/{tags.PIPELINE}": pipeline}}
+
+        self.teardown = _Function(
+            self,
+            "Teardown",
+            module="teardown",
+            description=f"{pipeline}: terminate the download instance once its dataset snapshot completed",
+            environment={
+                "PIPELINE": pipeline,
+                "TAG_PIPELINE": tags.PIPELINE,
+                "TAG_INSTANCE": tags.INSTANCE,
+                "KEEP_VOLUME": str(keep_volume).lower(),
+                "METRIC_NAMESPACE": metric_namespace,
+            },
+        )
+        allow(self.teardown.role, ["ec2:DescribeSnapshots", "ec2:DescribeInstances"], ["*"])
+        allow(self.teardown.role, ["ec2:TerminateInstances", "ec2:ModifyInstanceAttribute"], [instances], **ours)
+        allow(
+            self.teardown.role,
+            ["cloudwatch:PutMetricData"],
+            ["*"],
+            StringEquals={"cloudwatch:namespace": metric_namespace},
+        )
+        acknowledge(
+            self.teardown.role,
+            "IAM5",
+            f"{DESCRIBE_REASON} Terminate is limited to instances tagged with "
+            "this pipeline; PutMetricData has no resources and is limited to the pipeline's namespace.",
+            findings=["Resource::*", f"Resource::{spelled(self, instances)}"],
+        )
+        self.rule = events.Rule(
+            self,
+            "SnapshotCompleted",
+            description=f"{pipeline}: EBS createSnapshot results",
+            event_pattern=events.EventPattern(**SNAPSHOT_EVENTS),  # type: ignore[arg-type]
+            targets=[targets.LambdaFunction(self.teardown.function, retry_attempts=8)],
+        )
+
+        self.alarm = cloudwatch.Alarm(
+            self,
+            "SnapshotFailedAlarm",
+            alarm_description=f"{pipeline}: the dataset snapshot failed; the download instance was kept. "
+            "Run `python -m bootstrap snapshot` on it again (or see its logs).",
+            metric=cloudwatch.Metric(
+                namespace=metric_namespace,
+                metric_name="SnapshotFailed",
+                dimensions_map={"Pipeline": pipeline},
+                statistic="Sum",
+                period=cdk.Duration.minutes(5),
+            ),
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+
+        self.janitor = _Function(
+            self,
+            "Janitor",
+            module="janitor",
+            description=f"{pipeline}: delete available volumes whose owner instance is gone",
+            environment={"PIPELINE": pipeline, "TAG_PIPELINE": tags.PIPELINE, "TAG_OWNER": tags.OWNER},
+        )
+        allow(self.janitor.role, ["ec2:DescribeVolumes", "ec2:DescribeInstances"], ["*"])
+        allow(self.janitor.role, ["ec2:DeleteVolume"], [volumes], **ours)
+        acknowledge(
+            self.janitor.role,
+            "IAM5",
+            f"{DESCRIBE_REASON} DeleteVolume is limited to volumes tagged with this pipeline.",
+            findings=["Resource::*", f"Resource::{spelled(self, volumes)}"],
+        )
+        events.Rule(
+            self,
+            "JanitorSchedule",
+            schedule=events.Schedule.rate(janitor_interval),
+            targets=[targets.LambdaFunction(self.janitor.function)],
+        )

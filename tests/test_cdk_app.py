@@ -1,0 +1,427 @@
+"""The CDK app: config validation, the intent of every stack, cdk-nag, cfn-lint, the user data an instance runs.
+
+The app is synthesized twice per session: with cdk.json's defaults, and with
+every optional feature switched on.  Each synth runs cdk-nag as a validation
+plugin, so merely getting a template means zero unacknowledged nag errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bootstrap import tags
+from bootstrap.cli import build_parser
+from bootstrap.config import load_config
+from cdk_app.config import ConfigError, StagingConfig, from_context
+from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, synth
+from tests.fixtures.cfn import blank_hashes, render, resources
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+VARIANT = {
+    "source": "s3://my-datasets/imagenet/",
+    "detailed_monitoring": "false",
+    "keep_data_volume": "true",
+    "fleet_asg": "true",
+    "dlm_copy_regions": "us-west-2,eu-west-1",
+    "dlm_fast_restore_azs": "us-east-1a",
+    "restored_iops": "6000",
+    "restored_throughput": "500",
+    "restored_initialization_rate": "200",
+    "gpu_instance_types": "p4d.24xlarge,g5.12xlarge",
+}
+
+
+@pytest.fixture(scope="module")
+def default(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synth(tmp_path_factory.mktemp("cdk-default"))
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synth(tmp_path_factory.mktemp("cdk-variant"), **VARIANT)
+
+
+def one(template: dict[str, Any], type_: str) -> dict[str, Any]:
+    (found,) = resources(template, type_).values()
+    return found["Properties"]  # type: ignore[no-any-return]
+
+
+def statements(template: dict[str, Any], role_path: str) -> list[dict[str, Any]]:
+    """The statements of the policies attached to the role whose logical id starts with ``role_path``."""
+    found = []
+    for policy in resources(template, "AWS::IAM::Policy").values():
+        roles = [r["Ref"] for r in policy["Properties"]["Roles"]]
+        if any(r.startswith(role_path) for r in roles):
+            found.extend(policy["Properties"]["PolicyDocument"]["Statement"])
+    assert found, f"no policy for {role_path}"
+    return found
+
+
+def actions(statement: dict[str, Any]) -> list[str]:
+    return statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+
+
+def allowing(stmts: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
+    return [s for s in stmts if action in actions(s)]
+
+
+def user_data(template: dict[str, Any], type_: str) -> str:
+    props = one(template, type_)
+    return render(props["UserData"] if type_ == "AWS::EC2::Instance" else props["LaunchTemplateData"]["UserData"])
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+def test_cdk_json_defaults_are_the_code_defaults() -> None:
+    """cdk.json shows the most-edited keys; each must be a real key with the value the code would use anyway."""
+    defaults = StagingConfig()
+    for key, value in cdk_json_context().items():
+        if key.startswith("@"):
+            continue
+        expected = getattr(defaults, key)
+        assert (list(expected) if isinstance(expected, tuple) else expected) == value, key
+
+
+def test_context_strings_from_the_command_line_are_coerced() -> None:
+    config = from_context(
+        {
+            "data_volume_gib": "2000",
+            "gpu_instance_types": "g5.xlarge, p5.48xlarge",
+            "detailed_monitoring": "false",
+            "vpc_id": "",
+            "@aws-cdk/x": True,
+            "availability-zones:account=1:region=r": ["a"],
+        }
+    )
+    assert config.data_volume_gib == 2000 and config.gpu_instance_types == ("g5.xlarge", "p5.48xlarge")
+    assert config.detailed_monitoring is False and config.vpc_id is None
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"data_volume_gib": "100"}, "'data_volume_gib': sc1 volumes are 125-16384 GiB"),
+        ({"data_volume_gib": "20000"}, "'data_volume_gib': sc1 volumes are 125-16384 GiB"),
+        ({"data_volume_type": "gp3", "data_volume_gib": "70000"}, "'data_volume_gib': gp3 volumes are 1-65536"),
+        ({"data_volume_gib": "lots"}, "'data_volume_gib': expected int"),
+        ({"restored_iops": "100000"}, "'restored_iops': gp3 IOPS are 3000-80000"),
+        ({"restored_throughput": "1000"}, "'restored_throughput': .*at most restored_iops/4"),
+        ({"restored_initialization_rate": "50"}, "'restored_initialization_rate'"),
+        ({"download_instance_type": "T2 Large"}, "'download_instance_type': like t2.large"),
+        ({"cpu_credits": "infinite"}, "'cpu_credits': standard or unlimited"),
+        ({"name": "ImageNet"}, "'name': 3-32 lowercase"),
+        ({"source": "ftp://x"}, "'source': an https:// URL or an s3:// prefix"),
+        ({"dlm_interval_hours": "5"}, "'dlm_interval_hours'"),
+        ({"detailed_monitoring": "yes"}, "'detailed_monitoring': expected bool"),
+        ({"volume_gib": "1000"}, "unknown context key 'volume_gib'; valid keys are: .*data_volume_gib"),
+    ],
+)
+def test_invalid_context_names_the_key(context: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_context(context)
+
+
+def test_an_existing_vpc_needs_an_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdk_app.app import environment
+
+    for var in ("CDK_DEFAULT_ACCOUNT", "CDK_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="'vpc_id': looking a VPC up needs 'account' and 'region'"):
+        environment(StagingConfig(vpc_id="vpc-0123456789abcdef0"))
+
+
+# -- download side --------------------------------------------------------------------
+
+
+def test_data_volume_is_encrypted_sc1_1000_gib_attached_in_the_instance_az(default: Synthesized) -> None:
+    t = default.templates["download"]
+    volume, instance = one(t, "AWS::EC2::Volume"), one(t, "AWS::EC2::Instance")
+    assert (volume["VolumeType"], volume["Size"], volume["Encrypted"]) == ("sc1", 1000, True)
+    assert volume["AvailabilityZone"] == instance["AvailabilityZone"]
+    assert {"Key": tags.DATA_VOLUME, "Value": "imagenet-staging"} in volume["Tags"]
+    (volume_id,) = resources(t, "AWS::EC2::Volume")
+    (instance_id,) = resources(t, "AWS::EC2::Instance")
+    attachment = one(t, "AWS::EC2::VolumeAttachment")
+    assert attachment == {"Device": "/dev/sdf", "InstanceId": {"Ref": instance_id}, "VolumeId": {"Ref": volume_id}}
+
+
+def test_download_instance(default: Synthesized, variant: Synthesized) -> None:
+    instance = one(default.templates["download"], "AWS::EC2::Instance")
+    assert instance["InstanceType"] == "t2.large" and instance["CreditSpecification"] == {"CPUCredits": "standard"}
+    assert instance["Monitoring"] is True
+    assert instance["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    assert {"Key": tags.PIPELINE, "Value": "imagenet-staging"} in instance["Tags"]  # teardown may terminate it
+    assert one(variant.templates["download"], "AWS::EC2::Instance")["Monitoring"] is False
+
+
+def test_every_instance_and_launch_template_requires_imdsv2(default: Synthesized, variant: Synthesized) -> None:
+    templates = [t for s in (default, variant) for t in s.templates.values()]
+    launch_templates = [lt for t in templates for lt in resources(t, "AWS::EC2::LaunchTemplate").values()]
+    assert len(launch_templates) == 4  # the instance's own and the GPU template, in both synths
+    for lt in launch_templates:
+        assert lt["Properties"]["LaunchTemplateData"]["MetadataOptions"]["HttpTokens"] == "required"
+    for t in templates:
+        for instance in resources(t, "AWS::EC2::Instance").values():
+            assert "LaunchTemplate" in instance["Properties"]  # the IMDSv2 template above
+
+
+def test_nothing_accepts_inbound_traffic_from_outside(default: Synthesized) -> None:
+    network = default.templates["network"]
+    groups = resources(network, "AWS::EC2::SecurityGroup")
+    assert all("SecurityGroupIngress" not in g["Properties"] for g in groups.values())
+    ingress = [
+        r["Properties"]
+        for t in default.templates.values()
+        for r in resources(t, "AWS::EC2::SecurityGroupIngress").values()
+    ]
+    assert len(ingress) == 1  # the fleet's members may talk to each other, nobody else may
+    assert ingress[0]["SourceSecurityGroupId"] == ingress[0]["GroupId"]
+    assert resources(network, "AWS::EC2::FlowLog")
+
+
+def test_download_role_is_least_privilege(default: Synthesized) -> None:
+    stmts = statements(default.templates["download"], "DownloadRole")
+    (volume_id,) = resources(default.templates["download"], "AWS::EC2::Volume")
+    on_volume, on_snapshots = allowing(stmts, "ec2:CreateSnapshot")
+    assert volume_id in json.dumps(on_volume["Resource"]) and "Condition" not in on_volume
+    assert on_snapshots["Condition"] == {"StringEquals": {f"aws:RequestTag/{tags.PIPELINE}": "imagenet-staging"}}
+    (tagging,) = allowing(stmts, "ec2:CreateTags")
+    assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "CreateSnapshot"}}
+    (writes,) = allowing(stmts, "s3:PutObject")
+    assert render(writes["Resource"]).endswith(":s3:::imagenet-staging-${AWS::AccountId}-${AWS::Region}/imagenet/*")
+    (listing,) = allowing(stmts, "s3:ListBucket")
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["imagenet/*"]}}
+    (params,) = allowing(stmts, "ssm:PutParameter")
+    assert [render(r).rsplit(":", 1)[1] for r in params["Resource"]] == [
+        "parameter/imagenet-staging/snapshot",
+        "parameter/imagenet-staging/status",
+    ]
+    granted = {a for s in stmts for a in actions(s)}
+    assert not granted & {"ec2:DeleteVolume", "ec2:TerminateInstances", "s3:DeleteObject"}
+    assert not [a for a in granted if a.endswith("*")]
+    assert {a for s in stmts if s["Resource"] == "*" for a in actions(s)} == {
+        "ec2:DescribeVolumes",
+        "ec2:DescribeSnapshots",
+        "ec2:DescribeInstances",
+    }
+    (asset,) = [s for s in allowing(stmts, "s3:GetObject") if "cdk-hnb659fds-assets" in render(s["Resource"])]
+    assert blank_hashes(render(asset["Resource"])).endswith("/<asset-hash>.zip")  # that one object, nothing else
+
+
+def test_download_user_data_matches_golden_and_passes_shellcheck(default: Synthesized) -> None:
+    check_golden("userdata-download.sh", user_data(default.templates["download"], "AWS::EC2::Instance"))
+
+
+def test_the_config_written_to_the_instance_is_what_bootstrap_accepts(default: Synthesized, tmp_path: Path) -> None:
+    script = user_data(default.templates["download"], "AWS::EC2::Instance")
+    body = re.search(r"cat > /opt/imagenet-staging/config.json <<'JSON'\n(.*?)\nJSON", script, re.S)
+    assert body is not None
+    (tmp_path / "config.json").write_text(body.group(1))
+    config = load_config(tmp_path / "config.json", {})  # unknown keys or wrong types would raise ConfigError
+    assert (config.pipeline, config.snapshot_parameter, config.status_parameter) == (
+        "imagenet-staging",
+        "/imagenet-staging/snapshot",
+        "/imagenet-staging/status",
+    )
+    assert config.source_secret == "imagenet-staging/source-credentials" and config.data_device == "/dev/sdf"
+    (volume_id,) = resources(default.templates["download"], "AWS::EC2::Volume")
+    assert config.data_volume_id == f"${{{volume_id}}}"  # the volume's id, resolved at deploy time
+
+
+def test_no_credentials_in_any_user_data(default: Synthesized, variant: Synthesized) -> None:
+    scripts = [user_data(s.templates["download"], "AWS::EC2::Instance") for s in (default, variant)]
+    scripts += [user_data(s.templates["fleet"], "AWS::EC2::LaunchTemplate") for s in (default, variant)]
+    for script in scripts:
+        lowered = script.lower()
+        for word in ("password", "access_key", "token", "aws_secret", "akia", "authorization"):
+            assert word not in lowered
+    for synthesized in (default, variant):
+        for secret in resources(synthesized.templates["storage"], "AWS::SecretsManager::Secret").values():
+            assert "SecretString" not in secret["Properties"]  # the value is set out of band, never in a template
+
+
+# -- storage --------------------------------------------------------------------------
+
+
+def test_bucket_is_private_tls_only_encrypted_logged_and_kept(default: Synthesized) -> None:
+    t = default.templates["storage"]
+    buckets = resources(t, "AWS::S3::Bucket")
+    data = next(b for b in buckets.values() if "LoggingConfiguration" in b["Properties"])
+    props = data["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
+        ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True
+    )
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "AES256"
+    }
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = props["LifecycleConfiguration"]["Rules"]
+    assert {"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}, "Status": "Enabled"} in rules
+    assert data["DeletionPolicy"] == "Retain"
+    for policy in resources(t, "AWS::S3::BucketPolicy").values():
+        deny = policy["Properties"]["PolicyDocument"]["Statement"][0]
+        assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert len(resources(t, "AWS::S3::BucketPolicy")) == 2
+
+
+def test_source_secret_holds_no_credential(default: Synthesized, variant: Synthesized) -> None:
+    secret = one(default.templates["storage"], "AWS::SecretsManager::Secret")
+    assert "SecretString" not in secret and secret["Name"] == "imagenet-staging/source-credentials"
+    assert json.loads(secret["GenerateSecretString"]["SecretStringTemplate"]) == {"username": "", "access_key": ""}
+    assert not resources(variant.templates["storage"], "AWS::SecretsManager::Secret")  # an s3:// source needs none
+
+
+def test_dlm_policy_targets_only_the_data_volume(default: Synthesized, variant: Synthesized) -> None:
+    details = one(default.templates["storage"], "AWS::DLM::LifecyclePolicy")["PolicyDetails"]
+    assert details["TargetTags"] == [{"Key": tags.DATA_VOLUME, "Value": "imagenet-staging"}]
+    (schedule,) = details["Schedules"]
+    assert schedule["CreateRule"] == {"Interval": 24, "IntervalUnit": "HOURS"}
+    assert schedule["RetainRule"] == {"Count": 3}
+    # never the dataset's tags: attach and the teardown must not take a half-written volume for the dataset
+    assert schedule["CopyTags"] is False and schedule["TagsToAdd"] == [
+        {"Key": tags.SCHEDULED, "Value": "imagenet-staging"}
+    ]
+    assert "CrossRegionCopyRules" not in schedule and "FastRestoreRule" not in schedule
+    (variant_schedule,) = one(variant.templates["storage"], "AWS::DLM::LifecyclePolicy")["PolicyDetails"]["Schedules"]
+    assert [r["Target"] for r in variant_schedule["CrossRegionCopyRules"]] == ["us-west-2", "eu-west-1"]
+    assert variant_schedule["FastRestoreRule"] == {"AvailabilityZones": ["us-east-1a"], "Count": 1}
+
+
+def test_snapshot_events_reach_the_teardown_function(default: Synthesized) -> None:
+    t = default.templates["storage"]
+    rules = resources(t, "AWS::Events::Rule")
+    (snapshot_rule,) = [r["Properties"] for r in rules.values() if "EventPattern" in r["Properties"]]
+    assert snapshot_rule["EventPattern"] == {
+        "source": ["aws.ec2"],
+        "detail-type": ["EBS Snapshot Notification"],
+        "detail": {"event": ["createSnapshot"], "result": ["succeeded", "failed"]},
+    }
+    functions = resources(t, "AWS::Lambda::Function")
+    target_arn = snapshot_rule["Targets"][0]["Arn"]["Fn::GetAtt"][0]
+    env = functions[target_arn]["Properties"]["Environment"]["Variables"]
+    assert env == {
+        "PIPELINE": "imagenet-staging",
+        "TAG_PIPELINE": tags.PIPELINE,
+        "TAG_INSTANCE": tags.INSTANCE,
+        "KEEP_VOLUME": "false",
+        "METRIC_NAMESPACE": "ImagenetStaging",
+    }
+    (scheduled,) = [r["Properties"] for r in rules.values() if "ScheduleExpression" in r["Properties"]]
+    assert scheduled["ScheduleExpression"] == "rate(1 hour)"
+    alarm = one(t, "AWS::CloudWatch::Alarm")
+    assert (alarm["MetricName"], alarm["Namespace"], alarm["Threshold"]) == ("SnapshotFailed", "ImagenetStaging", 1)
+    teardown = statements(t, "SnapshotTeardownRole")
+    (terminate,) = allowing(teardown, "ec2:TerminateInstances")
+    assert terminate["Condition"] == {"StringEquals": {f"aws:ResourceTag/{tags.PIPELINE}": "imagenet-staging"}}
+    (delete,) = allowing(statements(t, "SnapshotTeardownJanitorRole"), "ec2:DeleteVolume")
+    assert delete["Condition"] == terminate["Condition"]
+
+
+# -- fleet ----------------------------------------------------------------------------
+
+
+def test_gpu_role_creates_attaches_and_deletes_only_what_it_should(default: Synthesized) -> None:
+    stmts = statements(default.templates["fleet"], "GpuRole")
+    ours = {f"aws:ResourceTag/{tags.PIPELINE}": "imagenet-staging"}
+    from_snapshot, new_volume = allowing(stmts, "ec2:CreateVolume")
+    assert render(from_snapshot["Resource"]).endswith(":snapshot/*") and from_snapshot["Condition"] == {
+        "StringEquals": ours
+    }
+    assert new_volume["Condition"] == {"StringEquals": {f"aws:RequestTag/{tags.PIPELINE}": "imagenet-staging"}}
+    on_self, on_ours = allowing(stmts, "ec2:AttachVolume")
+    assert render(on_self["Resource"]).endswith(":instance/*")
+    assert on_self["Condition"] == {"StringEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"}}
+    assert "ec2:ModifyInstanceAttribute" in on_self["Action"]  # DeleteOnTermination, on itself only
+    assert render(on_ours["Resource"]).endswith(":volume/*") and on_ours["Condition"] == {"StringEquals": ours}
+    assert allowing(stmts, "ec2:DeleteVolume") == [on_ours]
+
+
+def test_gpu_user_data_runs_the_attach_agent(default: Synthesized, variant: Synthesized) -> None:
+    script = user_data(default.templates["fleet"], "AWS::EC2::LaunchTemplate")
+    check_golden("userdata-gpu.sh", script)
+    for synthesized in (default, variant):
+        line = user_data(synthesized.templates["fleet"], "AWS::EC2::LaunchTemplate").splitlines()[-1]
+        argv = shlex.split(line.split("-m bootstrap ", 1)[1])
+        args = build_parser().parse_args(argv)  # the flags exist: argparse would exit on an unknown one
+        config = synthesized.config
+        assert args.stage == "attach" and args.snapshot_parameter == config.snapshot_parameter
+        assert (args.pipeline, str(args.mount_point), args.volume_type) == (config.name, "/data", "gp3")
+        assert (args.iops, args.throughput) == (config.restored_iops, config.restored_throughput)
+        assert args.shutdown_on_failure
+    assert build_parser().parse_args(shlex.split(line.split("-m bootstrap ", 1)[1])).initialization_rate == 200
+
+
+def test_launch_template_and_optional_group(default: Synthesized, variant: Synthesized) -> None:
+    data = one(default.templates["fleet"], "AWS::EC2::LaunchTemplate")["LaunchTemplateData"]
+    assert data["InstanceType"] == "g5.xlarge" and data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    parameters = default.templates["fleet"]["Parameters"].values()
+    assert default.config.gpu_ami_parameter in [p.get("Default") for p in parameters]  # resolved at deploy time
+    assert set(default.templates["fleet"]["Outputs"]) >= {"LaunchTemplateId", "LaunchTemplateVersion"}
+    assert not resources(default.templates["fleet"], "AWS::AutoScaling::AutoScalingGroup")
+    group = one(variant.templates["fleet"], "AWS::AutoScaling::AutoScalingGroup")
+    assert (group["MinSize"], group["DesiredCapacity"]) == ("0", "0")
+
+
+# -- whole templates ------------------------------------------------------------------
+
+
+def test_whole_templates_match_the_snapshot(default: Synthesized) -> None:
+    """One snapshot of everything, asset hashes blanked; review the diff, then rerun with UPDATE_GOLDEN=1."""
+    check_golden("cdk-templates.json", json.dumps(default.templates, indent=1, sort_keys=True) + "\n")
+
+
+def test_cfn_lint_finds_nothing(default: Synthesized, variant: Synthesized) -> None:
+    templates = [str(p) for s in (default, variant) for p in sorted(s.outdir.glob("*.template.json"))]
+    assert len(templates) == 8
+    result = subprocess.run([str(VENV_BIN / "cfn-lint"), "--", *templates], capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_cdk_nag_reports_an_unacknowledged_finding(tmp_path: Path) -> None:
+    """The plugin is wired in: an app that breaks a rule does not synthesize (so the synths above prove zero)."""
+    import aws_cdk as cdk
+    from aws_cdk import aws_s3 as s3
+
+    from cdk_app.app import build
+
+    app = cdk.App(context=cdk_json_context(), outdir=str(tmp_path))
+    stacks = build(app, StagingConfig())
+    s3.Bucket(stacks["storage"], "Careless")  # no TLS policy, no access logs
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
+        app.synth()
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    failing = {
+        (v["ruleName"], c["constructPath"])
+        for p in report["pluginReports"]
+        for v in p["violations"]
+        for c in v["violatingConstructs"]
+    }
+    assert failing == {
+        ("AwsSolutions-S1", "imagenet-staging-storage/Careless/Resource"),
+        ("AwsSolutions-S10", "imagenet-staging-storage/Careless/Resource"),
+    }
+
+
+def check_golden(name: str, rendered: str) -> None:
+    golden, text = GOLDEN / name, blank_hashes(rendered)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{name} changed; review, then rerun with UPDATE_GOLDEN=1 ({golden})"
+    if name.endswith(".sh"):
+        # references (${Logical.Id}, ${AWS::Region}) are filled in by CloudFormation; shellcheck sees a word
+        plain = re.sub(r"\$\{[A-Za-z0-9:.]+\}", "RESOLVED", rendered)
+        result = subprocess.run(
+            ["shellcheck", "-s", "bash", "-"], input=plain, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stdout
