@@ -1,6 +1,8 @@
 """``make demo``: the whole job, end to end, on the embedded default.
 
-Synthetic ILSVRC2012-format archives (with the awkward real cases) are served
+First the CDK app is synthesized with the real CLI, offline, with cdk-nag on,
+and what ``cdk deploy`` would create is summarized.  Then the instance side:
+synthetic ILSVRC2012-format archives (with the awkward real cases) are served
 by a local HTTP server that demands credentials and limits each connection's
 bandwidth; the credentials sit in a Secrets Manager secret on an AWS emulator
 (moto) on 127.0.0.1.  The engine then runs exactly as on the download
@@ -19,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +33,9 @@ from bootstrap.cli import configure_logging
 from bootstrap.config import load_config
 from bootstrap.stages import Engine
 from bootstrap.tags import OWNER as TAG_OWNER
+from cdk_app.summary import render as describe_assembly
 from tests.fixtures.aws_emulator import emulated_aws
+from tests.fixtures.cdk_synth import cli_synth
 from tests.fixtures.ec2_world import gpu_instance, instance_with_data_volume
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 from tests.fixtures.loopdev import loop_attach, run
@@ -100,10 +105,21 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
 
-    banner("1/7 the operator plans the real run first: python -m scripts plan")
+    banner("1/8 the operator plans the real run first: python -m scripts plan")
     subprocess.run([sys.executable, "-m", "scripts", "plan"], check=True)
 
-    banner("2/7 generate synthetic ILSVRC2012 archives (exact layout, awkward cases included)")
+    banner("2/8 what `cdk deploy` would create: cdk synth from cdk.json, offline, checked by cdk-nag")
+    synthesized = cli_synth(out / "cdk.out")
+    if synthesized.returncode != 0:
+        print(synthesized.stderr, file=sys.stderr)
+        return 1
+    print(textwrap.indent(describe_assembly(out / "cdk.out"), "  "))
+    print(
+        f"  templates in {out / 'cdk.out'}; cdk-nag AwsSolutions: no unacknowledged findings; "
+        "deploy for real: see README, Deploy to AWS"
+    )
+
+    banner("3/8 generate synthetic ILSVRC2012 archives (exact layout, awkward cases included)")
     gen = generate(out / "source", Spec(classes=16, train_per_class=25, val_per_class=4))
     for path in sorted((out / "source").iterdir()):
         print(f"  {path}  {path.stat().st_size:,} bytes")
@@ -114,7 +130,7 @@ def main() -> int:
             out / "source", ServerOptions(username=USER, password=ACCESS_KEY, bytes_per_second=4 << 20)
         ) as server,
     ):
-        banner("3/7 AWS emulator, HTTP server and the download instance, all on 127.0.0.1")
+        banner("4/8 AWS emulator, HTTP server and the download instance, all on 127.0.0.1")
         client("secretsmanager").create_secret(
             Name=SECRET, SecretString=json.dumps({"username": USER, "access_key": ACCESS_KEY})
         )
@@ -122,7 +138,7 @@ def main() -> int:
         print(f"  AWS emulator (moto) at {endpoint}; source credentials in secret {SECRET}; bucket {BUCKET}")
         print(f"  archives at {server.url} (basic auth, 4 MiB/s per connection)")
         with data_volume(out) as (data_dir, instance_settings):
-            banner("4/7 python -m bootstrap run: fetch, organise, pack, verify, inspect, backup, snapshot, publish")
+            banner("5/8 python -m bootstrap run: fetch, organise, pack, verify, inspect, backup, snapshot, publish")
             config_path = out / "bootstrap-config.json"
             config_path.write_text(json.dumps({
                 "data_dir": str(data_dir), "source": server.url, "source_secret": SECRET,
@@ -138,7 +154,7 @@ def main() -> int:
             summary = json.loads(result.stdout)
             print(f"  {server.requests} HTTP requests, {server.body_bytes:,} body bytes served")
 
-            banner("5/7 check the output with MXNet's own readers")
+            banner("6/8 check the output with MXNet's own readers")
             engine = Engine(load_config(config_path, {}))
             counts = check_with_mxnet(engine.paths.recordio)
             expected = {s: v["packed"] for s, v in summary["splits"].items()}
@@ -148,7 +164,7 @@ def main() -> int:
             for name in ("contact_sheet_train.png", "contact_sheet_val.png"):
                 shutil.copy(engine.paths.recordio / name, out / name)  # kept after the volume is unmounted
 
-            banner(f"6/7 done in {time.monotonic() - started:.0f}s; where everything is")
+            banner(f"7/8 done in {time.monotonic() - started:.0f}s; where everything is")
             describe_outputs(engine, summary, config_path)
             print(f"  backup in s3://{BUCKET}/imagenet/: {bucket_summary(BUCKET, 'imagenet/')}")
             if instance_settings:
@@ -173,7 +189,7 @@ def main() -> int:
 
 def gpu_boots(out: Path, have_volume: bool) -> int:
     """A GPU instance launched from the template runs the attach agent, as its user data does."""
-    banner("7/7 a GPU instance boots: volume from the snapshot in its own AZ, attached, mounted read-only")
+    banner("8/8 a GPU instance boots: volume from the snapshot in its own AZ, attached, mounted read-only")
     if not have_volume:
         print("  skipped: simulating the GPU's block device needs root (a loop device)")
         return 0

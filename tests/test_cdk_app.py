@@ -21,7 +21,7 @@ from bootstrap import tags
 from bootstrap.cli import build_parser
 from bootstrap.config import load_config
 from cdk_app.config import ConfigError, StagingConfig, from_context
-from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, synth
+from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, cli_synth, synth
 from tests.fixtures.cfn import blank_hashes, render, resources
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -411,6 +411,19 @@ def test_cdk_nag_reports_an_unacknowledged_finding(tmp_path: Path) -> None:
         ("AwsSolutions-S1", "imagenet-staging-storage/Careless/Resource"),
         ("AwsSolutions-S10", "imagenet-staging-storage/Careless/Resource"),
     }
+
+
+@pytest.mark.slow
+def test_the_cdk_cli_synthesizes_offline_and_refuses_bad_context(tmp_path: Path) -> None:
+    """The front door: `cdk synth` from cdk.json, with no credentials and no network, as a user would first run it."""
+    ok = cli_synth(tmp_path / "ok")
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in (tmp_path / "ok").glob("*.template.json")) == [
+        f"imagenet-staging-{role}.template.json" for role in ("download", "fleet", "network", "storage")]  # fmt: skip
+    assert "WARNING" not in ok.stderr and "ERROR" not in ok.stderr  # nag findings and CDK warnings alike
+    bad = cli_synth(tmp_path / "bad", "data_volume_gib=100")
+    assert bad.returncode != 0
+    assert "context key 'data_volume_gib': sc1 volumes are 125-16384 GiB" in bad.stderr
 
 
 def check_golden(name: str, rendered: str) -> None:
