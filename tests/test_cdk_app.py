@@ -313,6 +313,7 @@ def test_snapshot_events_reach_the_teardown_function(default: Synthesized) -> No
         "PIPELINE": "imagenet-staging",
         "TAG_PIPELINE": tags.PIPELINE,
         "TAG_INSTANCE": tags.INSTANCE,
+        "TAG_SCHEDULED": tags.SCHEDULED,
         "KEEP_VOLUME": "false",
         "METRIC_NAMESPACE": "ImagenetStaging",
     }
@@ -323,6 +324,8 @@ def test_snapshot_events_reach_the_teardown_function(default: Synthesized) -> No
     teardown = statements(t, "SnapshotTeardownRole")
     (terminate,) = allowing(teardown, "ec2:TerminateInstances")
     assert terminate["Condition"] == {"StringEquals": {f"aws:ResourceTag/{tags.PIPELINE}": "imagenet-staging"}}
+    (delete_snapshot,) = allowing(teardown, "ec2:DeleteSnapshot")  # the DLM policy's only, never the dataset's
+    assert delete_snapshot["Condition"] == {"StringEquals": {f"aws:ResourceTag/{tags.SCHEDULED}": "imagenet-staging"}}
     (delete,) = allowing(statements(t, "SnapshotTeardownJanitorRole"), "ec2:DeleteVolume")
     assert delete["Condition"] == terminate["Condition"]
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
 def env(pipeline: str, keep: bool = False) -> dict[str, str]:
     return {"PIPELINE": pipeline, "TAG_PIPELINE": tags.PIPELINE, "TAG_INSTANCE": tags.INSTANCE,
-            "TAG_OWNER": tags.OWNER, "KEEP_VOLUME": str(keep).lower(), "METRIC_NAMESPACE": "Test"}  # fmt: skip
+            "TAG_SCHEDULED": tags.SCHEDULED, "TAG_OWNER": tags.OWNER, "KEEP_VOLUME": str(keep).lower(),
+            "METRIC_NAMESPACE": "Test"}  # fmt: skip
 
 
 def download_side(pipeline: str) -> tuple[str, str, str]:
@@ -60,6 +61,24 @@ def test_succeeded_terminates_the_instance_and_deletes_its_volume(arn_style: int
     assert not volume_exists(volume)
     again = teardown.handler(event(snapshot), ec2=client("ec2"), cloudwatch=client("cloudwatch"), env=env(pipeline))
     assert again["action"] == "none"  # redelivery: no error, no second action
+
+
+def test_success_deletes_the_policys_scheduled_snapshots_of_that_volume_only() -> None:
+    pipeline = "td-sched"
+    instance, volume, dataset = download_side(pipeline)
+    ec2 = client("ec2")
+
+    def scheduled(volume_id: str, value: str = pipeline) -> str:
+        spec = [{"ResourceType": "snapshot", "Tags": [{"Key": tags.SCHEDULED, "Value": value}]}]
+        return str(ec2.create_snapshot(VolumeId=volume_id, TagSpecifications=spec)["SnapshotId"])
+
+    ours = [scheduled(volume), scheduled(volume)]
+    other_volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    kept = [dataset, scheduled(volume, "another-pipeline"), scheduled(other_volume)]
+    result = teardown.handler(event(dataset), ec2=ec2, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    assert sorted(result["scheduled_snapshots_deleted"]) == sorted(ours) and state(instance) == "terminated"
+    left = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert set(kept) <= left and not set(ours) & left
 
 
 def test_keep_volume_keeps_it() -> None:

@@ -80,6 +80,7 @@ class SnapshotTeardown(Construct):
         stack = cdk.Stack.of(self)
         instances = stack.format_arn(service="ec2", resource="instance", resource_name="*")
         volumes = stack.format_arn(service="ec2", resource="volume", resource_name="*")
+        snapshots = stack.format_arn(service="ec2", resource="snapshot", resource_name="*", account="")
         ours = {"StringEquals": {f"aws:ResourceTag/{tags.PIPELINE}": pipeline}}
 
         self.teardown = _Function(
@@ -91,12 +92,19 @@ class SnapshotTeardown(Construct):
                 "PIPELINE": pipeline,
                 "TAG_PIPELINE": tags.PIPELINE,
                 "TAG_INSTANCE": tags.INSTANCE,
+                "TAG_SCHEDULED": tags.SCHEDULED,
                 "KEEP_VOLUME": str(keep_volume).lower(),
                 "METRIC_NAMESPACE": metric_namespace,
             },
         )
         allow(self.teardown.role, ["ec2:DescribeSnapshots", "ec2:DescribeInstances"], ["*"])
         allow(self.teardown.role, ["ec2:TerminateInstances", "ec2:ModifyInstanceAttribute"], [instances], **ours)
+        allow(
+            self.teardown.role,
+            ["ec2:DeleteSnapshot"],
+            [snapshots],
+            StringEquals={f"aws:ResourceTag/{tags.SCHEDULED}": pipeline},
+        )  # only the DLM policy's, never the dataset
         allow(
             self.teardown.role,
             ["cloudwatch:PutMetricData"],
@@ -106,9 +114,9 @@ class SnapshotTeardown(Construct):
         acknowledge(
             self.teardown.role,
             "IAM5",
-            f"{DESCRIBE_REASON} Terminate is limited to instances tagged with "
-            "this pipeline; PutMetricData has no resources and is limited to the pipeline's namespace.",
-            findings=["Resource::*", f"Resource::{spelled(self, instances)}"],
+            f"{DESCRIBE_REASON} Terminate is limited to instances tagged with this pipeline, DeleteSnapshot to "
+            "the DLM policy's snapshots; PutMetricData has no resources and is limited to the pipeline's namespace.",
+            findings=["Resource::*", *(f"Resource::{spelled(self, arn)}" for arn in (instances, snapshots))],
         )
         self.rule = events.Rule(
             self,

@@ -6,12 +6,12 @@ only when it is this pipeline's and names its download instance.
 
 - ``succeeded``: mark the data volume DeleteOnTermination (unless KEEP_VOLUME)
   and terminate the instance; terminating takes the volume with it, so the
-  function never waits.  Redelivery finds the instance already going and does
-  nothing.
+  function never waits.  The DLM policy's scheduled snapshots of that volume
+  go too.  Redelivery finds the instance already going and does nothing.
 - ``failed``: keep the instance (its data is intact) and emit the
   ``SnapshotFailed`` metric that the stack's alarm watches.
 
-Environment: PIPELINE, TAG_PIPELINE, TAG_INSTANCE, KEEP_VOLUME ("true"/"false"),
+Environment: PIPELINE, TAG_PIPELINE, TAG_INSTANCE, TAG_SCHEDULED, KEEP_VOLUME ("true"/"false"),
 METRIC_NAMESPACE.
 """
 
@@ -66,9 +66,26 @@ def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, clou
     keep = env.get("KEEP_VOLUME", "false").lower() == "true"
     if not terminate_with_volume(ec2, instance_id, snapshot["VolumeId"], keep_volume=keep):
         return {"action": "none", "reason": f"{instance_id} is already gone", "snapshot_id": snapshot_id}
-    log.info("snapshot %s completed: terminated %s, data volume %s %s", snapshot_id, instance_id,
-             snapshot["VolumeId"], "kept" if keep else "deleted with it")  # fmt: skip
-    return {"action": "terminated", "instance_id": instance_id, "volume_deleted": not keep, "snapshot_id": snapshot_id}
+    scheduled = [] if keep else delete_scheduled_snapshots(ec2, snapshot["VolumeId"], env)
+    log.info("snapshot %s completed: terminated %s, data volume %s %s, %d scheduled snapshots of it deleted",
+             snapshot_id, instance_id, snapshot["VolumeId"], "kept" if keep else "deleted with it",
+             len(scheduled))  # fmt: skip
+    return {"action": "terminated", "instance_id": instance_id, "volume_deleted": not keep, "snapshot_id": snapshot_id,
+            "scheduled_snapshots_deleted": scheduled}  # fmt: skip
+
+
+def delete_scheduled_snapshots(ec2: Any, volume_id: str, env: dict[str, str]) -> list[str]:
+    """The DLM policy's snapshots of the finished volume: insurance for a run that is over, so not worth paying for.
+
+    DLM prunes by count only when it takes a new snapshot, which it never will
+    again once the volume is gone; without this they would be kept forever.
+    """
+    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "volume-id", "Values": [volume_id]},
+        {"Name": f"tag:{env['TAG_SCHEDULED']}", "Values": [env["PIPELINE"]]}])["Snapshots"]  # fmt: skip
+    for snapshot in snapshots:
+        ec2.delete_snapshot(SnapshotId=snapshot["SnapshotId"])
+    return [s["SnapshotId"] for s in snapshots]
 
 
 def terminate_with_volume(ec2: Any, instance_id: str, volume_id: str, *, keep_volume: bool) -> bool:
