@@ -12,13 +12,29 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from bootstrap.errors import BootstrapError
+from bootstrap.errors import BootstrapError, ConfigError
+from cdk_app.config import StagingConfig, from_context
 from scripts.plan import PlanInputs, load_prices, measured_images_per_vcpu_s, plan
 from scripts.status import gather, render, watch
+
+
+def deployed_config(path: Path = Path("cdk.json")) -> StagingConfig:
+    """The CDK context `cdk deploy` used (./cdk.json), so the defaults name what was deployed; flags override."""
+    try:
+        context = json.loads(path.read_text()).get("context", {})
+    except FileNotFoundError:
+        return StagingConfig()
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    try:
+        return from_context(context)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def _plan_args(parser: argparse.ArgumentParser) -> None:
@@ -35,19 +51,20 @@ def _plan_args(parser: argparse.ArgumentParser) -> None:
     add("--fsr-azs", type=int, default=0, help="fast snapshot restore in this many AZs (off by default)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(deployed: StagingConfig | None = None) -> argparse.ArgumentParser:
+    deployed = deployed or StagingConfig()
     parser = argparse.ArgumentParser(prog="python -m scripts", description="Operate the ImageNet staging pipeline.")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _plan_args(sub.add_parser("plan", help="expected time and cost of a run, with every assumption"))
     status = sub.add_parser("status", help="published status, snapshot state, the fleet's volumes")
-    _common(status)
-    status.add_argument("--status-parameter", default="/imagenet-staging/status")
+    _common(status, deployed)
+    status.add_argument("--status-parameter", default=deployed.status_parameter)
     status.add_argument("--watch", action="store_true", help="show a progress bar until the run is done or fails")
     status.add_argument("--interval", type=float, default=30.0, help="seconds between polls with --watch")
 
     fleet = sub.add_parser("launch-fleet", help="N GPU instances from the launch template (CreateFleet, instant)")
-    _common(fleet)
+    _common(fleet, deployed)
     fleet.add_argument("--launch-template-id", required=True)
     fleet.add_argument("--count", type=int, default=1)
     fleet.add_argument("--instance-types", default="g5.xlarge", help="comma-separated, in order of preference")
@@ -61,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     down = sub.add_parser("teardown", help="download: after the snapshot; fleet: every GPU instance; all")
-    _common(down)
+    _common(down, deployed)
     down.add_argument("what", choices=("download", "fleet", "all"))
     down.add_argument("--force", action="store_true", help="download: even before snapshot and backup are verified")
     down.add_argument("--keep-volume", action="store_true", help="download: keep the data volume")
@@ -69,19 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--purge", action="store_true", help="all: also delete the snapshots, backup bucket and parameters"
     )
     down.add_argument("--yes", action="store_true", help="with --purge: do not ask for confirmation")
-    down.add_argument("--status-parameter", default="/imagenet-staging/status")
+    down.add_argument("--status-parameter", default=deployed.status_parameter)
 
     copy = sub.add_parser("copy-snapshot", help="copy the dataset snapshot to another region, optionally share it")
-    _common(copy)
+    _common(copy, deployed)
     copy.add_argument("--to-region", required=True)
     copy.add_argument("--kms-key-id", help="a customer key in the target region (needed to share with other accounts)")
     copy.add_argument("--share-with", default="", help="comma-separated account ids")
     return parser
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pipeline", default="imagenet-staging")
-    parser.add_argument("--snapshot-parameter", default="/imagenet-staging/snapshot")
+def _common(parser: argparse.ArgumentParser, deployed: StagingConfig) -> None:
+    parser.add_argument("--pipeline", default=deployed.name, help="default: 'name' in ./cdk.json")
+    parser.add_argument("--snapshot-parameter", default=deployed.snapshot_parameter)
     parser.add_argument("--region")
 
 
@@ -177,7 +194,12 @@ def _plan(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def run(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        deployed = deployed_config()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    args = build_parser(deployed).parse_args(argv)
     try:
         if args.command == "plan":
             data, text = _plan(args)

@@ -10,7 +10,7 @@ import pytest
 
 from bootstrap import tags
 from bootstrap.aws import client
-from scripts.cli import build_parser
+from scripts.cli import build_parser, deployed_config
 from scripts.cli import run as scripts_run
 from scripts.plan import PlanInputs, load_prices, plan
 from scripts.status import gather, render
@@ -84,3 +84,18 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert scripts_run(["--json", "plan", "--gpu-instances", "4"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["inputs"]["gpu_instances"] == 4 and data["prices"]["region"] == "us-east-1"
+
+
+def test_defaults_follow_the_deployed_cdk_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Run from the repository, the CLI targets what `cdk deploy` created from ./cdk.json; flags still override."""
+    monkeypatch.chdir(tmp_path)
+    assert build_parser(deployed_config()).parse_args(["status"]).pipeline == "imagenet-staging"  # no cdk.json
+    (tmp_path / "cdk.json").write_text(json.dumps({"context": {"name": "my-run", "@aws-cdk/flag": True}}))
+    args = build_parser(deployed_config()).parse_args(["status"])
+    assert (args.pipeline, args.status_parameter, args.snapshot_parameter) == ("my-run", "/my-run/status",
+                                                                               "/my-run/snapshot")  # fmt: skip
+    assert build_parser(deployed_config()).parse_args(["status", "--pipeline", "other"]).pipeline == "other"
+    (tmp_path / "cdk.json").write_text(json.dumps({"context": {"data_volume_gib": 5}}))
+    assert scripts_run(["status"]) == 2
+    assert "cdk.json: context key 'data_volume_gib'" in capsys.readouterr().err
