@@ -219,7 +219,9 @@ def test_download_role_is_least_privilege(default: Synthesized) -> None:
 
 
 def test_download_user_data_matches_golden_and_passes_shellcheck(default: Synthesized) -> None:
-    check_golden("userdata-download.sh", user_data(default.templates["download"], "AWS::EC2::Instance"))
+    check_golden(
+        "userdata-download.txt", shell=True, rendered=user_data(default.templates["download"], "AWS::EC2::Instance")
+    )
 
 
 def test_the_config_written_to_the_instance_is_what_bootstrap_accepts(default: Synthesized, tmp_path: Path) -> None:
@@ -351,7 +353,7 @@ def test_gpu_role_creates_attaches_and_deletes_only_what_it_should(default: Synt
 
 def test_gpu_user_data_runs_the_attach_agent(default: Synthesized, variant: Synthesized) -> None:
     script = user_data(default.templates["fleet"], "AWS::EC2::LaunchTemplate")
-    check_golden("userdata-gpu.sh", script)
+    check_golden("userdata-gpu.txt", shell=True, rendered=script)
     for synthesized in (default, variant):
         line = user_data(synthesized.templates["fleet"], "AWS::EC2::LaunchTemplate").splitlines()[-1]
         argv = shlex.split(line.split("-m bootstrap ", 1)[1])
@@ -429,12 +431,13 @@ def test_the_cdk_cli_synthesizes_offline_and_refuses_bad_context(tmp_path: Path)
     assert "context key 'data_volume_gib': sc1 volumes are 125-16384 GiB" in bad.stderr
 
 
-def check_golden(name: str, rendered: str) -> None:
+def check_golden(name: str, rendered: str, *, shell: bool = False) -> None:
+    """Compare with tests/golden/``name`` (asset hashes blanked); ``shell``: also run shellcheck on the script."""
     golden, text = GOLDEN / name, blank_hashes(rendered)
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(text)
     assert text == golden.read_text(), f"{name} changed; review, then rerun with UPDATE_GOLDEN=1 ({golden})"
-    if name.endswith(".sh"):
+    if shell:
         # references (${Logical.Id}, ${AWS::Region}) are filled in by CloudFormation; shellcheck sees a word
         plain = re.sub(r"\$\{[A-Za-z0-9:.]+\}", "RESOLVED", rendered)
         result = subprocess.run(

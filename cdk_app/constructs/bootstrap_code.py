@@ -47,7 +47,7 @@ class BootstrapCode(Construct):
         )
         user_data.add_commands(
             f"mkdir -p {HOME}",
-            f"aws s3 cp {self.asset.s3_object_url} {HOME}/bootstrap.zip",
+            f"aws s3 cp '{self.asset.s3_object_url}' {HOME}/bootstrap.zip",
             f"unzip -o -q {HOME}/bootstrap.zip -d {HOME}/bootstrap",
             f"python3.11 -m venv {HOME}/venv",
             f"{HOME}/venv/bin/pip install -q --disable-pip-version-check -r {HOME}/bootstrap/{requirements}",

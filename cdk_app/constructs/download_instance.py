@@ -19,7 +19,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from bootstrap import tags
-from cdk_app.constructs.bootstrap_code import CONFIG, BootstrapCode, write_json
+from cdk_app.constructs.bootstrap_code import CONFIG, HOME, BootstrapCode, write_json
 from cdk_app.constructs.grants import allow, instance_role
 from cdk_app.constructs.nag import acknowledge, spelled
 
@@ -31,6 +31,13 @@ VOLUME_TYPES = {
     "st1": ec2.EbsDeviceVolumeType.ST1,
     "gp3": ec2.EbsDeviceVolumeType.GP3,
 }
+
+
+def agent_config(log_group_name: str) -> dict[str, Any]:
+    """CloudWatch agent: ship the unit's log file to the log group, one stream per instance."""
+    files = [{"file_path": LOG_FILE, "log_group_name": log_group_name, "log_stream_name": "{instance_id}",
+              "timezone": "UTC"}]  # fmt: skip
+    return {"logs": {"logs_collected": {"files": {"collect_list": files}}}}
 
 
 @dataclass(frozen=True)
@@ -107,31 +114,11 @@ class DownloadInstance(Construct):
             "data_device": DATA_DEVICE,
         }
         write_json(self, user_data, CONFIG, {k: v for k, v in config.items() if v is not None})
-        write_json(
-            self,
-            user_data,
-            AGENT_CONFIG,
-            {
-                "logs": {
-                    "logs_collected": {
-                        "files": {
-                            "collect_list": [
-                                {
-                                    "file_path": LOG_FILE,
-                                    "log_group_name": self.log_group.log_group_name,
-                                    "log_stream_name": "{instance_id}",
-                                    "timezone": "UTC",
-                                }
-                            ]
-                        }
-                    }
-                }
-            },
-        )
+        write_json(self, user_data, AGENT_CONFIG, agent_config(self.log_group.log_group_name))
         user_data.add_commands(
             "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s "
             f"-c file:{AGENT_CONFIG}",
-            "install -m 0644 /opt/imagenet-staging/bootstrap/systemd/imagenet-staging.service /etc/systemd/system/",
+            f"install -m 0644 {HOME}/bootstrap/systemd/imagenet-staging.service /etc/systemd/system/",
             "systemctl daemon-reload",
             "systemctl enable --now imagenet-staging.service",
         )
