@@ -83,6 +83,9 @@ def build_parser(deployed: StagingConfig | None = None) -> argparse.ArgumentPars
     down.add_argument("--force", action="store_true", help="download: even before snapshot and backup are verified")
     down.add_argument("--keep-volume", action="store_true", help="download: keep the data volume")
     down.add_argument(
+        "--destroy-stack", action="store_true", help="download: delete the CDK download stack (all of its resources)"
+    )
+    down.add_argument(
         "--purge", action="store_true", help="all: also delete the snapshots, backup bucket and parameters"
     )
     down.add_argument("--yes", action="store_true", help="with --purge: do not ask for confirmation")
@@ -149,9 +152,10 @@ def _fleet_command(args: argparse.Namespace) -> tuple[Any, str]:
         if args.what in ("fleet", "all"):  # first: a fleet comes down whatever the download side's state
             result["fleet"] = fleet.teardown_fleet(ec2, pipeline=args.pipeline)
         if args.what in ("download", "all"):
+            cfn = _aws(args, "cloudformation")[0] if args.destroy_stack else None
             result["download"] = fleet.teardown_download(ec2, ssm, s3, snapshot_parameter=args.snapshot_parameter,
                                                           pipeline=args.pipeline, force=args.force or args.purge,
-                                                          keep_volume=args.keep_volume)  # fmt: skip
+                                                          keep_volume=args.keep_volume, cfn=cfn)  # fmt: skip
         if args.purge:
             result["purge"] = fleet.purge(ec2, ssm, s3, pipeline=args.pipeline,
                                           snapshot_parameter=args.snapshot_parameter,

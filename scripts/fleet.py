@@ -98,8 +98,12 @@ def wait_for_datasets(ec2: Any, instance_ids: list[str], timeout: float = 900, p
 
 
 def teardown_download(ec2: Any, ssm: Any, s3: Any, *, snapshot_parameter: str, pipeline: str,
-                      force: bool = False, keep_volume: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Terminate the download instance (and its data volume) once the snapshot and backup are safe."""
+                      force: bool = False, keep_volume: bool = False, cfn: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Terminate the download instance (and its data volume) once the snapshot and backup are safe.
+
+    With ``cfn``, delete the ``<pipeline>-download`` stack instead, which takes the
+    instance, its volume (unless the stack keeps it), role and log group.
+    """
     try:
         published = json.loads(ssm.get_parameter(Name=snapshot_parameter)["Parameter"]["Value"])
     except ssm.exceptions.ParameterNotFound:
@@ -118,6 +122,11 @@ def teardown_download(ec2: Any, ssm: Any, s3: Any, *, snapshot_parameter: str, p
         problems += [f"backup: {d}" for d in differences]
     if problems and not force:
         raise OperatorError("refusing to tear down: " + "; ".join(problems[:5]) + " (pass --force to override)")
+    if cfn is not None:
+        stack = f"{pipeline}-download"
+        cfn.delete_stack(StackName=stack)
+        cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig={"Delay": 10, "MaxAttempts": 90})
+        return {"stack_deleted": stack}
     instance_id = published.get("source_instance_id")
     if not instance_id:
         return {"terminated": None, "note": "no download instance is recorded in the snapshot parameter"}

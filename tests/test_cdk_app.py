@@ -143,7 +143,9 @@ def test_an_existing_vpc_needs_an_environment(monkeypatch: pytest.MonkeyPatch) -
 # -- download side --------------------------------------------------------------------
 
 
-def test_data_volume_is_encrypted_sc1_1000_gib_attached_in_the_instance_az(default: Synthesized) -> None:
+def test_data_volume_is_encrypted_sc1_1000_gib_attached_in_the_instance_az(
+    default: Synthesized, variant: Synthesized
+) -> None:
     t = default.templates["download"]
     volume, instance = one(t, "AWS::EC2::Volume"), one(t, "AWS::EC2::Instance")
     assert (volume["VolumeType"], volume["Size"], volume["Encrypted"]) == ("sc1", 1000, True)
@@ -151,6 +153,9 @@ def test_data_volume_is_encrypted_sc1_1000_gib_attached_in_the_instance_az(defau
     assert {"Key": tags.DATA_VOLUME, "Value": "imagenet-staging"} in volume["Tags"]
     (volume_id,) = resources(t, "AWS::EC2::Volume")
     (instance_id,) = resources(t, "AWS::EC2::Instance")
+    assert resources(t, "AWS::EC2::Volume")[volume_id]["DeletionPolicy"] == "Delete"  # goes with the stack
+    (kept,) = resources(variant.templates["download"], "AWS::EC2::Volume").values()
+    assert kept["DeletionPolicy"] == "Retain"  # keep_data_volume=true
     attachment = one(t, "AWS::EC2::VolumeAttachment")
     assert attachment == {"Device": "/dev/sdf", "InstanceId": {"Ref": instance_id}, "VolumeId": {"Ref": volume_id}}
 

@@ -16,6 +16,7 @@ import pytest
 from bootstrap import tags
 from bootstrap.aws import client
 from cdk_app.config import AL2023_PARAMETER
+from scripts.cli import run as scripts_run
 from tests.fixtures.cdk_synth import synth
 from tests.fixtures.cfn import publish_assets
 
@@ -75,3 +76,11 @@ def test_stacks_deploy_to_the_emulator(tmp_path: Path) -> None:
     assert sorted(e.get("TAG_INSTANCE", "janitor") for e in envs) == [tags.INSTANCE, "janitor"]
     rules = client("events").list_rules(NamePrefix=PIPELINE)["Rules"]
     assert any("EBS Snapshot Notification" in r.get("EventPattern", "") for r in rules)
+
+    # `scripts teardown download --destroy-stack`: the operator's way to remove the download side whole
+    assert scripts_run(["teardown", "download", "--pipeline", PIPELINE, "--destroy-stack", "--force"]) == 0
+    assert f"{PIPELINE}-download" not in {s["StackName"] for s in cfn.list_stacks(
+        StackStatusFilter=["CREATE_COMPLETE"])["StackSummaries"]}  # fmt: skip
+    (instance,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert instance["State"]["Name"] == "terminated"
+    # (moto keeps a stack's volumes on delete; the template's DeletionPolicy is checked in test_cdk_app)
