@@ -449,3 +449,14 @@ def check_golden(name: str, rendered: str, *, shell: bool = False) -> None:
             ["shellcheck", "-s", "bash", "-"], input=plain, capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stdout
+
+
+def test_summary_reads_back_what_would_be_deployed(default: Synthesized) -> None:
+    from cdk_app.summary import render as describe_assembly
+
+    text = describe_assembly(default.outdir)
+    for expected in ("imagenet-staging-download: imagenet-staging: download instance", "volume sc1 1000 GiB encrypted",
+                     "instance t2.large (standard credits, detailed monitoring)", "DLM policy: every 24 h, keep 3",
+                     "launch template (g5.xlarge; IMDSv2 required; runs user data)",
+                     "rule on EBS Snapshot Notification"):  # fmt: skip
+        assert expected in text

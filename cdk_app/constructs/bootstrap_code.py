@@ -16,6 +16,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
+from cdk_app.constructs.grants import allow
+
 BOOTSTRAP = Path(__file__).resolve().parent.parent.parent / "bootstrap"
 HOME = "/opt/imagenet-staging"
 PYTHON = f"{HOME}/venv/bin/python"
@@ -31,11 +33,7 @@ class BootstrapCode(Construct):
 
     def grant_read(self, role: iam.IRole) -> None:
         """GetObject on this one object (the CDK's own grant would open the whole asset bucket)."""
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[self.asset.bucket.arn_for_objects(self.asset.s3_object_key)]
-            )
-        )
+        allow(role, ["s3:GetObject"], [self.asset.bucket.arn_for_objects(self.asset.s3_object_key)])
 
     def user_data(self, *, requirements: str, packages: list[str]) -> ec2.UserData:
         """Shell that installs Python 3.11, the bootstrap package and ``requirements`` (a file inside it)."""
@@ -44,8 +42,6 @@ class BootstrapCode(Construct):
             "set -euo pipefail",
             "# Installs the bootstrap program; all the logic lives in it (python -m bootstrap --help).",
             f"dnf install -y -q {' '.join(['python3.11', 'unzip', *packages])}",
-        )
-        user_data.add_commands(
             f"mkdir -p {HOME}",
             f"aws s3 cp '{self.asset.s3_object_url}' {HOME}/bootstrap.zip",
             f"unzip -o -q {HOME}/bootstrap.zip -d {HOME}/bootstrap",
