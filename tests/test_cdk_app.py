@@ -257,6 +257,39 @@ def test_no_credentials_in_any_user_data(default: Synthesized, variant: Synthesi
             assert "SecretString" not in secret["Properties"]  # the value is set out of band, never in a template
 
 
+ACCOUNT_CONTEXT = {"account": "123456789012", "region": "us-east-1"}
+LOOKED_UP_VPC = {  # what `cdk synth` with credentials caches in cdk.context.json for vpc_id
+    "vpc-provider:account=123456789012:filter.vpc-id=vpc-0123456789abcdef0:region=us-east-1:"
+    "returnAsymmetricSubnets=true": {
+        "vpcId": "vpc-0123456789abcdef0", "vpcCidrBlock": "10.1.0.0/16", "ownerAccountId": "123456789012",
+        "availabilityZones": [], "subnetGroups": [{"name": "Public", "type": "Public", "subnets": [
+            {"subnetId": "subnet-0aaaaaaaaaaaaaaaa", "cidr": "10.1.0.0/24", "availabilityZone": "us-east-1b",
+             "routeTableId": "rtb-0aaaaaaaaaaaaaaaa"},
+            {"subnetId": "subnet-0bbbbbbbbbbbbbbbb", "cidr": "10.1.1.0/24", "availabilityZone": "us-east-1c",
+             "routeTableId": "rtb-0bbbbbbbbbbbbbbbb"}]}]},
+    "vpc_id": "vpc-0123456789abcdef0",
+}  # fmt: skip
+LOOKED_UP_AZS = {"availability-zones:account=123456789012:region=us-east-1": ["us-east-1a", "us-east-1b"]}
+
+
+@pytest.mark.parametrize(("lookups", "az"), [(LOOKED_UP_VPC, "us-east-1b"), (LOOKED_UP_AZS, "us-east-1a")],
+                         ids=["existing-vpc", "new-vpc"])  # fmt: skip
+def test_an_account_specific_synth_puts_volume_and_instance_in_one_literal_az(
+    lookups: dict[str, Any], az: str, tmp_path: Path
+) -> None:
+    """What `cdk deploy` with credentials synthesizes: lookups answered from cdk.context.json, nothing to fix."""
+    synthesized = synth(tmp_path, **ACCOUNT_CONTEXT, **lookups)
+    t = synthesized.templates["download"]
+    volume, instance = one(t, "AWS::EC2::Volume"), one(t, "AWS::EC2::Instance")
+    assert volume["AvailabilityZone"] == instance["AvailabilityZone"] == az
+    if "vpc_id" in lookups:
+        assert instance["SubnetId"] == "subnet-0aaaaaaaaaaaaaaaa"
+        assert not resources(synthesized.templates["network"], "AWS::EC2::VPC")  # used, not created
+    lint = subprocess.run([str(VENV_BIN / "cfn-lint"), "--", *map(str, tmp_path.glob("*.template.json"))],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert (lint.returncode, lint.stdout) == (0, "")
+
+
 # -- storage --------------------------------------------------------------------------
 
 

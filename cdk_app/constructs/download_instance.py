@@ -21,7 +21,7 @@ from constructs import Construct
 from bootstrap import tags
 from cdk_app.constructs.bootstrap_code import CONFIG, HOME, BootstrapCode, write_json
 from cdk_app.constructs.grants import allow, instance_role
-from cdk_app.constructs.nag import acknowledge, spelled
+from cdk_app.constructs.nag import accept_fixed_availability_zone, acknowledge, spelled
 
 DATA_DEVICE = "/dev/sdf"
 LOG_FILE = "/var/log/imagenet-staging.log"
@@ -160,6 +160,9 @@ class DownloadInstance(Construct):
                 "Detailed monitoring was turned off in the context "
                 "(detailed_monitoring=false) to save its cost on a short-lived instance.",
             )
+        for placed in (self.volume, self.instance):  # EBS attaches only within one AZ, so both name the subnet's
+            accept_fixed_availability_zone(placed, "The data volume must be in the instance's AZ; both take it "
+                                           "from the subnet, a literal when the VPC was looked up.")  # fmt: skip
         ec2.CfnVolumeAttachment(
             self,
             "DataVolumeAttachment",

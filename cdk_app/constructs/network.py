@@ -12,6 +12,8 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from cdk_app.constructs.nag import accept_fixed_availability_zone
+
 
 class Network(Construct):
     def __init__(self, scope: Construct, id: str, *, vpc_id: str | None) -> None:
@@ -37,6 +39,9 @@ class Network(Construct):
                 destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
                 traffic_type=ec2.FlowLogTrafficType.REJECT,
             )
+            for subnet in vpc.public_subnets:
+                accept_fixed_availability_zone(subnet, "A subnet lives in one AZ; with an account and region set, "
+                                               "CDK writes the looked-up AZ name.")  # fmt: skip
             self.vpc = vpc
         self.download_security_group = ec2.SecurityGroup(
             self,
