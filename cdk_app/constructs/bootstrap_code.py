@@ -41,7 +41,7 @@ class BootstrapCode(Construct):
         user_data.add_commands(
             "set -euo pipefail",
             "# Installs the bootstrap program; all the logic lives in it (python -m bootstrap --help).",
-            f"dnf install -y -q {' '.join(['python3.11', 'unzip', *packages])}",
+            f"dnf install -y -q {' '.join(['python3.11', 'python3.11-pip', 'unzip', *packages])}",
             f"mkdir -p {HOME}",
             f"aws s3 cp '{self.asset.s3_object_url}' {HOME}/bootstrap.zip",
             f"unzip -o -q {HOME}/bootstrap.zip -d {HOME}/bootstrap",

@@ -217,6 +217,7 @@ class DownloadInstance(Construct):
         allow(role, ["ec2:CreateSnapshot"], [snapshots], StringEquals={f"aws:RequestTag/{tags.PIPELINE}": pipeline})
         allow(role, ["ec2:CreateTags"], [snapshots], StringEquals={"ec2:CreateAction": "CreateSnapshot"})
         self.log_group.grant_write(role)
+        allow(role, ["logs:DescribeLogStreams"], [self.log_group.log_group_arn])  # the CloudWatch agent checks first
         acknowledge(
             role,
             "IAM5",
