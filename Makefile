@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' '.ci/run' 2>/dev/null)
-APT_PACKAGES := shellcheck aria2 e2fsprogs util-linux curl
+# command:package; only the packages whose command is missing are installed
+APT_COMMANDS := shellcheck:shellcheck aria2c:aria2 mkfs.ext4:e2fsprogs losetup:util-linux curl:curl node:nodejs npm:npm
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -27,14 +28,17 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# Debian packages: shellcheck (lint), aria2 (download benchmark peer), e2fsprogs/util-linux (loop volumes).
+# Debian packages: shellcheck (lint), aria2 (download benchmark peer), e2fsprogs/util-linux (loop volumes),
+# nodejs/npm (the CDK CLI).
 system-deps:
 	@missing=""; \
-	for cmd in shellcheck aria2c mkfs.ext4 losetup curl; do command -v $$cmd >/dev/null || missing=1; done; \
+	for pair in $(APT_COMMANDS); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
-	  else echo "missing Debian packages; run: sudo apt-get install $(APT_PACKAGES)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages; run: sudo apt-get install$$missing"; exit 1; fi; \
 	fi
 
 deps: system-deps $(VENV)/.installed node_modules/.installed
