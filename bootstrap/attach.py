@@ -32,6 +32,7 @@ from typing import Any
 from bootstrap.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device
 from bootstrap.errors import BootstrapError
 from bootstrap.imds import InstanceIdentity
+from bootstrap.parameters import published_snapshot
 from bootstrap.tags import OWNER as TAG_OWNER
 from bootstrap.tags import PIPELINE as TAG_PIPELINE
 from bootstrap.tags import READY as TAG_READY
@@ -143,11 +144,11 @@ class Attacher:
             except Exception as e:
                 raise AttachError(f"cannot read {self.opts.snapshot_parameter} ({e}); has the download instance "
                                   "published its snapshot yet?") from None  # fmt: skip
-            try:
-                snapshot_id = str(json.loads(raw)["snapshot_id"])
-            except (ValueError, TypeError, KeyError):
-                raise AttachError(f"{self.opts.snapshot_parameter} holds no snapshot id ({raw[:80]!r}); "
-                                  "publish one with `python -m bootstrap publish`") from None  # fmt: skip
+            published = published_snapshot(raw)
+            if published is None:
+                raise AttachError(f"{self.opts.snapshot_parameter} holds no snapshot id yet ({raw[:80]!r}); has the "
+                                  "download instance published its snapshot?")  # fmt: skip
+            snapshot_id = str(published["snapshot_id"])
         else:
             snaps = self.ec2.describe_snapshots(OwnerIds=["self"], Filters=[
                 {"Name": f"tag:{TAG_PIPELINE}", "Values": [self.opts.pipeline]},

@@ -126,7 +126,7 @@ def _fleet_command(args: argparse.Namespace) -> tuple[Any, str]:
         subnets = args.subnets.split(",")
         fast_restore = {}
         if args.fast_restore:
-            published = json.loads(ssm.get_parameter(Name=args.snapshot_parameter)["Parameter"]["Value"])
+            published = fleet.require_published(ssm, args.snapshot_parameter)
             azs = fleet.subnet_azs(ec2, subnets)
             cost = fleet.fast_restore_cost(azs, load_prices())
             print(f"fast snapshot restore in {', '.join(azs)}: ${cost:.2f} per hour while enabled "
@@ -164,7 +164,7 @@ def _fleet_command(args: argparse.Namespace) -> tuple[Any, str]:
     source_ec2, source_ssm = _aws(args, "ec2", "ssm")
     from bootstrap.aws import client
 
-    published = json.loads(source_ssm.get_parameter(Name=args.snapshot_parameter)["Parameter"]["Value"])
+    published = fleet.require_published(source_ssm, args.snapshot_parameter)
     info = fleet.copy_snapshot(source_ec2, client("ec2", region=args.to_region), client("ssm", region=args.to_region),
                                published=published, source_region=published["region"], target_region=args.to_region,
                                snapshot_parameter=args.snapshot_parameter, kms_key_id=args.kms_key_id,

@@ -14,6 +14,7 @@ from typing import Any
 from bootstrap import tags
 from bootstrap.backup import BackupOptions, verify_backup
 from bootstrap.errors import BootstrapError
+from bootstrap.parameters import read_published
 from cdk_app.functions.janitor import handler as sweep_volumes
 from cdk_app.functions.teardown import terminate_with_volume
 
@@ -22,6 +23,14 @@ CAPACITY_ERRORS = {"InsufficientInstanceCapacity", "InsufficientCapacity", "Unfu
 
 class OperatorError(BootstrapError):
     """An operator command could not do what was asked; the message says why."""
+
+
+def require_published(ssm: Any, name: str) -> dict[str, Any]:
+    published = read_published(ssm, name)
+    if published is None:
+        raise OperatorError(f"{name} holds no snapshot yet: the download instance has not published one "
+                            "(python -m scripts status shows where it is)")  # fmt: skip
+    return published
 
 
 def launch_fleet(ec2: Any, *, template_id: str, count: int, instance_types: list[str], subnets: list[str],
@@ -104,13 +113,11 @@ def teardown_download(ec2: Any, ssm: Any, s3: Any, *, snapshot_parameter: str, p
     With ``cfn``, delete the ``<pipeline>-download`` stack instead, which takes the
     instance, its volume (unless the stack keeps it), role and log group.
     """
-    try:
-        published = json.loads(ssm.get_parameter(Name=snapshot_parameter)["Parameter"]["Value"])
-    except ssm.exceptions.ParameterNotFound:
-        if not force:
-            raise OperatorError(f"{snapshot_parameter} does not exist: the snapshot is not published yet. "
-                                "Wait for it, or pass --force to tear down anyway") from None  # fmt: skip
-        published = {}
+    published = read_published(ssm, snapshot_parameter)
+    if published is None and not force:
+        raise OperatorError(f"{snapshot_parameter} holds no snapshot: it is not published yet. "
+                            "Wait for it, or pass --force to tear down anyway")  # fmt: skip
+    published = published or {}
     snapshot_id = published.get("snapshot_id")
     problems = []
     if snapshot_id:
@@ -180,10 +187,7 @@ def copy_snapshot(source_ec2: Any, target_ec2: Any, target_ssm: Any, *, publishe
 def purge(ec2: Any, ssm: Any, s3: Any, *, pipeline: str, snapshot_parameter: str,
           status_parameter: str) -> dict[str, Any]:  # fmt: skip
     """Delete what teardown keeps: the pipeline's snapshots, the backup bucket, the published parameters."""
-    try:
-        published = json.loads(ssm.get_parameter(Name=snapshot_parameter)["Parameter"]["Value"])
-    except ssm.exceptions.ParameterNotFound:
-        published = {}
+    published = read_published(ssm, snapshot_parameter) or {}
     snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
         {"Name": f"tag:{tags.PIPELINE}", "Values": [pipeline]}])["Snapshots"]  # fmt: skip
     ids = {s["SnapshotId"] for s in snapshots} | ({published["snapshot_id"]} if "snapshot_id" in published else set())

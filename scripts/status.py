@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from bootstrap import tags
+from bootstrap.parameters import NOT_STARTED, read_published
 
 
 def _parameter(ssm: Any, name: str) -> dict[str, Any] | None:
@@ -23,9 +24,9 @@ def _parameter(ssm: Any, name: str) -> dict[str, Any] | None:
 
 def gather(ssm: Any, ec2: Any, *, pipeline: str, status_parameter: str, snapshot_parameter: str) -> dict[str, Any]:
     status = _parameter(ssm, status_parameter)
-    published = _parameter(ssm, snapshot_parameter)
+    published = read_published(ssm, snapshot_parameter)
     snapshot = None
-    if published and "snapshot_id" in published:
+    if published:
         found = ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [published["snapshot_id"]]}])
         if found["Snapshots"]:
             s = found["Snapshots"][0]
@@ -50,7 +51,7 @@ def gather(ssm: Any, ec2: Any, *, pipeline: str, status_parameter: str, snapshot
 def render(report: dict[str, Any]) -> str:
     lines = []
     status = report["status"]
-    if status is None:
+    if status is None or status == NOT_STARTED:
         lines.append("status: nothing published yet (has the download instance started?)")
     elif status.get("stage") == "run" and status.get("state") == "done":
         lines.append("status: finished; every stage is done")

@@ -210,7 +210,7 @@ def test_missing_or_incomplete_snapshot_is_a_clear_error(tmp_path: Path) -> None
         with pytest.raises(AttachError, match=r"cannot read /no-snapshot/snapshot.*published its snapshot"):
             Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
         client("ssm").put_parameter(Name="/no-snapshot/snapshot", Value="not yet", Type="String")
-        with pytest.raises(AttachError, match=r"holds no snapshot id \('not yet'\); publish one"):
+        with pytest.raises(AttachError, match=r"holds no snapshot id yet \('not yet'\); has the download"):
             Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
         by_tag = AttachOptions(**{**gpu.opts.__dict__, "snapshot_parameter": None})
         with pytest.raises(AttachError, match="no completed snapshot tagged"):

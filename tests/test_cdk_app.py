@@ -314,6 +314,16 @@ def test_bucket_is_private_tls_only_encrypted_logged_and_kept(default: Synthesiz
     assert len(resources(t, "AWS::S3::BucketPolicy")) == 2
 
 
+def test_parameters_exist_from_the_first_deploy_holding_nothing_yet(default: Synthesized) -> None:
+    from bootstrap.parameters import NOT_STARTED, published_snapshot
+
+    found = {p["Name"]: p["Value"] for p in map(lambda r: r["Properties"],
+             resources(default.templates["storage"], "AWS::SSM::Parameter").values())}  # fmt: skip
+    assert set(found) == {"/imagenet-staging/snapshot", "/imagenet-staging/status"}
+    assert published_snapshot(found["/imagenet-staging/snapshot"]) is None  # every reader sees "not published"
+    assert json.loads(found["/imagenet-staging/status"]) == NOT_STARTED
+
+
 def test_source_secret_holds_no_credential(default: Synthesized, variant: Synthesized) -> None:
     secret = one(default.templates["storage"], "AWS::SecretsManager::Secret")
     assert "SecretString" not in secret and secret["Name"] == "imagenet-staging/source-credentials"

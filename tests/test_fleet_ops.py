@@ -14,6 +14,7 @@ from bootstrap import tags
 from bootstrap.aws import client
 from bootstrap.backup import Backup, BackupOptions
 from bootstrap.errors import BootstrapError
+from bootstrap.parameters import NOT_PUBLISHED, NOT_STARTED
 from scripts.cli import run as scripts_run
 from scripts.fleet import copy_snapshot, launch_fleet, teardown_download, teardown_fleet
 from tests.fixtures.ec2_world import AL2023
@@ -92,7 +93,7 @@ def _download_side(pipeline: str, tmp: Path, with_backup: bool) -> dict[str, Any
 
 def test_teardown_download_refuses_until_backup_is_verified_then_removes_instance_and_volume(tmp_path: Path) -> None:
     ec2, ssm, s3 = client("ec2"), client("ssm"), client("s3")
-    with pytest.raises(BootstrapError, match="does not exist: the snapshot is not published yet"):
+    with pytest.raises(BootstrapError, match="holds no snapshot: it is not published yet"):
         teardown_download(ec2, ssm, s3, snapshot_parameter="/nope/snapshot", pipeline="nope")
     unsafe = _download_side("td-unsafe", tmp_path / "a", with_backup=False)
     with pytest.raises(BootstrapError, match="manifest"):
@@ -135,7 +136,21 @@ def test_copy_snapshot_publishes_it_in_the_target_region(tmp_path: Path) -> None
 
 def test_cli_errors_are_one_line_and_exit_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
     assert scripts_run(["teardown", "download", "--snapshot-parameter", "/missing/snapshot"]) == 1
-    assert "error: /missing/snapshot does not exist" in capsys.readouterr().err
+    assert "error: /missing/snapshot holds no snapshot: it is not published yet" in capsys.readouterr().err
+
+
+def test_the_stacks_placeholders_read_as_nothing_published(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the instance writes them, the parameters hold what the storage stack created them with."""
+    for name, value in (("/placeholder/snapshot", NOT_PUBLISHED), ("/placeholder/status", NOT_STARTED)):
+        client("ssm").put_parameter(Name=name, Value=json.dumps(value), Type="String", Overwrite=True)
+    common = ["--pipeline", "placeholder", "--snapshot-parameter", "/placeholder/snapshot"]
+    assert scripts_run(["status", *common, "--status-parameter", "/placeholder/status"]) == 0
+    out = capsys.readouterr().out
+    assert "status: nothing published yet" in out and "snapshot: not published yet" in out
+    assert scripts_run(["teardown", "download", *common]) == 1
+    assert "holds no snapshot: it is not published yet" in capsys.readouterr().err
+    assert scripts_run(["copy-snapshot", *common, "--to-region", "us-west-2"]) == 1
+    assert "error: /placeholder/snapshot holds no snapshot yet" in capsys.readouterr().err
 
 
 def _seed_status(name: str, value: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from constructs import Construct
 
 from cdk_app.config import StagingConfig
 from cdk_app.constructs.dataset_bucket import DatasetBucket
+from cdk_app.constructs.pipeline_parameters import PipelineParameters
 from cdk_app.constructs.snapshot_lifecycle import SnapshotLifecycle
 from cdk_app.constructs.snapshot_teardown import SnapshotTeardown
 from cdk_app.constructs.source_secret import SourceSecret
@@ -20,6 +21,9 @@ class StorageStack(cdk.Stack):
         self.dataset_bucket = DatasetBucket(self, "DatasetBucket", pipeline=config.name)
         self.source_secret = (
             SourceSecret(self, "SourceSecret", secret_name=config.secret_name) if config.uses_secret else None
+        )
+        self.parameters = PipelineParameters(
+            self, "Parameters", snapshot_parameter=config.snapshot_parameter, status_parameter=config.status_parameter
         )
         if config.dlm_interval_hours:
             SnapshotLifecycle(
@@ -43,10 +47,10 @@ class StorageStack(cdk.Stack):
         cdk.CfnOutput(
             self,
             "SnapshotParameter",
-            value=config.snapshot_parameter,
+            value=self.parameters.snapshot.parameter_name,
             description="the instance publishes the dataset snapshot here (python -m scripts status)",
         )
-        cdk.CfnOutput(self, "StatusParameter", value=config.status_parameter)
+        cdk.CfnOutput(self, "StatusParameter", value=self.parameters.status.parameter_name)
         if self.source_secret:
             cdk.CfnOutput(
                 self,
