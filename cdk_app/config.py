@@ -46,7 +46,9 @@ class StagingConfig:
     source: str = "https://image-net.org/data/ILSVRC/2012"
     """https:// base URL or s3:// prefix holding the archives."""
     source_needs_credentials: bool = True
-    """Create the Secrets Manager secret for the source's credentials (value set out of band)."""
+    """The https:// source needs a login, read at run time from a Secrets Manager secret."""
+    source_secret: str | None = None
+    """An existing secret holding it; unset: the storage stack creates ``<name>/source-credentials``."""
     # -- the download instance ----------------------------------------------------------
     download_instance_type: str = "t2.large"
     cpu_credits: str = "standard"
@@ -99,6 +101,8 @@ class StagingConfig:
         need("account", self.account is None or bool(_ACCOUNT.match(self.account)), "a 12-digit account id")
         need("region", self.region is None or bool(_REGION.match(self.region)), "a region like us-east-1")
         need("source", self.source.startswith(("https://", "s3://")), "an https:// URL or an s3:// prefix")
+        need("source_secret", self.source_secret is None or bool(re.match(r"^[A-Za-z0-9/_+=.@-]{1,512}$",
+             self.source_secret)), "a Secrets Manager secret name")  # fmt: skip
         need("download_instance_type", bool(_INSTANCE_TYPE.match(self.download_instance_type)), "like t2.large")
         need("cpu_credits", self.cpu_credits in ("standard", "unlimited"), "standard or unlimited")
         need("data_volume_type", self.data_volume_type in EBS_SIZE_GIB, f"one of {', '.join(EBS_SIZE_GIB)}")
@@ -171,7 +175,11 @@ class StagingConfig:
 
     @property
     def secret_name(self) -> str:
-        return f"{self.name}/source-credentials"
+        return self.source_secret or f"{self.name}/source-credentials"
+
+    @property
+    def creates_secret(self) -> bool:
+        return self.uses_secret and not self.source_secret
 
     @property
     def metric_namespace(self) -> str:

@@ -123,6 +123,7 @@ def test_context_strings_from_the_command_line_are_coerced() -> None:
         ({"source": "ftp://x"}, "'source': an https:// URL or an s3:// prefix"),
         ({"dlm_interval_hours": "5"}, "'dlm_interval_hours'"),
         ({"detailed_monitoring": "yes"}, "'detailed_monitoring': expected bool"),
+        ({"source_secret": "has spaces"}, "'source_secret': a Secrets Manager secret name"),
         ({"volume_gib": "1000"}, "unknown context key 'volume_gib'; valid keys are: .*data_volume_gib"),
     ],
 )
@@ -291,6 +292,15 @@ def test_an_account_specific_synth_puts_volume_and_instance_in_one_literal_az(
 
 
 # -- storage --------------------------------------------------------------------------
+
+
+def test_an_existing_source_secret_is_used_not_created(tmp_path: Path) -> None:
+    synthesized = synth(tmp_path, source_secret="team/imagenet-login")
+    assert not resources(synthesized.templates["storage"], "AWS::SecretsManager::Secret")
+    (read,) = allowing(statements(synthesized.templates["download"], "DownloadRole"), "secretsmanager:GetSecretValue")
+    assert render(read["Resource"]).endswith(":secret:team/imagenet-login-??????")
+    script = user_data(synthesized.templates["download"], "AWS::EC2::Instance")
+    assert '"source_secret":"team/imagenet-login"' in script
 
 
 def test_bucket_is_private_tls_only_encrypted_logged_and_kept(default: Synthesized) -> None:

@@ -20,7 +20,7 @@ class StorageStack(cdk.Stack):
         super().__init__(scope, id, **kwargs)
         self.dataset_bucket = DatasetBucket(self, "DatasetBucket", pipeline=config.name)
         self.source_secret = (
-            SourceSecret(self, "SourceSecret", secret_name=config.secret_name) if config.uses_secret else None
+            SourceSecret(self, "SourceSecret", secret_name=config.secret_name) if config.creates_secret else None
         )
         self.parameters = PipelineParameters(
             self, "Parameters", snapshot_parameter=config.snapshot_parameter, status_parameter=config.status_parameter
