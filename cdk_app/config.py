@@ -83,6 +83,8 @@ class StagingConfig:
     restored_throughput: int = 125
     restored_initialization_rate: int = 0
     """MiB/s at which EBS pre-fetches the restored volume's blocks (100-300); 0 leaves lazy loading."""
+    alarm_email: str | None = None
+    """Subscribe this address to the alerts topic (snapshot failed, teardown failed, errors on the instance)."""
     fleet_asg: bool = False
     """Also create an Auto Scaling group from the template with desired capacity 0."""
 
@@ -133,6 +135,8 @@ class StagingConfig:
             all(_AZ.match(z) for z in self.dlm_fast_restore_azs),
             "availability zones like us-east-1a",
         )
+        need("alarm_email", self.alarm_email is None or bool(re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", self.alarm_email)),
+             "an email address")  # fmt: skip
         need("janitor_interval_minutes", 5 <= self.janitor_interval_minutes <= 1440, "5-1440 minutes")
         need(
             "gpu_instance_types",

@@ -37,6 +37,7 @@ VARIANT = {
     "restored_throughput": "500",
     "restored_initialization_rate": "200",
     "gpu_instance_types": "p4d.24xlarge,g5.12xlarge",
+    "alarm_email": "ops@example.com",
 }
 
 
@@ -334,6 +335,25 @@ def test_parameters_exist_from_the_first_deploy_holding_nothing_yet(default: Syn
     assert json.loads(found["/imagenet-staging/status"]) == NOT_STARTED
 
 
+def test_alerts_reach_a_tls_only_topic_from_every_stack(default: Synthesized, variant: Synthesized) -> None:
+    storage, download = default.templates["storage"], default.templates["download"]
+    (topic,) = resources(storage, "AWS::SNS::Topic").values()
+    assert topic["Properties"]["TopicName"] == "imagenet-staging-alerts"
+    (policy,) = resources(storage, "AWS::SNS::TopicPolicy").values()
+    (deny,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert not resources(storage, "AWS::SNS::Subscription")
+    (email,) = resources(variant.templates["storage"], "AWS::SNS::Subscription").values()
+    assert (email["Properties"]["Protocol"], email["Properties"]["Endpoint"]) == ("email", "ops@example.com")
+    (errors,) = resources(download, "AWS::Logs::MetricFilter").values()
+    assert errors["Properties"]["FilterPattern"] == '"ERROR"'  # the level field of an error line
+    (alarm,) = resources(download, "AWS::CloudWatch::Alarm").values()
+    assert alarm["Properties"]["MetricName"] == "DownloadErrors"
+    assert render(alarm["Properties"]["AlarmActions"][0]).endswith(
+        ":sns:${AWS::Region}:${AWS::AccountId}:imagenet-staging-alerts"
+    )  # by name, no export
+
+
 def test_source_secret_holds_no_credential(default: Synthesized, variant: Synthesized) -> None:
     secret = one(default.templates["storage"], "AWS::SecretsManager::Secret")
     assert "SecretString" not in secret and secret["Name"] == "imagenet-staging/source-credentials"
@@ -379,8 +399,12 @@ def test_snapshot_events_reach_the_teardown_function(default: Synthesized) -> No
     }
     (scheduled,) = [r["Properties"] for r in rules.values() if "ScheduleExpression" in r["Properties"]]
     assert scheduled["ScheduleExpression"] == "rate(1 hour)"
-    alarm = one(t, "AWS::CloudWatch::Alarm")
-    assert (alarm["MetricName"], alarm["Namespace"], alarm["Threshold"]) == ("SnapshotFailed", "ImagenetStaging", 1)
+    alarms = {a["Properties"]["MetricName"]: a["Properties"] for a in resources(t, "AWS::CloudWatch::Alarm").values()}
+    assert (alarms["SnapshotFailed"]["Namespace"], alarms["SnapshotFailed"]["Threshold"]) == ("ImagenetStaging", 1)
+    assert alarms["Errors"]["Dimensions"][0]["Value"] == {"Ref": target_arn}  # the teardown function failing
+    (topic,) = resources(t, "AWS::SNS::Topic")
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == alarm["OKActions"] == [{"Ref": topic}]
     teardown = statements(t, "SnapshotTeardownRole")
     (terminate,) = allowing(teardown, "ec2:TerminateInstances")
     assert terminate["Condition"] == {"StringEquals": {f"aws:ResourceTag/{tags.PIPELINE}": "imagenet-staging"}}

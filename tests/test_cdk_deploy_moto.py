@@ -27,7 +27,8 @@ from tests.fixtures.cfn import publish_assets
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 ACCOUNT, REGION, PIPELINE = "123456789012", "us-east-1", "cfn-smoke"
 MOTO_SKIPS = {"storage": {"AWS::S3::BucketPolicy", "AWS::SecretsManager::Secret", "AWS::DLM::LifecyclePolicy",
-                          "AWS::CloudWatch::Alarm"}}  # fmt: skip
+                          "AWS::CloudWatch::Alarm", "AWS::SNS::TopicPolicy"},
+              "download": {"AWS::CloudWatch::Alarm", "AWS::Logs::MetricFilter"}}  # fmt: skip
 """Resource types moto's CloudFormation skips with a warning; anything else it skips is a surprise."""
 
 
@@ -90,6 +91,7 @@ def test_stacks_deploy_to_the_emulator(tmp_path: Path) -> None:
     functions = {f["FunctionName"]: f for f in client("lambda").list_functions()["Functions"]}
     envs = [f["Environment"]["Variables"] for f in functions.values() if f["FunctionName"].startswith(PIPELINE)]
     assert sorted(e.get("TAG_INSTANCE", "janitor") for e in envs) == [tags.INSTANCE, "janitor"]
+    assert any(t["TopicArn"].endswith(f":{PIPELINE}-alerts") for t in client("sns").list_topics()["Topics"])
     rules = client("events").list_rules(NamePrefix=PIPELINE)["Rules"]
     assert any("EBS Snapshot Notification" in r.get("EventPattern", "") for r in rules)
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from bootstrap import tags
+from cdk_app.constructs.alerts import alerts_topic, notify
 from cdk_app.constructs.bootstrap_code import CONFIG, HOME, BootstrapCode, write_json
 from cdk_app.constructs.grants import allow, instance_role
 from cdk_app.constructs.nag import accept_fixed_availability_zone, acknowledge, spelled
@@ -94,6 +96,7 @@ class DownloadInstance(Construct):
         self.log_group = logs.LogGroup(
             self, "Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=cdk.RemovalPolicy.DESTROY
         )
+        self.errors_alarm = self._alarm_on_errors(settings.pipeline)
         self.role = instance_role(self, "Role")
         self._grant(stack, targets, settings.pipeline)
 
@@ -170,6 +173,24 @@ class DownloadInstance(Construct):
             volume_id=self.volume.volume_id,
             device=DATA_DEVICE,
         )
+
+    def _alarm_on_errors(self, pipeline: str) -> cloudwatch.Alarm:
+        """An ERROR line in the instance's log (a stage failed; the unit retries or needs a person)."""
+        errors = logs.MetricFilter(
+            self, "ErrorLines", log_group=self.log_group, filter_pattern=logs.FilterPattern.all_terms("ERROR"),
+            metric_namespace=f"ImagenetStaging/{pipeline}", metric_name="DownloadErrors", metric_value="1",
+        )  # fmt: skip
+        alarm = cloudwatch.Alarm(
+            self, "ErrorsAlarm",
+            alarm_description=f"{pipeline}: the download instance logged an error; `python -m scripts status` shows "
+                              "the last one, and the log group has the rest.",
+            metric=errors.metric(statistic="Sum", period=cdk.Duration.minutes(5)),
+            threshold=1, evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )  # fmt: skip
+        notify(alarm, alerts_topic(self, pipeline))
+        return alarm
 
     def _grant(self, stack: cdk.Stack, targets: DownloadTargets, pipeline: str) -> None:
         """Least privilege: its prefix, its parameters, snapshots of its own volume, its secret and logs."""

@@ -17,9 +17,11 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from bootstrap import tags
+from cdk_app.constructs.alerts import notify
 from cdk_app.constructs.grants import allow
 from cdk_app.constructs.nag import acknowledge, spelled
 
@@ -72,6 +74,7 @@ class SnapshotTeardown(Construct):
         id: str,
         *,
         pipeline: str,
+        alerts: sns.ITopic,
         keep_volume: bool,
         metric_namespace: str,
         janitor_interval: cdk.Duration,
@@ -143,6 +146,19 @@ class SnapshotTeardown(Construct):
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
+        notify(self.alarm, alerts)
+        self.teardown_failed = cloudwatch.Alarm(
+            self,
+            "TeardownFailedAlarm",
+            alarm_description=f"{pipeline}: the teardown function failed, so the download instance may still be "
+            "running (and billing); see the function's log group, then `python -m scripts teardown download`.",
+            metric=self.teardown.function.metric_errors(period=cdk.Duration.minutes(5), statistic="Sum"),
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        notify(self.teardown_failed, alerts)
 
         self.janitor = _Function(
             self,

@@ -8,6 +8,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from cdk_app.config import StagingConfig
+from cdk_app.constructs.alerts import Alerts
 from cdk_app.constructs.dataset_bucket import DatasetBucket
 from cdk_app.constructs.pipeline_parameters import PipelineParameters
 from cdk_app.constructs.snapshot_lifecycle import SnapshotLifecycle
@@ -35,15 +36,23 @@ class StorageStack(cdk.Stack):
                 copy_regions=config.dlm_copy_regions,
                 fast_restore_azs=config.dlm_fast_restore_azs,
             )
+        self.alerts = Alerts(self, "Alerts", pipeline=config.name, email=config.alarm_email)
         self.teardown = SnapshotTeardown(
             self,
             "SnapshotTeardown",
             pipeline=config.name,
+            alerts=self.alerts.topic,
             keep_volume=config.keep_data_volume,
             metric_namespace=config.metric_namespace,
             janitor_interval=cdk.Duration.minutes(config.janitor_interval_minutes),
         )
         cdk.CfnOutput(self, "BucketName", value=self.dataset_bucket.bucket.bucket_name)
+        cdk.CfnOutput(
+            self,
+            "AlertsTopic",
+            value=self.alerts.topic.topic_arn,
+            description="subscribe to hear of a failed snapshot or teardown, or of errors on the instance",
+        )
         cdk.CfnOutput(
             self,
             "SnapshotParameter",
