@@ -29,6 +29,7 @@ class Network(Construct):
                 subnet_configuration=[
                     ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24)
                 ],
+                # nothing is launched into the default group; restricting it would cost a custom-resource Lambda
                 restrict_default_security_group=False,
             )
             flow_logs = logs.LogGroup(
