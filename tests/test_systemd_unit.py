@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import configparser
+import inspect
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from bootstrap.volume import mount_data_volume
 
 UNIT = Path(__file__).resolve().parent.parent / "bootstrap" / "systemd" / "imagenet-staging.service"
 
@@ -27,6 +30,9 @@ def test_unit_restarts_on_failure_but_not_on_permanent_errors() -> None:
     assert "-m bootstrap run --config" in service["ExecStart"]
     assert "-m bootstrap mount-data --config" in service["ExecStartPre"]  # /data is mounted before the run
     assert int(unit["Unit"]["StartLimitBurst"]) <= 5
+    # mount-data (ExecStartPre) waits up to 600 s for CloudFormation to attach the volume; systemd must wait longer
+    assert service["TimeoutStartSec"].endswith("min") and int(service["TimeoutStartSec"][:-3]) * 60 > 600
+    assert inspect.signature(mount_data_volume).parameters["timeout"].default == 600.0
 
 
 def test_exit_codes_match_the_errors() -> None:
