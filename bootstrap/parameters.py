@@ -14,10 +14,10 @@ NOT_STARTED = {"stage": "not started", "state": "waiting", "note": "the download
 NOT_PUBLISHED = {"state": "not published", "note": "the download instance publishes its dataset snapshot here"}
 
 
-def published_snapshot(raw: str | None) -> dict[str, Any] | None:
+def published_snapshot(raw: str) -> dict[str, Any] | None:
     """A snapshot parameter's value as the published record, or ``None`` while no snapshot is published."""
     try:
-        value = json.loads(raw) if raw is not None else None
+        value = json.loads(raw)
     except ValueError:
         return None
     return value if isinstance(value, dict) and value.get("snapshot_id") else None
