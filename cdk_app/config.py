@@ -28,6 +28,8 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _AZ = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _SSM_NAME = re.compile(r"^/[A-Za-z0-9_.\-/]+$")
 
 
@@ -103,8 +105,11 @@ class StagingConfig:
         need("account", self.account is None or bool(_ACCOUNT.match(self.account)), "a 12-digit account id")
         need("region", self.region is None or bool(_REGION.match(self.region)), "a region like us-east-1")
         need("source", self.source.startswith(("https://", "s3://")), "an https:// URL or an s3:// prefix")
-        need("source_secret", self.source_secret is None or bool(re.match(r"^[A-Za-z0-9/_+=.@-]{1,512}$",
-             self.source_secret)), "a Secrets Manager secret name")  # fmt: skip
+        need(
+            "source_secret",
+            self.source_secret is None or bool(_SECRET_NAME.match(self.source_secret)),
+            "a Secrets Manager secret name",
+        )
         need("download_instance_type", bool(_INSTANCE_TYPE.match(self.download_instance_type)), "like t2.large")
         need("cpu_credits", self.cpu_credits in ("standard", "unlimited"), "standard or unlimited")
         need("data_volume_type", self.data_volume_type in EBS_SIZE_GIB, f"one of {', '.join(EBS_SIZE_GIB)}")
@@ -135,8 +140,7 @@ class StagingConfig:
             all(_AZ.match(z) for z in self.dlm_fast_restore_azs),
             "availability zones like us-east-1a",
         )
-        need("alarm_email", self.alarm_email is None or bool(re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", self.alarm_email)),
-             "an email address")  # fmt: skip
+        need("alarm_email", self.alarm_email is None or bool(_EMAIL.match(self.alarm_email)), "an email address")
         need("janitor_interval_minutes", 5 <= self.janitor_interval_minutes <= 1440, "5-1440 minutes")
         need(
             "gpu_instance_types",
