@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bootstrap.devkit import read_devkit
+from bootstrap.dataset.devkit import read_devkit
 from tests.fixtures.synthetic_imagenet import DEVKIT, TRAIN, VAL, Spec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,8 +302,9 @@ def bench_download(runs: int, size_mib: int, rate_mib: float) -> dict[str, Any]:
             return measure([command], cold=False)
 
         fetch = (
-            "import sys; from pathlib import Path; from bootstrap.archives import ArchiveSpec\n"
-            "from bootstrap.fetch import FetchOptions, fetch_archive; from bootstrap.sources import HttpSource\n"
+            "import sys; from pathlib import Path; from bootstrap.dataset.archives import ArchiveSpec\n"
+            "from bootstrap.fetch.download import FetchOptions, fetch_archive\n"
+            "from bootstrap.fetch.sources import HttpSource\n"
             "fetch_archive(HttpSource(sys.argv[1].rsplit('/', 1)[0]), ArchiveSpec('train', 'blob.tar', sys.argv[2],"
             " int(sys.argv[3])), Path(sys.argv[4]), FetchOptions(connections=8))\n"
         )

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bootstrap import aws
-from bootstrap.attach import Attacher, AttachOptions
-from bootstrap.devices import DeviceRoots
-from bootstrap.errors import BootstrapError
-from bootstrap.imds import Imds
+from bootstrap.common import aws
+from bootstrap.common.devices import DeviceRoots
+from bootstrap.common.errors import BootstrapError
+from bootstrap.common.imds import Imds
+from bootstrap.gpu.attach import Attacher, AttachOptions
 
 log = logging.getLogger("bootstrap")
 
@@ -152,9 +152,9 @@ def run(argv: Sequence[str]) -> int:
             log.error("%s", e)
             return e.exit_code
     # imported here so that `attach` runs on a GPU instance with nothing but boto3 installed
-    from bootstrap.config import load_config
-    from bootstrap.stages import Engine, describe
-    from bootstrap.state import read_json
+    from bootstrap.common.state import read_json
+    from bootstrap.engine import Engine, describe
+    from bootstrap.settings import load_config
 
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     try:

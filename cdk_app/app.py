@@ -8,7 +8,7 @@ import sys
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from bootstrap import tags
+from bootstrap.contract import tags
 from cdk_app.config import ConfigError, StagingConfig, from_context
 from cdk_app.stacks.download import DownloadStack
 from cdk_app.stacks.fleet import FleetStack

@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from bootstrap.errors import BootstrapError, ConfigError
+from bootstrap.common.errors import BootstrapError, ConfigError
 from cdk_app.config import StagingConfig, from_context
 from scripts.plan import PlanInputs, load_prices, measured_images_per_vcpu_s, plan
 from scripts.status import gather, render, watch
@@ -106,7 +106,7 @@ def _common(parser: argparse.ArgumentParser, deployed: StagingConfig) -> None:
 
 
 def _aws(args: argparse.Namespace, *services: str) -> list[Any]:
-    from bootstrap.aws import client
+    from bootstrap.common.aws import client
 
     return [client(name, region=args.region) for name in services]
 
@@ -162,7 +162,7 @@ def _fleet_command(args: argparse.Namespace) -> tuple[Any, str]:
                                           status_parameter=args.status_parameter)  # fmt: skip
         return result, json.dumps(result, indent=2)
     source_ec2, source_ssm = _aws(args, "ec2", "ssm")
-    from bootstrap.aws import client
+    from bootstrap.common.aws import client
 
     published = fleet.require_published(source_ssm, args.snapshot_parameter)
     info = fleet.copy_snapshot(source_ec2, client("ec2", region=args.to_region), client("ssm", region=args.to_region),

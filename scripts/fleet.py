@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bootstrap import tags
-from bootstrap.backup import BackupOptions, verify_backup
-from bootstrap.errors import BootstrapError
-from bootstrap.parameters import read_published
+from bootstrap.common.errors import BootstrapError
+from bootstrap.contract import tags
+from bootstrap.contract.parameters import read_published
+from bootstrap.instance.backup import BackupOptions, verify_backup
 from cdk_app.functions.janitor import handler as sweep_volumes
 from cdk_app.functions.teardown import terminate_with_volume
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from bootstrap import tags
-from bootstrap.parameters import NOT_STARTED, read_published
+from bootstrap.contract import tags
+from bootstrap.contract.parameters import NOT_STARTED, read_published
 
 
 def _parameter(ssm: Any, name: str) -> dict[str, Any] | None:

@@ -28,11 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bootstrap.aws import client
 from bootstrap.cli import configure_logging
-from bootstrap.config import load_config
-from bootstrap.stages import Engine
-from bootstrap.tags import OWNER as TAG_OWNER
+from bootstrap.common.aws import client
+from bootstrap.contract.tags import OWNER as TAG_OWNER
+from bootstrap.engine import Engine
+from bootstrap.settings import load_config
 from cdk_app.summary import render as describe_assembly
 from tests.fixtures.aws_emulator import emulated_aws
 from tests.fixtures.cdk_synth import cli_synth

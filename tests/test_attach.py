@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from bootstrap.attach import Attacher, AttachError, AttachOptions, free_device_name, volume_request
-from bootstrap.aws import client
 from bootstrap.cli import run as cli_run
-from bootstrap.devices import mounted_device
-from bootstrap.imds import InstanceIdentity
-from bootstrap.snapshot import TAG_PIPELINE
-from bootstrap.tags import OWNER as TAG_OWNER
+from bootstrap.common.aws import client
+from bootstrap.common.devices import mounted_device
+from bootstrap.common.imds import InstanceIdentity
+from bootstrap.contract.tags import OWNER as TAG_OWNER
+from bootstrap.gpu.attach import Attacher, AttachError, AttachOptions, free_device_name, volume_request
+from bootstrap.instance.snapshot import TAG_PIPELINE
 from tests.fixtures.ec2_world import gpu_instance, launch_instance
 from tests.fixtures.imds import Identity, ImdsStub
 from tests.fixtures.loopdev import loop_image, run
@@ -232,7 +232,7 @@ def test_attach_needs_only_boto3() -> None:
     """A GPU instance installs bootstrap/requirements-attach.txt only, so attach must not import the packer."""
     code = (
         "import sys; from bootstrap.cli import build_parser; build_parser(); "
-        "print(sorted({'numpy', 'cv2', 'scipy', 'bootstrap.stages'} & set(sys.modules)))"
+        "print(sorted({'numpy', 'cv2', 'scipy', 'bootstrap.engine'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

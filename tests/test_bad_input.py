@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.config import PrepConfig, load_config
-from bootstrap.errors import ArchiveError, ConfigError, DiskFullError
-from bootstrap.stages import Engine
+from bootstrap.common.errors import ArchiveError, ConfigError, DiskFullError
+from bootstrap.engine import Engine
+from bootstrap.settings import PrepConfig, load_config
 from tests.fixtures.loopdev import loop_ext4
 from tests.fixtures.synthetic_imagenet import TRAIN, VAL, Generated, add_member, write_table
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from bootstrap import tags
 from bootstrap.cli import build_parser
-from bootstrap.config import load_config
+from bootstrap.contract import tags
+from bootstrap.settings import load_config
 from cdk_app.config import ConfigError, StagingConfig, from_context
 from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, cli_synth, synth
 from tests.fixtures.cfn import blank_hashes, render, resources
@@ -326,7 +326,7 @@ def test_bucket_is_private_tls_only_encrypted_logged_and_kept(default: Synthesiz
 
 
 def test_parameters_exist_from_the_first_deploy_holding_nothing_yet(default: Synthesized) -> None:
-    from bootstrap.parameters import NOT_STARTED, published_snapshot
+    from bootstrap.contract.parameters import NOT_STARTED, published_snapshot
 
     found = {p["Name"]: p["Value"] for p in map(lambda r: r["Properties"],
              resources(default.templates["storage"], "AWS::SSM::Parameter").values())}  # fmt: skip

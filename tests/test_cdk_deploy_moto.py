@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bootstrap import tags
-from bootstrap.aws import client
-from bootstrap.parameters import published_snapshot
+from bootstrap.common.aws import client
+from bootstrap.contract import tags
+from bootstrap.contract.parameters import published_snapshot
 from cdk_app.config import AL2023_PARAMETER
 from scripts.cli import run as scripts_run
 from tests.fixtures.cdk_synth import synth

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.archives import ArchiveSpec
-from bootstrap.errors import ChecksumError, FetchError
-from bootstrap.fetch import FetchOptions, fetch_archive
-from bootstrap.sources import Credentials, HttpSource, LocalSource, S3Source, resolve_credentials
+from bootstrap.common.errors import ChecksumError, FetchError
+from bootstrap.dataset.archives import ArchiveSpec
+from bootstrap.fetch.download import FetchOptions, fetch_archive
+from bootstrap.fetch.sources import Credentials, HttpSource, LocalSource, S3Source, resolve_credentials
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 
 CHUNK = 256 << 10
@@ -129,9 +129,9 @@ def test_wrong_size_is_caught_before_downloading(blob: tuple[Path, ArchiveSpec],
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from bootstrap.archives import ArchiveSpec
-from bootstrap.fetch import FetchOptions, fetch_archive
-from bootstrap.sources import HttpSource
+from bootstrap.dataset.archives import ArchiveSpec
+from bootstrap.fetch.download import FetchOptions, fetch_archive
+from bootstrap.fetch.sources import HttpSource
 url, name, md5, size, dest, chunk = sys.argv[1:]
 fetch_archive(HttpSource(url), ArchiveSpec("train", name, md5, int(size)), Path(dest),
               FetchOptions(connections=2, chunk_size=int(chunk)))
@@ -166,7 +166,7 @@ def test_kill_9_then_resume_skips_finished_ranges(blob: tuple[Path, ArchiveSpec]
 
 
 def test_s3_source(blob: tuple[Path, ArchiveSpec], tmp_path: Path, aws_endpoint: str) -> None:
-    from bootstrap.aws import client
+    from bootstrap.common.aws import client
 
     root, spec = blob
     s3 = client("s3")

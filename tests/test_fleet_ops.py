@@ -10,11 +10,11 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
-from bootstrap import tags
-from bootstrap.aws import client
-from bootstrap.backup import Backup, BackupOptions
-from bootstrap.errors import BootstrapError
-from bootstrap.parameters import NOT_PUBLISHED, NOT_STARTED
+from bootstrap.common.aws import client
+from bootstrap.common.errors import BootstrapError
+from bootstrap.contract import tags
+from bootstrap.contract.parameters import NOT_PUBLISHED, NOT_STARTED
+from bootstrap.instance.backup import Backup, BackupOptions
 from scripts.cli import run as scripts_run
 from scripts.fleet import copy_snapshot, launch_fleet, teardown_download, teardown_fleet
 from tests.fixtures.ec2_world import AL2023

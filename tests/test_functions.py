@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from bootstrap import tags
-from bootstrap.aws import client
+from bootstrap.common.aws import client
+from bootstrap.contract import tags
 from cdk_app.functions import janitor, teardown
 from tests.fixtures.ec2_world import launch_instance
 

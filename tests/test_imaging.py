@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bootstrap.imaging import ImageError, ImageOptions, target_size, transcode
-from bootstrap.jpeginfo import read_jpeg_info
+from bootstrap.pack.imaging import ImageError, ImageOptions, target_size, transcode
+from bootstrap.pack.jpeginfo import read_jpeg_info
 from tests.fixtures.synthetic_imagenet import awkward_image, photo
 
 RNG = np.random.default_rng(7)

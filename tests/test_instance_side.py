@@ -17,15 +17,22 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from bootstrap.aws import client
-from bootstrap.backup import Backup, BackupError, BackupOptions, part_size, wanted
-from bootstrap.config import PrepConfig
-from bootstrap.errors import BootstrapError
-from bootstrap.imds import Imds, InstanceIdentity
-from bootstrap.snapshot import TAG_INSTANCE, TAG_PIPELINE, SnapshotError, SnapshotRequest, Volume, take_snapshot
-from bootstrap.stages import Engine
-from bootstrap.state import atomic_write_json
-from bootstrap.status_publisher import StatusPublisher
+from bootstrap.common.aws import client
+from bootstrap.common.errors import BootstrapError
+from bootstrap.common.imds import Imds, InstanceIdentity
+from bootstrap.common.state import atomic_write_json
+from bootstrap.engine import Engine
+from bootstrap.instance.backup import Backup, BackupError, BackupOptions, part_size, wanted
+from bootstrap.instance.snapshot import (
+    TAG_INSTANCE,
+    TAG_PIPELINE,
+    SnapshotError,
+    SnapshotRequest,
+    Volume,
+    take_snapshot,
+)
+from bootstrap.instance.status_publisher import StatusPublisher
+from bootstrap.settings import PrepConfig
 from tests.fixtures.ec2_world import instance_with_data_volume
 from tests.fixtures.imds import Identity, ImdsStub
 from tests.fixtures.synthetic_imagenet import Generated
@@ -114,8 +121,8 @@ def test_missing_bucket_and_access_denied_say_what_is_wrong(tmp_path: Path) -> N
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from bootstrap.aws import client
-from bootstrap.backup import Backup, BackupOptions
+from bootstrap.common.aws import client
+from bootstrap.instance.backup import Backup, BackupOptions
 Backup(Path(sys.argv[1]), client("s3"), BackupOptions(sys.argv[2])).run()
 """
 
@@ -276,8 +283,8 @@ def test_a_failed_snapshot_publishes_nothing(tmp_path: Path, monkeypatch: pytest
     def failing(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
         raise SnapshotError("snapshot snap-x ended in state 'error'")
 
-    monkeypatch.setattr("bootstrap.stages.take_snapshot", failing)
-    monkeypatch.setattr("bootstrap.stages.find_data_volume", lambda *a, **k: VOLUME)
+    monkeypatch.setattr("bootstrap.engine.take_snapshot", failing)
+    monkeypatch.setattr("bootstrap.engine.find_data_volume", lambda *a, **k: VOLUME)
     with ImdsStub(Identity("i-0fail", "us-east-1a")) as imds:
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
         engine = Engine(PrepConfig(data_dir=tmp_path, snapshot_parameter="/fail/snapshot"))

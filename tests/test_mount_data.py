@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.config import PrepConfig
-from bootstrap.devices import DeviceRoots, mounted_device
-from bootstrap.errors import BootstrapError
-from bootstrap.stages import Engine
+from bootstrap.common.devices import DeviceRoots, mounted_device
+from bootstrap.common.errors import BootstrapError
+from bootstrap.engine import Engine
+from bootstrap.settings import PrepConfig
 from tests.fixtures.loopdev import loop_attach, run
 
 VOLUME = "vol-0abc1234def567890"

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from bootstrap.config import PrepConfig
-from bootstrap.errors import ArchiveError, PackError
-from bootstrap.stages import Engine
+from bootstrap.common.errors import ArchiveError, PackError
+from bootstrap.engine import Engine
+from bootstrap.settings import PrepConfig
 from tests.fixtures.synthetic_imagenet import Generated, Spec, generate
 
 RESIZE = 64

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.recordio import (
+from bootstrap.pack.recordio import (
     MAGIC_BYTES,
     ImageHeader,
     RecordIOError,

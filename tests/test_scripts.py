@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import tags
-from bootstrap.aws import client
+from bootstrap.common.aws import client
+from bootstrap.contract import tags
 from scripts.cli import build_parser, deployed_config
 from scripts.cli import run as scripts_run
 from scripts.plan import PlanInputs, load_prices, plan

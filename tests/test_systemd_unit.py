@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.volume import mount_data_volume
+from bootstrap.instance.volume import mount_data_volume
 
 UNIT = Path(__file__).resolve().parent.parent / "bootstrap" / "systemd" / "imagenet-staging.service"
 
@@ -36,7 +36,7 @@ def test_unit_restarts_on_failure_but_not_on_permanent_errors() -> None:
 
 
 def test_exit_codes_match_the_errors() -> None:
-    from bootstrap.errors import ConfigError, DiskFullError
+    from bootstrap.common.errors import ConfigError, DiskFullError
 
     assert (ConfigError.exit_code, DiskFullError.exit_code) == (2, 3)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.devkit import read_devkit
-from bootstrap.errors import ArchiveError, PackError, VerifyError
-from bootstrap.plan import bucket_of, part_names, shuffle_bucket, val_position, wnid_of_class_tar
-from bootstrap.sinks import RecordSink, move_into
-from bootstrap.verify import verify_split
+from bootstrap.common.errors import ArchiveError, PackError, VerifyError
+from bootstrap.dataset.devkit import read_devkit
+from bootstrap.pack.plan import bucket_of, part_names, shuffle_bucket, val_position, wnid_of_class_tar
+from bootstrap.pack.sinks import RecordSink, move_into
+from bootstrap.pack.verify import verify_split
 from tests.fixtures.synthetic_imagenet import DEVKIT, Generated, add_member
 
 

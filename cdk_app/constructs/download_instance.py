@@ -19,7 +19,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from bootstrap import tags
+from bootstrap.contract import tags
 from cdk_app.constructs.alerts import alerts_topic, notify
 from cdk_app.constructs.bootstrap_code import CONFIG, HOME, BootstrapCode, write_json
 from cdk_app.constructs.grants import allow, instance_role

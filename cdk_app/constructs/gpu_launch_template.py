@@ -14,7 +14,7 @@ from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
-from bootstrap import tags
+from bootstrap.contract import tags
 from cdk_app.constructs.bootstrap_code import HOME, PYTHON, BootstrapCode
 from cdk_app.constructs.grants import allow, instance_role
 from cdk_app.constructs.nag import acknowledge, spelled

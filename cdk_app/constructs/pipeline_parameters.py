@@ -12,7 +12,7 @@ import json
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from bootstrap.parameters import NOT_PUBLISHED, NOT_STARTED
+from bootstrap.contract.parameters import NOT_PUBLISHED, NOT_STARTED
 
 
 class PipelineParameters(Construct):

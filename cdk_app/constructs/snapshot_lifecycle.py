@@ -17,7 +17,7 @@ from aws_cdk import aws_dlm as dlm
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from bootstrap.tags import DATA_VOLUME, SCHEDULED
+from bootstrap.contract.tags import DATA_VOLUME, SCHEDULED
 from cdk_app.constructs.nag import acknowledge
 
 

@@ -20,7 +20,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from bootstrap import tags
+from bootstrap.contract import tags
 from cdk_app.constructs.alerts import notify
 from cdk_app.constructs.grants import allow
 from cdk_app.constructs.nag import acknowledge, spelled

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bootstrap.errors import BootstrapError, ConfigError
+from bootstrap.common.errors import BootstrapError, ConfigError
 
 
 def client(service: str, *, region: str | None = None) -> Any:

@@ -27,11 +27,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootstrap.archives import ArchiveSpec, DatasetSpec
-from bootstrap.errors import ChecksumError, DiskFullError, FetchError
-from bootstrap.progress import Progress, StatusFile, human_bytes
-from bootstrap.sources import RemoteFile, Source, TransientError
-from bootstrap.state import Markers, atomic_write_json, read_json
+from bootstrap.common.errors import ChecksumError, DiskFullError, FetchError
+from bootstrap.common.progress import Progress, StatusFile, human_bytes
+from bootstrap.common.state import Markers, atomic_write_json, read_json
+from bootstrap.dataset.archives import ArchiveSpec, DatasetSpec
+from bootstrap.fetch.sources import RemoteFile, Source, TransientError
 
 log = logging.getLogger(__name__)
 HASH_BLOCK = 8 << 20

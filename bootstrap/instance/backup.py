@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from bootstrap.errors import BootstrapError
-from bootstrap.progress import Progress, StatusFile, human_bytes
+from bootstrap.common.errors import BootstrapError
+from bootstrap.common.progress import Progress, StatusFile, human_bytes
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"

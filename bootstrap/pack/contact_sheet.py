@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from bootstrap.recordio import read_record, unpack_image
+from bootstrap.pack.recordio import read_record, unpack_image
 
 TILE = 160
 CAPTION = 28

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bootstrap.backup import BackupOptions
-from bootstrap.devices import DeviceRoots
-from bootstrap.errors import ConfigError
-from bootstrap.fetch import FetchOptions
-from bootstrap.imaging import ImageOptions
-from bootstrap.pack import PackOptions
+from bootstrap.common.devices import DeviceRoots
+from bootstrap.common.errors import ConfigError
+from bootstrap.fetch.download import FetchOptions
+from bootstrap.instance.backup import BackupOptions
+from bootstrap.pack.imaging import ImageOptions
+from bootstrap.pack.packer import PackOptions
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootstrap.devkit import SynsetClass
-from bootstrap.errors import ArchiveError
-from bootstrap.plan import val_position, wnid_of_class_tar
-from bootstrap.safetar import READ_BUFFER, iter_members, open_tar, read_member
+from bootstrap.common.errors import ArchiveError
+from bootstrap.dataset.devkit import SynsetClass
+from bootstrap.dataset.safetar import READ_BUFFER, iter_members, open_tar, read_member
+from bootstrap.pack.plan import val_position, wnid_of_class_tar
 
 END = -1
 

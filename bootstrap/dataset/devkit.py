@@ -13,7 +13,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootstrap.errors import ArchiveError
+from bootstrap.common.errors import ArchiveError
 
 WNID = re.compile(r"^n\d{8}$")
 META_SUFFIX = "data/meta.mat"

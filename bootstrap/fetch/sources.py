@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import urllib3
 
-from bootstrap.errors import ConfigError, FetchError
+from bootstrap.common.errors import ConfigError, FetchError
 
 READ_BLOCK = 1 << 20
 
@@ -92,7 +92,7 @@ def resolve_credentials(
     if not secret_name:
         return Credentials()
     if fetch_secret is None:
-        from bootstrap.aws import secret_string
+        from bootstrap.common.aws import secret_string
 
         fetch_secret = secret_string
     raw = fetch_secret(secret_name)
@@ -218,7 +218,7 @@ class S3Source:
         if self.prefix and not self.prefix.endswith("/"):
             self.prefix += "/"
         if client is None:
-            from bootstrap.aws import client as aws_client
+            from bootstrap.common.aws import client as aws_client
 
             client = aws_client("s3")
         self._s3 = client

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootstrap.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device
-from bootstrap.errors import BootstrapError
-from bootstrap.imds import InstanceIdentity
-from bootstrap.parameters import published_snapshot
-from bootstrap.tags import OWNER as TAG_OWNER
-from bootstrap.tags import PIPELINE as TAG_PIPELINE
-from bootstrap.tags import READY as TAG_READY
+from bootstrap.common.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device
+from bootstrap.common.errors import BootstrapError
+from bootstrap.common.imds import InstanceIdentity
+from bootstrap.contract.parameters import published_snapshot
+from bootstrap.contract.tags import OWNER as TAG_OWNER
+from bootstrap.contract.tags import PIPELINE as TAG_PIPELINE
+from bootstrap.contract.tags import READY as TAG_READY
 
 log = logging.getLogger(__name__)
 DEVICE_NAMES = [f"/dev/sd{c}" for c in "fghijklmnop"]

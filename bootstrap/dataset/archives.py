@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bootstrap.errors import ConfigError
+from bootstrap.common.errors import ConfigError
 
 ROLES = ("train", "val", "devkit")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootstrap import tags
-from bootstrap.devices import DeviceRoots, find_device, mount_source, same_device
-from bootstrap.errors import BootstrapError
-from bootstrap.imds import InstanceIdentity
-from bootstrap.progress import Progress, StatusFile
-from bootstrap.state import atomic_write_json, read_json
+from bootstrap.common.devices import DeviceRoots, find_device, mount_source, same_device
+from bootstrap.common.errors import BootstrapError
+from bootstrap.common.imds import InstanceIdentity
+from bootstrap.common.progress import Progress, StatusFile
+from bootstrap.common.state import atomic_write_json, read_json
+from bootstrap.contract import tags
 
 log = logging.getLogger(__name__)
 TAG_PIPELINE, TAG_INSTANCE, TAG_DATASET = tags.PIPELINE, tags.INSTANCE, tags.DATASET

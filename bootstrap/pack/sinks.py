@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from bootstrap.errors import PackError
-from bootstrap.plan import bucket_of, global_idx_name, part_names, part_of
-from bootstrap.recordio import ImageHeader, encode_record, format_idx_line, format_lst_line, pack_image
+from bootstrap.common.errors import PackError
+from bootstrap.pack.plan import bucket_of, global_idx_name, part_names, part_of
+from bootstrap.pack.recordio import ImageHeader, encode_record, format_idx_line, format_lst_line, pack_image
 
 WRITE_BUFFER = 4 << 20
 

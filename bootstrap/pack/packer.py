@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootstrap.errors import ArchiveError, DiskFullError, PackError
-from bootstrap.imaging import ImageError, ImageOptions, transcode
-from bootstrap.plan import bucket_count, failure_rate_exceeded, shuffle_bucket
-from bootstrap.progress import Progress, StatusFile, human_bytes
-from bootstrap.sinks import BucketWriter, FailureLog, RecordSink, move_into, read_bucket
-from bootstrap.state import Markers, atomic_write_json, read_json
-from bootstrap.streams import END, Cursor, Item, StreamFactory
+from bootstrap.common.errors import ArchiveError, DiskFullError, PackError
+from bootstrap.common.progress import Progress, StatusFile, human_bytes
+from bootstrap.common.state import Markers, atomic_write_json, read_json
+from bootstrap.dataset.streams import END, Cursor, Item, StreamFactory
+from bootstrap.pack.imaging import ImageError, ImageOptions, transcode
+from bootstrap.pack.plan import bucket_count, failure_rate_exceeded, shuffle_bucket
+from bootstrap.pack.sinks import BucketWriter, FailureLog, RecordSink, move_into, read_bucket
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _worker_pool(workers: int, options: ImageOptions) -> ProcessPoolExecutor:
     can deadlock the child; the fork server has imported cv2 but run nothing.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["bootstrap.pack"])
+    context.set_forkserver_preload(["bootstrap.pack.packer"])
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(options, os.getpid())
     )

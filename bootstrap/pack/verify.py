@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bootstrap.errors import VerifyError
-from bootstrap.plan import global_idx_name, part_names
-from bootstrap.progress import Progress, StatusFile
-from bootstrap.recordio import RecordIOError, iter_records, unpack_image
+from bootstrap.common.errors import VerifyError
+from bootstrap.common.progress import Progress, StatusFile
+from bootstrap.pack.plan import global_idx_name, part_names
+from bootstrap.pack.recordio import RecordIOError, iter_records, unpack_image
 
 log = logging.getLogger(__name__)
 

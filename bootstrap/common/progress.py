@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from bootstrap.state import atomic_write_json, read_json
+from bootstrap.common.state import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

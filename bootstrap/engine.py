@@ -26,26 +26,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bootstrap import aws
-from bootstrap.archives import DatasetSpec, load_dataset
-from bootstrap.backup import MANIFEST, Backup, BackupError
-from bootstrap.config import PrepConfig
-from bootstrap.contact_sheet import contact_sheet
-from bootstrap.devkit import Devkit, SynsetClass, read_devkit
-from bootstrap.errors import ArchiveError, BootstrapError, ConfigError
-from bootstrap.fetch import fetch_all
-from bootstrap.imds import Imds
-from bootstrap.pack import PackReport, pack_split
-from bootstrap.plan import part_names
-from bootstrap.progress import StatusFile
-from bootstrap.safetar import SAFE_BASENAME
-from bootstrap.snapshot import SnapshotRequest, find_data_volume, publish, take_snapshot
-from bootstrap.sources import open_source, resolve_credentials
-from bootstrap.state import Markers, atomic_write_bytes, atomic_write_json, read_json
-from bootstrap.status_publisher import StatusPublisher
-from bootstrap.streams import Item, StreamFactory, train_stream, val_stream
-from bootstrap.verify import verify_split
-from bootstrap.volume import mount_data_volume
+from bootstrap.common import aws
+from bootstrap.common.errors import ArchiveError, BootstrapError, ConfigError
+from bootstrap.common.imds import Imds
+from bootstrap.common.progress import StatusFile
+from bootstrap.common.state import Markers, atomic_write_bytes, atomic_write_json, read_json
+from bootstrap.dataset.archives import DatasetSpec, load_dataset
+from bootstrap.dataset.devkit import Devkit, SynsetClass, read_devkit
+from bootstrap.dataset.safetar import SAFE_BASENAME
+from bootstrap.dataset.streams import Item, StreamFactory, train_stream, val_stream
+from bootstrap.fetch.download import fetch_all
+from bootstrap.fetch.sources import open_source, resolve_credentials
+from bootstrap.instance.backup import MANIFEST, Backup, BackupError
+from bootstrap.instance.snapshot import SnapshotRequest, find_data_volume, publish, take_snapshot
+from bootstrap.instance.status_publisher import StatusPublisher
+from bootstrap.instance.volume import mount_data_volume
+from bootstrap.pack.contact_sheet import contact_sheet
+from bootstrap.pack.packer import PackReport, pack_split
+from bootstrap.pack.plan import part_names
+from bootstrap.pack.verify import verify_split
+from bootstrap.settings import PrepConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

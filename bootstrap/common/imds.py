@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import urllib3
 
-from bootstrap.errors import BootstrapError
+from bootstrap.common.errors import BootstrapError
 
 DEFAULT_ENDPOINT = "http://169.254.169.254"
 ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootstrap.errors import BootstrapError
+from bootstrap.common.errors import BootstrapError
 
 
 @dataclass(frozen=True)

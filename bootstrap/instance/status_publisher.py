@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from bootstrap.state import read_json
+from bootstrap.common.state import read_json
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import IO
 
-from bootstrap.errors import ArchiveError
+from bootstrap.common.errors import ArchiveError
 
 SAFE_BASENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,200}$")
 READ_BUFFER = 8 << 20
