@@ -19,6 +19,7 @@ from bootstrap.common import aws
 from bootstrap.common.devices import DeviceRoots
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds
+from bootstrap.contract import names
 from bootstrap.gpu.attach import Attacher, AttachOptions
 
 log = logging.getLogger("bootstrap")
@@ -79,8 +80,8 @@ def _flag_args(parser: argparse.ArgumentParser) -> None:
 def _attach_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--snapshot-parameter", help="SSM parameter with the published snapshot (default: newest tagged snapshot)")
-    add("--pipeline", default="imagenet-staging", help="pipeline name in the snapshot and volume tags")
-    add("--mount-point", type=Path, default=Path("/data"))
+    add("--pipeline", default=names.DEFAULT_PIPELINE, help="pipeline name in the snapshot and volume tags")
+    add("--mount-point", type=Path, default=Path(names.DATA_DIR))
     add("--volume-type", default="gp3")
     add("--iops", type=int, help="provisioned IOPS (gp3: 3000-80000)")
     add("--throughput", type=int, help="MiB/s (gp3: 125-2000)")
@@ -91,7 +92,7 @@ def _attach_args(parser: argparse.ArgumentParser) -> None:
     add("--sys-root", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
     add("--dev-root", type=Path, default=Path("/dev"), help=argparse.SUPPRESS)
     add("--fstab", type=Path, default=Path("/etc/fstab"), help=argparse.SUPPRESS)
-    add("--ready-marker", type=Path, default=Path("/run/imagenet-staging/dataset-ready"))
+    add("--ready-marker", type=Path, default=Path(names.READY_MARKER))
     add("-v", "--verbose", action="store_true", help="debug logging")
 
 

@@ -37,10 +37,11 @@ from bootstrap.dataset.safetar import SAFE_BASENAME
 from bootstrap.dataset.streams import Item, StreamFactory, train_stream, val_stream
 from bootstrap.fetch.download import fetch_all
 from bootstrap.fetch.sources import open_source, resolve_credentials
-from bootstrap.instance.backup import MANIFEST, Backup, BackupError
+from bootstrap.instance.backup import Backup, BackupError
 from bootstrap.instance.snapshot import SnapshotRequest, find_data_volume, publish, take_snapshot
 from bootstrap.instance.status_publisher import StatusPublisher
 from bootstrap.instance.volume import mount_data_volume
+from bootstrap.layout import MANIFEST, pack_marker
 from bootstrap.pack.contact_sheet import contact_sheet
 from bootstrap.pack.packer import PackReport, pack_split
 from bootstrap.pack.plan import part_names
@@ -104,7 +105,7 @@ class Engine:
 
     def organise(self) -> Devkit:
         def body() -> Devkit:
-            saved = read_json(self.paths.state / "classes.json")
+            saved = read_json(self.paths.classes)
             if self.markers.is_done("organise") and saved:
                 return Devkit([SynsetClass(**c) for c in saved["classes"]], saved["val_wnids"])
             self._require_archive("devkit")
@@ -121,9 +122,9 @@ class Engine:
                     f"promises {expected_val} validation images"
                 )
             synsets = "".join(f"{c.wnid}\t{c.label}\t{c.words}\n" for c in devkit.classes)
-            atomic_write_bytes(self.paths.recordio / "synsets.txt", synsets.encode())
+            atomic_write_bytes(self.paths.synsets, synsets.encode())
             atomic_write_json(
-                self.paths.state / "classes.json",
+                self.paths.classes,
                 {"classes": [dataclasses.asdict(c) for c in devkit.classes], "val_wnids": devkit.val_wnids},
             )
             self.markers.mark("organise", {"classes": len(devkit.classes), "val": len(devkit.val_wnids)})
@@ -173,7 +174,7 @@ class Engine:
                     estimated_bytes=os.path.getsize(path),
                     expected=expected,
                     out_dir=self.paths.recordio,
-                    work_dir=self.paths.work(split),
+                    work=self.paths.pack_work(split),
                     opts=self.config.pack_options(split),
                     markers=self.markers,
                     status=self.status,
@@ -186,7 +187,7 @@ class Engine:
     # -- verify and inspect ----------------------------------------------------------
 
     def _report(self, split: str) -> PackReport:
-        info = self.markers.info(f"pack-{split}")
+        info = self.markers.info(pack_marker(split))
         if info is None:
             raise BootstrapError(f"{split} is not packed yet: run the pack stage first")
         return PackReport(**info)
@@ -216,7 +217,7 @@ class Engine:
             for split in SPLITS:
                 self._report(split)
                 first = part_names(split, self.config.parts)[0]
-                out = self.paths.recordio / f"contact_sheet_{split}.png"
+                out = self.paths.contact_sheet(split)
                 shown = contact_sheet(self.paths.recordio / first.rec, self.paths.recordio / first.idx, names, out)
                 log.info("inspect: %s shows %d random %s records with their class names", out, shown, split)
                 sheets.append(out)
@@ -269,7 +270,7 @@ class Engine:
             volume = find_data_volume(ec2, identity, self.paths.root, self.config.device_roots())
             request = SnapshotRequest(self.config.pipeline, self.dataset.name, backup["manifest_sha256"])
             snap = take_snapshot(ec2, identity, volume, request, mount_point=self.paths.root,
-                                 state_path=self.paths.state / "snapshot.json", status=self.status)  # fmt: skip
+                                 state_path=self.paths.snapshot_record, status=self.status)  # fmt: skip
             info = {
                 "snapshot_id": snap["SnapshotId"],
                 "volume_id": volume.volume_id,
@@ -343,7 +344,7 @@ class Engine:
             if info:
                 out[stage] = info
         for split in SPLITS:
-            info = self.markers.info(f"pack-{split}")
+            info = self.markers.info(pack_marker(split))
             if info:
                 out["splits"][split] = {
                     "packed": info["packed"],

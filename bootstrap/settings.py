@@ -16,15 +16,17 @@ from typing import Any
 
 from bootstrap.common.devices import DeviceRoots
 from bootstrap.common.errors import ConfigError
+from bootstrap.contract import names
 from bootstrap.fetch.download import FetchOptions
 from bootstrap.instance.backup import BackupOptions
+from bootstrap.layout import DataLayout
 from bootstrap.pack.imaging import ImageOptions
 from bootstrap.pack.packer import PackOptions
 
 
 @dataclass(frozen=True)
 class PrepConfig:
-    data_dir: Path = Path("/data")
+    data_dir: Path = Path(names.DATA_DIR)
     source: str | None = None
     """https:// base URL, s3:// prefix, or local directory holding the archives."""
     source_secret: str | None = None
@@ -53,7 +55,7 @@ class PrepConfig:
     sample_every: int = 50
     """verify decodes every Nth record."""
     # -- on the instance: backup, snapshot, publish, status --------------------------
-    pipeline: str = "imagenet-staging"
+    pipeline: str = names.DEFAULT_PIPELINE
     """Name used in tags, so teardown and fleets find this pipeline's resources."""
     region: str | None = None
     """AWS region; by default the instance's own (from IMDSv2) or the SDK's."""
@@ -72,7 +74,7 @@ class PrepConfig:
     status_interval: float = 30.0
     data_volume_id: str | None = None
     """The download instance's data volume; ``mount-data`` formats (once) and mounts it at data_dir."""
-    data_device: str = "/dev/sdf"
+    data_device: str = names.DATA_DEVICE
     """The device name it is attached as (only Xen instances use it; Nitro is matched by serial)."""
     sys_root: Path = Path("/sys")
     dev_root: Path = Path("/dev")
@@ -103,8 +105,8 @@ class PrepConfig:
     # -- derived --------------------------------------------------------------
 
     @property
-    def paths(self) -> DataPaths:
-        return DataPaths(self.data_dir)
+    def paths(self) -> DataLayout:
+        return DataLayout(self.data_dir)
 
     def fetch_options(self) -> FetchOptions:
         return FetchOptions(connections=self.connections, chunk_size=self.chunk_mib << 20)
@@ -133,36 +135,6 @@ class PrepConfig:
             checkpoint_seconds=self.checkpoint_seconds,
             max_failure_rate=self.max_failure_rate,
         )
-
-
-@dataclass(frozen=True)
-class DataPaths:
-    """Where everything lives on the data volume."""
-
-    root: Path
-
-    @property
-    def archives(self) -> Path:
-        return self.root / "archives"
-
-    @property
-    def recordio(self) -> Path:
-        return self.root / "recordio"
-
-    @property
-    def tree(self) -> Path:
-        return self.root / "imagenet"
-
-    @property
-    def state(self) -> Path:
-        return self.root / ".state"
-
-    @property
-    def status(self) -> Path:
-        return self.root / "status.json"
-
-    def work(self, split: str) -> Path:
-        return self.state / f"pack-{split}"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(PrepConfig)}

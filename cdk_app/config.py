@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from bootstrap.contract import names
+
 EBS_SIZE_GIB = {"sc1": (125, 16384), "st1": (125, 16384), "gp3": (1, 65536)}
 GP3_IOPS = (3000, 80000)
 GP3_THROUGHPUT_MIB_S = (125, 2000)
@@ -39,7 +41,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StagingConfig:
-    name: str = "imagenet-staging"
+    name: str = names.DEFAULT_PIPELINE
     """Pipeline name: prefix of the stacks and parameters, value of the pipeline tag."""
     account: str | None = None
     """Target account; with region unset too, CDK_DEFAULT_ACCOUNT/REGION (or an environment-agnostic synth)."""
@@ -171,11 +173,11 @@ class StagingConfig:
 
     @property
     def snapshot_parameter(self) -> str:
-        return f"/{self.name}/snapshot"
+        return names.snapshot_parameter(self.name)
 
     @property
     def status_parameter(self) -> str:
-        return f"/{self.name}/status"
+        return names.status_parameter(self.name)
 
     @property
     def uses_secret(self) -> bool:
@@ -191,7 +193,7 @@ class StagingConfig:
 
     @property
     def metric_namespace(self) -> str:
-        return "ImagenetStaging"
+        return names.METRIC_NAMESPACE
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "str": str, "str | None": str, "tuple": list}

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from bootstrap.common.aws import aws_error
 from bootstrap.common.errors import BootstrapError, ConfigError
 from cdk_app.config import StagingConfig, from_context
 from scripts.plan import PlanInputs, load_prices, measured_images_per_vcpu_s, plan
@@ -223,9 +224,8 @@ def run(argv: Sequence[str]) -> int:
     except BootstrapError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except ClientError as e:  # a missing template, snapshot or permission: AWS's own words, on one line
-        error = e.response.get("Error", {})
-        print(f"error: {e.operation_name}: {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+    except (ClientError, BotoCoreError) as e:  # a missing template, snapshot or permission: on one line
+        print(f"error: {aws_error(getattr(e, 'operation_name', 'AWS'), e)}", file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2, default=str) if args.json else text)
     return 0

@@ -22,7 +22,7 @@ from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds, InstanceIdentity
 from bootstrap.common.state import atomic_write_json
 from bootstrap.engine import Engine
-from bootstrap.instance.backup import Backup, BackupError, BackupOptions, part_size, wanted
+from bootstrap.instance.backup import Backup, BackupError, BackupOptions, part_size
 from bootstrap.instance.snapshot import (
     TAG_INSTANCE,
     TAG_PIPELINE,
@@ -32,6 +32,7 @@ from bootstrap.instance.snapshot import (
     take_snapshot,
 )
 from bootstrap.instance.status_publisher import StatusPublisher
+from bootstrap.layout import backed_up as wanted
 from bootstrap.settings import PrepConfig
 from tests.fixtures.ec2_world import instance_with_data_volume
 from tests.fixtures.imds import Identity, ImdsStub

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bootstrap.contract import names
 from bootstrap.instance.volume import mount_data_volume
 
 UNIT = Path(__file__).resolve().parent.parent / "bootstrap" / "systemd" / "imagenet-staging.service"
@@ -49,3 +50,13 @@ def test_systemd_accepts_the_unit() -> None:
     # The interpreter exists only on the instance; any other complaint is a real problem with the unit.
     complaints = [line for line in result.stderr.splitlines() if "is not executable" not in line]
     assert complaints == []
+
+
+def test_unit_uses_the_install_paths_of_the_contract() -> None:
+    """The unit is a static file, so nothing else keeps it in step with ``contract.names``."""
+    service = load()["Service"]
+    assert UNIT.name == names.UNIT
+    assert service["WorkingDirectory"] == names.HOME
+    for command in (service["ExecStartPre"], service["ExecStart"]):
+        assert command.startswith(f"{names.PYTHON} -m bootstrap ") and command.endswith(f"--config {names.CONFIG}")
+    assert service["StandardOutput"] == f"append:{names.LOG_FILE}"

@@ -11,6 +11,7 @@ import pytest
 
 from bootstrap.common.errors import ArchiveError, PackError, VerifyError
 from bootstrap.dataset.devkit import read_devkit
+from bootstrap.dataset.streams import Item
 from bootstrap.pack.plan import bucket_of, part_names, shuffle_bucket, val_position, wnid_of_class_tar
 from bootstrap.pack.sinks import RecordSink, move_into
 from bootstrap.pack.verify import verify_split
@@ -22,7 +23,7 @@ def packed_dir(tmp_path: Path) -> Path:
     sink = RecordSink(tmp_path / "work", "train", parts=1)
     image = (Path(__file__).parent / "golden" / "tiny.jpg").read_bytes()
     for i in range(20):
-        sink.add(i, i % 4, f"n0000000{i % 4}/x_{i}.JPEG", image)
+        sink.add(Item(i, i % 4, f"n0000000{i % 4}/x_{i}.JPEG", image))
     move_into(tmp_path / "work", tmp_path / "out", sink.close())
     return tmp_path / "out"
 
@@ -120,7 +121,7 @@ def test_devkit_with_bad_ground_truth_is_refused(archives: Generated, tmp_path: 
 
 def test_a_sink_file_shorter_than_its_checkpoint_is_refused_not_zero_filled(tmp_path: Path) -> None:
     sink = RecordSink(tmp_path / "work", "val", parts=1)
-    sink.add(1, 0, "n0/a.JPEG", b"\xff\xd8\xff" * 10)
+    sink.add(Item(1, 0, "n0/a.JPEG", b"\xff\xd8\xff" * 10))
     state = sink.sync()
     sink.close()
     (tmp_path / "work" / "val.rec").write_bytes(b"")  # lost, e.g. moved away by a crashed finish

@@ -32,6 +32,7 @@ from bootstrap.common.progress import Progress, StatusFile, human_bytes
 from bootstrap.common.state import Markers, atomic_write_json, read_json
 from bootstrap.dataset.archives import ArchiveSpec, DatasetSpec
 from bootstrap.fetch.sources import RemoteFile, Source, TransientError
+from bootstrap.layout import ArchiveDir, fetch_marker
 
 log = logging.getLogger(__name__)
 HASH_BLOCK = 8 << 20
@@ -85,8 +86,8 @@ class _Download:
 
     def __init__(self, source: Source, spec: ArchiveSpec, dest: Path, *, size: int, ranges: bool, opts: FetchOptions):
         self.source, self.spec, self.size, self.ranges, self.opts = source, spec, size, ranges, opts
-        self.part = dest / f".{spec.name}.part"
-        self.state_path = dest / f".{spec.name}.part.json"
+        self.part = ArchiveDir(dest).partial(spec.name)
+        self.state_path = ArchiveDir(dest).partial_state(spec.name)
         state = read_json(self.state_path)
         resumable = bool(state) and state.get("size") == size and self.part.exists()
         if resumable and ranges:
@@ -193,9 +194,9 @@ def fetch_archive(
 ) -> Path:
     """Download ``spec`` from ``source`` into ``dest``, verify it, and return its path."""
     dest.mkdir(parents=True, exist_ok=True)
-    markers = Markers(dest / ".state")
-    final = dest / spec.name
-    info = markers.info(f"fetch-{spec.name}")
+    markers = Markers(ArchiveDir(dest).markers)
+    final = ArchiveDir(dest).final(spec.name)
+    info = markers.info(fetch_marker(spec.name))
     if info and final.exists() and final.stat().st_size == info.get("size") and info.get("md5") == spec.md5:
         log.info("%s: already downloaded and verified", spec.name)
         return final
@@ -218,7 +219,7 @@ def fetch_archive(
                 f"{final} has MD5 {got} but the dataset table pins {spec.md5}; it was left in place. "
                 "Delete or replace it, then run fetch again"
             )
-        markers.mark(f"fetch-{spec.name}", {"md5": got, "size": remote.size})
+        markers.mark(fetch_marker(spec.name), {"md5": got, "size": remote.size})
         return final
 
     dl = _Download(source, spec, dest, size=remote.size, ranges=remote.ranges, opts=opts)
@@ -267,7 +268,7 @@ def fetch_archive(
         )
     os.replace(dl.part, final)
     dl.state_path.unlink(missing_ok=True)
-    markers.mark(f"fetch-{spec.name}", {"md5": digest, "size": remote.size})
+    markers.mark(fetch_marker(spec.name), {"md5": digest, "size": remote.size})
     log.info("%s: verified (md5 %s)", spec.name, digest)
     return final
 

@@ -229,10 +229,12 @@ class S3Source:
     def _call(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from bootstrap.common.aws import aws_error, error_code
+
         try:
             return fn(Bucket=self.bucket, Key=self.prefix + name, **kwargs)
         except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
+            code = error_code(e)
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise FetchError(f"{self.describe()}{name} does not exist: check the source prefix") from None
@@ -242,7 +244,7 @@ class S3Source:
                 ) from None
             if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
                 raise TransientError(f"{name}: {code}") from e
-            raise FetchError(f"{self.describe()}{name}: {code}: {e}") from None
+            raise FetchError(str(aws_error(f"{self.describe()}{name}", e))) from None
         except BotoCoreError as e:
             raise TransientError(f"{name}: {e}") from e
 

@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bootstrap.common.commands import Runner, run_command
 from bootstrap.common.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import InstanceIdentity
+from bootstrap.contract.names import DATA_DIR, READY_MARKER
 from bootstrap.contract.parameters import published_snapshot
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.contract.tags import PIPELINE as TAG_PIPELINE
@@ -49,7 +51,7 @@ class AttachError(BootstrapError):
 class AttachOptions:
     pipeline: str
     snapshot_parameter: str | None = None
-    mount_point: Path = Path("/data")
+    mount_point: Path = Path(DATA_DIR)
     volume_type: str = "gp3"
     iops: int | None = None
     throughput: int | None = None
@@ -61,17 +63,7 @@ class AttachOptions:
     poll_seconds: float = 2.0
     roots: DeviceRoots = field(default_factory=DeviceRoots)
     fstab: Path = Path("/etc/fstab")
-    ready_marker: Path = Path("/run/imagenet-staging/dataset-ready")
-
-
-Runner = Callable[[list[str]], str]
-
-
-def run_command(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    except subprocess.CalledProcessError as e:
-        raise AttachError(f"{' '.join(argv)} failed: {e.stderr.strip() or e}") from None
+    ready_marker: Path = Path(READY_MARKER)
 
 
 # -- pure decisions ---------------------------------------------------------------

@@ -27,11 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from bootstrap.common.aws import aws_error, error_code
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.progress import Progress, StatusFile, human_bytes
+from bootstrap.layout import MANIFEST, DataLayout, backed_up
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 MIN_PART = 16 << 20
 MAX_PARTS = 9000  # S3 allows 10,000; keep headroom
 
@@ -79,16 +80,6 @@ def part_size(size: int) -> int:
     return max(MIN_PART, -(-size // MAX_PARTS))
 
 
-def wanted(relpath: str) -> bool:
-    """What a restore needs: archives, RecordIO and its lists, the class tree, done-markers."""
-    parts = relpath.split("/")
-    if parts[0] == ".state":
-        return len(parts) == 2 and (parts[1].endswith(".done") or parts[1] == "classes.json")
-    if any(p.startswith(".") for p in parts):  # partial downloads, work files, fetch markers
-        return False
-    return parts[0] in ("archives", "recordio", "imagenet")
-
-
 def to_upload(files: list[LocalFile], journal: dict[str, Uploaded], remote: dict[str, tuple[int, str]],
               opts: BackupOptions) -> list[LocalFile]:  # fmt: skip
     """Files whose journalled upload is missing, stale, or no longer what S3 holds."""
@@ -110,7 +101,7 @@ def scan(data_dir: Path) -> list[LocalFile]:
     for path in sorted(data_dir.rglob("*")):
         if path.is_file() and not path.is_symlink():
             rel = path.relative_to(data_dir).as_posix()
-            if wanted(rel):
+            if backed_up(rel):
                 st = path.stat()
                 files.append(LocalFile(rel, st.st_size, st.st_mtime_ns))
     return files
@@ -168,27 +159,23 @@ class _HashingReader:
 
 
 def _translate(e: Exception, opts: BackupOptions, what: str) -> BackupError:
-    from botocore.exceptions import ClientError
-
-    if isinstance(e, ClientError):
-        code = e.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
-            return BackupError(
-                f"bucket {opts.bucket} does not exist: check the 'bucket' setting (or deploy the storage stack)"
-            )
-        if code in ("AccessDenied", "403", "Forbidden"):
-            return BackupError(
-                f"{what}: access denied on s3://{opts.bucket}/{opts.key('')}: the instance role needs s3:PutObject, "
-                "s3:ListBucket and s3:AbortMultipartUpload there (and kms:GenerateDataKey if the bucket uses KMS)"
-            )
-        return BackupError(f"{what}: S3 said {code}: {e}")
-    return BackupError(f"{what}: {e}")
+    code = error_code(e)
+    if code == "NoSuchBucket":
+        return BackupError(
+            f"bucket {opts.bucket} does not exist: check the 'bucket' setting (or deploy the storage stack)"
+        )
+    if code in ("AccessDenied", "403", "Forbidden"):
+        return BackupError(
+            f"{what}: access denied on s3://{opts.bucket}/{opts.key('')}: the instance role needs s3:PutObject, "
+            "s3:ListBucket and s3:AbortMultipartUpload there (and kms:GenerateDataKey if the bucket uses KMS)"
+        )
+    return BackupError(str(aws_error(what, e)))
 
 
 class Backup:
     def __init__(self, data_dir: Path, s3: Any, opts: BackupOptions, status: StatusFile | None = None) -> None:
         self.data_dir, self.s3, self.opts, self.status = data_dir, s3, opts, status
-        self.journal_path = data_dir / ".state" / "backup.jsonl"
+        self.journal_path = DataLayout(data_dir).backup_journal
         self._journal_lock = threading.Lock()
 
     def _journal(self) -> dict[str, Uploaded]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bootstrap.common.aws import aws_error, error_code
+from bootstrap.common.commands import CommandError, Runner, run_command
 from bootstrap.common.devices import DeviceRoots, find_device, mount_source, same_device
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import InstanceIdentity
@@ -86,17 +87,13 @@ def find_data_volume(ec2: Any, identity: InstanceIdentity, mount_point: Path, ro
     )
 
 
-def _run(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
 @contextmanager
-def frozen(mount_point: Path, run: Callable[[list[str]], None] = _run) -> Iterator[None]:
+def frozen(mount_point: Path, run: Runner = run_command) -> Iterator[None]:
     """Flush and freeze the filesystem for the duration of the block."""
     run(["sync", "-f", str(mount_point)])
     try:
         run(["fsfreeze", "--freeze", str(mount_point)])
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+    except (CommandError, FileNotFoundError) as e:
         raise SnapshotError(
             f"cannot freeze {mount_point} ({e}); the snapshot needs root and a mounted filesystem"
         ) from None
@@ -175,7 +172,7 @@ def take_snapshot(
                     TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags}],
                 )
         except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
+            code = error_code(e)
             if code == "ConcurrentSnapshotLimitExceeded":
                 snapshot_id = _pending_snapshot(ec2, volume.volume_id, request.pipeline)
                 if snapshot_id is None:
@@ -185,7 +182,7 @@ def take_snapshot(
                 raise SnapshotError("not allowed to snapshot the data volume: the instance role needs "
                                     "ec2:CreateSnapshot and ec2:CreateTags on it") from None  # fmt: skip
             else:
-                raise SnapshotError(f"CreateSnapshot failed: {code}: {e}") from None
+                raise SnapshotError(str(aws_error("CreateSnapshot", e))) from None
         else:
             snapshot_id = created["SnapshotId"]
             log.info("snapshot: %s of %s started; filesystem thawed", snapshot_id, volume.volume_id)

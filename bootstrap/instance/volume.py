@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bootstrap.common.commands import Runner, run_command
 from bootstrap.common.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device, same_device
 from bootstrap.common.errors import BootstrapError
-from bootstrap.gpu.attach import Runner, run_command
 
 log = logging.getLogger(__name__)
 LABEL = "imagenet-data"

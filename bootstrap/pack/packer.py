@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from bootstrap.common.errors import ArchiveError, DiskFullError, PackError
 from bootstrap.common.progress import Progress, StatusFile, human_bytes
 from bootstrap.common.state import Markers, atomic_write_json, read_json
 from bootstrap.dataset.streams import END, Cursor, Item, StreamFactory
+from bootstrap.layout import PackWorkDir, bucket_file, pack_marker
 from bootstrap.pack.imaging import ImageError, ImageOptions, transcode
 from bootstrap.pack.plan import bucket_count, failure_rate_exceeded, shuffle_bucket
 from bootstrap.pack.sinks import BucketWriter, FailureLog, RecordSink, move_into, read_bucket
@@ -136,7 +137,111 @@ def _transcode_batch(images: list[bytes]) -> list[tuple[bool, bytes | str]]:
 @dataclass
 class _Batch:
     future: Future[list[tuple[bool, bytes | str]]]
-    items: list[tuple[int, int, str]]
+    items: list[Item]
+    """The batch's records without their image bytes (the workers have those)."""
+
+
+class _PassOne:
+    """Pass one's moving parts: the sink, the failure log, the counts, and the window of batches in flight.
+
+    Results are applied in stream order, so a checkpoint taken at a cursor
+    covers exactly the images before it, whichever worker finished first.
+    """
+
+    def __init__(self, packer: _SplitPacker, saved: dict[str, Any] | None) -> None:
+        self.packer, opts = packer, packer.opts
+        work = packer.work
+        if saved is None:
+            shutil.rmtree(work.root, ignore_errors=True)
+            work.root.mkdir(parents=True)
+            self.state: dict[str, Any] = {
+                "phase": 1,
+                "cursor": None,
+                "packed": 0,
+                "failed": 0,
+                "buckets": packer.buckets,
+            }
+            sink_state, failures_len = None, None
+        else:
+            self.state = saved
+            log.info("%s: resuming pass one at image %d", packer.split, saved["cursor"]["next_id"])
+            packer.buckets = saved["buckets"]
+            sink_state, failures_len = saved["sink"], saved["failures"]
+        self.sink: RecordSink | BucketWriter
+        if opts.shuffle:
+            lengths = sink_state["lengths"] if sink_state else None
+            self.sink = BucketWriter(work.buckets, packer.buckets, opts.seed, lengths)
+        else:
+            self.sink = RecordSink(work.out, packer.split, opts.parts, sink_state)
+        self.failures = FailureLog(work.failures, failures_len)
+        self.counts = {"packed": self.state["packed"], "failed": self.state["failed"]}
+        self.progress = Progress(f"pack {packer.split}", packer.expected, "images", status=packer.status,
+                                 done=sum(self.counts.values()))  # fmt: skip
+        self.window: deque[_Batch | Cursor] = deque()
+        self.in_flight = 0  # batches in the window (cursors are free)
+        self.batch: list[Item] = []
+        self.batch_bytes = 0
+
+    @property
+    def start(self) -> Cursor | None:
+        return Cursor(**self.state["cursor"]) if self.state["cursor"] else None
+
+    def take(self, pool: ProcessPoolExecutor, obj: Item | Cursor) -> None:
+        """One object of the stream: an image joins the current batch, a cursor closes it."""
+        if isinstance(obj, Cursor):
+            self.submit(pool)
+            self.window.append(obj)
+            return
+        self.batch.append(obj)
+        self.batch_bytes += len(obj.data)
+        if len(self.batch) >= self.packer.opts.batch_images or self.batch_bytes >= BATCH_BYTES:
+            self.submit(pool)
+
+    def submit(self, pool: ProcessPoolExecutor) -> None:
+        if self.batch:
+            self.in_flight += 1
+            future = pool.submit(_transcode_batch, [i.data for i in self.batch])
+            self.window.append(_Batch(future, [replace(i, data=b"") for i in self.batch]))
+            self.batch, self.batch_bytes = [], 0
+
+    def settle(self, limit: int = 0) -> None:
+        """Apply results in stream order until at most ``limit`` batches are in flight."""
+        while self.window and (self.in_flight > limit or isinstance(self.window[0], Cursor)):
+            entry = self.window.popleft()
+            if isinstance(entry, Cursor):
+                self._reached(entry)
+            else:
+                self._apply(entry)
+
+    def _reached(self, cursor: Cursor) -> None:
+        if cursor.offset == END:
+            self.packer.check_count(self.counts["packed"] + self.counts["failed"])
+        if (
+            cursor.offset == END
+            or time.monotonic() - self.packer.last_checkpoint >= self.packer.opts.checkpoint_seconds
+        ):
+            self.state = {**self.state, **self.counts, "cursor": asdict(cursor), "sink": self.sink.sync(),
+                          "failures": self.failures.sync()}  # fmt: skip
+            self.packer.save(self.state)
+
+    def _apply(self, batch: _Batch) -> None:
+        for item, (ok, value) in zip(batch.items, batch.future.result(), strict=True):
+            if ok:
+                assert isinstance(value, bytes)
+                self.sink.add(replace(item, data=value))
+                self.counts["packed"] += 1
+            else:
+                self.failures.add(item.id, item.relpath, str(value))
+                self.counts["failed"] += 1
+                log.warning("%s: cannot pack %s: %s", self.packer.split, item.relpath, value)
+        self.in_flight -= 1
+        self.progress.advance(len(batch.items))
+
+    def close(self) -> None:
+        self.failures.close()
+        if isinstance(self.sink, BucketWriter):
+            self.sink.close()
+        self.progress.finish()
 
 
 class _SplitPacker:
@@ -148,159 +253,75 @@ class _SplitPacker:
         estimated_bytes: int,
         expected: int | None,
         out_dir: Path,
-        work_dir: Path,
+        work: PackWorkDir,
         opts: PackOptions,
         status: StatusFile | None,
         on_image: Callable[[Item], None] | None,
     ) -> None:
         self.split, self.stream, self.expected = split, stream, expected
-        self.out_dir, self.work, self.opts = out_dir, work_dir, opts
+        self.out_dir, self.work, self.opts = out_dir, work, opts
         self.status, self.on_image = status, on_image
-        self.ckpt_path = work_dir / "checkpoint.json"
-        self.failures_path = work_dir / f"failures_{split}.tsv"
         self.buckets = bucket_count(estimated_bytes, opts.bucket_bytes) if opts.shuffle else 0
-        self._last_ckpt = time.monotonic()
+        self.last_checkpoint = time.monotonic()
 
-    def _save(self, state: dict[str, Any]) -> None:
-        atomic_write_json(self.ckpt_path, state)
-        self._last_ckpt = time.monotonic()
-
-    # pass one -------------------------------------------------------------------
+    def save(self, state: dict[str, Any]) -> None:
+        atomic_write_json(self.work.checkpoint, state)
+        self.last_checkpoint = time.monotonic()
 
     def pass_one(self, saved: dict[str, Any] | None) -> dict[str, Any]:
-        state: dict[str, Any]
-        if saved is None:
-            shutil.rmtree(self.work, ignore_errors=True)
-            self.work.mkdir(parents=True)
-            state = {"phase": 1, "cursor": None, "packed": 0, "failed": 0, "buckets": self.buckets}
-            sink_state = failures_len = None
-        else:
-            state = saved
-            log.info("%s: resuming pass one at image %d", self.split, state["cursor"]["next_id"])
-            self.buckets = state["buckets"]
-            sink_state, failures_len = state["sink"], state["failures"]
-        sink: RecordSink | BucketWriter
-        if self.opts.shuffle:
-            lengths = sink_state["lengths"] if sink_state else None
-            sink = BucketWriter(self.work / "buckets", self.buckets, self.opts.seed, lengths)
-        else:
-            sink = RecordSink(self.work / "out", self.split, self.opts.parts, sink_state)
-        failures = FailureLog(self.failures_path, failures_len)
-        counts = {"packed": state["packed"], "failed": state["failed"]}
-        cursor = Cursor(**state["cursor"]) if state["cursor"] else None
-
-        def checkpoint(at: Cursor) -> dict[str, Any]:
-            new = {**state, **counts, "cursor": asdict(at), "sink": sink.sync(), "failures": failures.sync()}
-            self._save(new)
-            return new
-
-        progress = Progress(
-            f"pack {self.split}", self.expected, "images", status=self.status, done=sum(counts.values())
-        )
-        window: deque[_Batch | Cursor] = deque()
+        one = _PassOne(self, saved)
         workers = self.opts.worker_count()
-        batch: list[Item] = []
-        batch_bytes = 0
-        in_flight = 0  # batches in the window (cursors are free)
-
-        def settle(entry: _Batch | Cursor) -> None:
-            nonlocal state, in_flight
-            if isinstance(entry, Cursor):
-                if entry.offset == END:
-                    self._check_count(counts["packed"] + counts["failed"])
-                if entry.offset == END or time.monotonic() - self._last_ckpt >= self.opts.checkpoint_seconds:
-                    state = checkpoint(entry)
-                return
-            for (record_id, label, relpath), (ok, value) in zip(entry.items, entry.future.result(), strict=True):
-                if ok:
-                    assert isinstance(value, bytes)
-                    sink.add(record_id, label, relpath, value)
-                    counts["packed"] += 1
-                else:
-                    failures.add(record_id, relpath, str(value))
-                    counts["failed"] += 1
-                    log.warning("%s: cannot pack %s: %s", self.split, relpath, value)
-            in_flight -= 1
-            progress.advance(len(entry.items))
-
         with _worker_pool(workers, self.opts.image) as pool:
+            for obj in self.stream(one.start):
+                if self.on_image is not None and not isinstance(obj, Cursor):
+                    self.on_image(obj)
+                one.take(pool, obj)
+                one.settle(limit=2 * workers)
+            one.submit(pool)
+            one.settle()
+        one.close()
+        return one.state
 
-            def submit() -> None:
-                nonlocal batch, batch_bytes, in_flight
-                if batch:
-                    in_flight += 1
-                    future = pool.submit(_transcode_batch, [i.data for i in batch])
-                    window.append(_Batch(future, [(i.id, i.label, i.relpath) for i in batch]))
-                    batch, batch_bytes = [], 0
-
-            for obj in self.stream(cursor):
-                if isinstance(obj, Cursor):
-                    submit()
-                    window.append(obj)
-                else:
-                    if self.on_image is not None:
-                        self.on_image(obj)
-                    batch.append(obj)
-                    batch_bytes += len(obj.data)
-                    if len(batch) >= self.opts.batch_images or batch_bytes >= BATCH_BYTES:
-                        submit()
-                while in_flight > 2 * workers:
-                    settle(window.popleft())
-            submit()
-            while window:
-                settle(window.popleft())
-        failures.close()
-        if isinstance(sink, BucketWriter):
-            sink.close()
-        progress.finish()
-        return state
-
-    def _check_count(self, seen: int) -> None:
+    def check_count(self, seen: int) -> None:
         if self.expected is not None and seen != self.expected:
             raise ArchiveError(
                 f"{self.split}: the archive holds {seen:,} images but the dataset table promises "
                 f"{self.expected:,}; the archive or the table is wrong (nothing was marked done)"
             )
 
-    # pass two -------------------------------------------------------------------
-
     def pass_two(self, state: dict[str, Any]) -> dict[str, Any]:
         if state["phase"] == 1:
             state = {**state, "phase": 2, "next_bucket": 0, "out": None}
-            self._save(state)
-        sink = RecordSink(self.work / "out", self.split, self.opts.parts, state["out"])
-        writer_dir = self.work / "buckets"
+            self.save(state)
+        sink = RecordSink(self.work.out, self.split, self.opts.parts, state["out"])
         progress = Progress(f"shuffle {self.split}", state["buckets"], "buckets", status=self.status,
                             done=state["next_bucket"])  # fmt: skip
         for b in range(state["next_bucket"], state["buckets"]):
-            path = writer_dir / f"bucket-{b:05d}.bin"
-            for entry in shuffle_bucket(list(read_bucket(path)), self.opts.seed, b):
-                sink.add(entry.id, entry.label, entry.relpath, entry.image)
+            for item in shuffle_bucket(list(read_bucket(bucket_file(self.work.buckets, b))), self.opts.seed, b):
+                sink.add(item)
             state = {**state, "next_bucket": b + 1, "out": sink.sync()}
-            self._save(state)
+            self.save(state)
             progress.advance()
         progress.finish()
         return {**state, "sink": state["out"]}
 
-    # both -----------------------------------------------------------------------
-
     def run(self) -> PackReport:
         start = time.monotonic()
-        state = read_json(self.ckpt_path)
+        state = read_json(self.work.checkpoint)
         if state is None or (state["phase"] == 1 and (state["cursor"] or {}).get("offset") != END):
             state = self.pass_one(state)
         if state["phase"] != "finishing":
             if self.opts.shuffle:
                 state = self.pass_two(state)
-            names = RecordSink(self.work / "out", self.split, self.opts.parts, state["sink"]).close()
+            names = RecordSink(self.work.out, self.split, self.opts.parts, state["sink"]).close()
             state = {**state, "phase": "finishing", "outputs": names}
-            self._save(state)
+            self.save(state)
         # Moving into place is the last step; a run killed part-way through it moves the rest.
-        move_into(self.work / "out", self.out_dir, state["outputs"])
-        move_into(self.work, self.out_dir, [self.failures_path.name])
+        move_into(self.work.out, self.out_dir, state["outputs"])
+        move_into(self.work.root, self.out_dir, [self.work.failures.name])
         seconds = round(time.monotonic() - start, 1)
         return PackReport(
-            self.split, state["packed"], state["failed"], state["outputs"], self.failures_path.name, seconds
+            self.split, state["packed"], state["failed"], state["outputs"], self.work.failures.name, seconds
         )
 
 
@@ -311,14 +332,14 @@ def pack_split(
     estimated_bytes: int,
     expected: int | None,
     out_dir: Path,
-    work_dir: Path,
+    work: PackWorkDir,
     opts: PackOptions,
     markers: Markers,
     status: StatusFile | None = None,
     on_image: Callable[[Item], None] | None = None,
 ) -> PackReport:
     """Pack ``split`` unless already done; then apply the failure threshold to its report."""
-    marker = f"pack-{split}"
+    marker = pack_marker(split)
     info = markers.info(marker)
     if info is not None:
         report = PackReport(**info)
@@ -331,21 +352,21 @@ def pack_split(
                 estimated_bytes=estimated_bytes,
                 expected=expected,
                 out_dir=out_dir,
-                work_dir=work_dir,
+                work=work,
                 opts=opts,
                 status=status,
                 on_image=on_image,
             ).run()
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                free = shutil.disk_usage(work_dir).free if work_dir.exists() else 0
+                free = shutil.disk_usage(work.root).free if work.root.exists() else 0
                 raise DiskFullError(
-                    f"{split}: no space left while packing under {work_dir} (free {human_bytes(free)}); "
+                    f"{split}: no space left while packing under {work.root} (free {human_bytes(free)}); "
                     "free space or grow the volume and run again: packing resumes from its last checkpoint"
                 ) from None
             raise
         markers.mark(marker, asdict(report))
-        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(work.root, ignore_errors=True)
         log.info("%s: packed %d images (%d failed) in %.1fs", split, report.packed, report.failed, report.seconds)
     if failure_rate_exceeded(report.failed, report.total, opts.max_failure_rate):
         raise PackError(

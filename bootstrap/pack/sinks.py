@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from bootstrap.common.errors import PackError
+from bootstrap.dataset.streams import Item
+from bootstrap.layout import bucket_file
 from bootstrap.pack.plan import bucket_of, global_idx_name, part_names, part_of
 from bootstrap.pack.recordio import ImageHeader, encode_record, format_idx_line, format_lst_line, pack_image
 
@@ -69,12 +70,13 @@ class RecordSink:
             for p, lens in zip(self.names, lengths, strict=True)
         ]
 
-    def add(self, record_id: int, label: int, relpath: str, image: bytes) -> None:
+    def add(self, item: Item) -> None:
+        """Append a record holding ``item.data`` (the transcoded image)."""
         rec, idx, lst = self._files[part_of(self.position, len(self._files))]
         offset = rec.length
-        rec.write(encode_record(pack_image(ImageHeader(0, float(label), record_id), image)))
-        idx.write(format_idx_line(record_id, offset).encode())
-        lst.write(format_lst_line(record_id, label, relpath).encode())
+        rec.write(encode_record(pack_image(ImageHeader(0, float(item.label), item.id), item.data)))
+        idx.write(format_idx_line(item.id, offset).encode())
+        lst.write(format_lst_line(item.id, item.label, item.relpath).encode())
         self.position += 1
 
     def sync(self) -> dict[str, Any]:
@@ -116,14 +118,6 @@ def move_into(source: Path, dest: Path, names: list[str]) -> None:
 _ENTRY = struct.Struct("<QfIH")
 
 
-@dataclass(frozen=True)
-class BucketEntry:
-    id: int
-    label: int
-    relpath: str
-    image: bytes
-
-
 class BucketWriter:
     """Scatter records to K bucket files by a seeded hash of their id (pass one of the external shuffle)."""
 
@@ -136,12 +130,12 @@ class BucketWriter:
         self._files = [_AppendFile(self.path(b), lengths[b], buffering=0) for b in range(buckets)]
 
     def path(self, bucket: int) -> Path:
-        return self.directory / f"bucket-{bucket:05d}.bin"
+        return bucket_file(self.directory, bucket)
 
-    def add(self, record_id: int, label: int, relpath: str, image: bytes) -> None:
-        raw = relpath.encode()
-        f = self._files[bucket_of(record_id, self.seed, len(self._files))]
-        f.write(_ENTRY.pack(record_id, float(label), len(image), len(raw)) + raw + image)
+    def add(self, item: Item) -> None:
+        raw = item.relpath.encode()
+        f = self._files[bucket_of(item.id, self.seed, len(self._files))]
+        f.write(_ENTRY.pack(item.id, float(item.label), len(item.data), len(raw)) + raw + item.data)
 
     def sync(self) -> dict[str, Any]:
         return {"lengths": [f.sync() for f in self._files]}
@@ -151,7 +145,7 @@ class BucketWriter:
             f.close()
 
 
-def read_bucket(path: Path) -> Iterator[BucketEntry]:
+def read_bucket(path: Path) -> Iterator[Item]:
     data = path.read_bytes()
     pos = 0
     while pos < len(data):
@@ -159,7 +153,7 @@ def read_bucket(path: Path) -> Iterator[BucketEntry]:
         pos += _ENTRY.size
         relpath = data[pos : pos + path_len].decode()
         pos += path_len
-        yield BucketEntry(record_id, int(label), relpath, data[pos : pos + image_len])
+        yield Item(record_id, int(label), relpath, data[pos : pos + image_len])
         pos += image_len
 
 

@@ -16,16 +16,14 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
+from bootstrap.contract.names import HOME
 from cdk_app.constructs.grants import allow
 
 BOOTSTRAP = Path(__file__).resolve().parent.parent.parent / "bootstrap"
-HOME = "/opt/imagenet-staging"
-PYTHON = f"{HOME}/venv/bin/python"
-CONFIG = f"{HOME}/config.json"
 
 
 class BootstrapCode(Construct):
-    """The ``bootstrap/`` package as a zip asset; ``user_data()`` installs it into ``/opt/imagenet-staging``."""
+    """The ``bootstrap/`` package as a zip asset; ``user_data()`` installs it into ``names.HOME``."""
 
     def __init__(self, scope: Construct, id: str) -> None:
         super().__init__(scope, id)

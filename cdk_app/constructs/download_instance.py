@@ -20,14 +20,21 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from bootstrap.contract import tags
+from bootstrap.contract.names import (
+    AGENT_CONFIG,
+    CONFIG,
+    DATA_DEVICE,
+    DATA_DIR,
+    LOG_FILE,
+    METRIC_NAMESPACE,
+    UNIT,
+    UNIT_SOURCE,
+)
 from cdk_app.constructs.alerts import alerts_topic, notify
-from cdk_app.constructs.bootstrap_code import CONFIG, HOME, BootstrapCode, write_json
+from cdk_app.constructs.bootstrap_code import BootstrapCode, write_json
 from cdk_app.constructs.grants import allow, instance_role
 from cdk_app.constructs.nag import accept_fixed_availability_zone, acknowledge, spelled
 
-DATA_DEVICE = "/dev/sdf"
-LOG_FILE = "/var/log/imagenet-staging.log"
-AGENT_CONFIG = "/opt/aws/amazon-cloudwatch-agent/etc/imagenet-staging.json"
 VOLUME_TYPES = {
     "sc1": ec2.EbsDeviceVolumeType.SC1,
     "st1": ec2.EbsDeviceVolumeType.ST1,
@@ -105,7 +112,7 @@ class DownloadInstance(Construct):
         user_data = code.user_data(requirements="requirements.txt", packages=["amazon-cloudwatch-agent"])
         config = {
             **settings.engine,
-            "data_dir": "/data",
+            "data_dir": DATA_DIR,
             "pipeline": settings.pipeline,
             "region": stack.region,
             "bucket": targets.bucket_name,
@@ -121,9 +128,9 @@ class DownloadInstance(Construct):
         user_data.add_commands(
             "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s "
             f"-c file:{AGENT_CONFIG}",
-            f"install -m 0644 {HOME}/bootstrap/systemd/imagenet-staging.service /etc/systemd/system/",
+            f"install -m 0644 {UNIT_SOURCE} /etc/systemd/system/",
             "systemctl daemon-reload",
-            "systemctl enable --now imagenet-staging.service",
+            f"systemctl enable --now {UNIT}",
         )
         burstable = settings.instance_type.startswith("t")
         self.instance = ec2.Instance(
@@ -178,7 +185,7 @@ class DownloadInstance(Construct):
         """An ERROR line in the instance's log (a stage failed; the unit retries or needs a person)."""
         errors = logs.MetricFilter(
             self, "ErrorLines", log_group=self.log_group, filter_pattern=logs.FilterPattern.all_terms("ERROR"),
-            metric_namespace=f"ImagenetStaging/{pipeline}", metric_name="DownloadErrors", metric_value="1",
+            metric_namespace=f"{METRIC_NAMESPACE}/{pipeline}", metric_name="DownloadErrors", metric_value="1",
         )  # fmt: skip
         alarm = cloudwatch.Alarm(
             self, "ErrorsAlarm",

@@ -15,7 +15,8 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from bootstrap.contract import tags
-from cdk_app.constructs.bootstrap_code import HOME, PYTHON, BootstrapCode
+from bootstrap.contract.names import DATA_DIR, HOME, PYTHON
+from cdk_app.constructs.bootstrap_code import BootstrapCode
 from cdk_app.constructs.grants import allow, instance_role
 from cdk_app.constructs.nag import acknowledge, spelled
 
@@ -42,7 +43,7 @@ def attach_command(s: FleetSettings) -> str:
     args = [
         f"--pipeline {s.pipeline}",
         f"--snapshot-parameter {s.snapshot_parameter}",
-        "--mount-point /data",
+        f"--mount-point {DATA_DIR}",
         f"--volume-type {s.volume_type}",
         "--shutdown-on-failure",
     ]

@@ -58,7 +58,7 @@ def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, clou
     if detail.get("result") != "succeeded":
         log.error("snapshot %s of %s failed (%s); keeping %s", snapshot_id, snapshot["VolumeId"],
                   detail.get("cause", "no cause given"), instance_id)  # fmt: skip
-        cloudwatch.put_metric_data(Namespace=env.get("METRIC_NAMESPACE", "ImagenetStaging"), MetricData=[
+        cloudwatch.put_metric_data(Namespace=env["METRIC_NAMESPACE"], MetricData=[
             {"MetricName": "SnapshotFailed", "Value": 1, "Unit": "Count",
              "Dimensions": [{"Name": "Pipeline", "Value": env["PIPELINE"]}]}])  # fmt: skip
         return {"action": "alarm", "snapshot_id": snapshot_id, "instance_id": instance_id}
