@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.dataset.devkit import read_devkit
-from tests.fixtures.synthetic_imagenet import DEVKIT, TRAIN, VAL, Spec, generate
+from scripts.synthetic_imagenet import DEVKIT, TRAIN, VAL, Spec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work"

@@ -8,6 +8,7 @@ logs to stderr; a ``BootstrapError`` becomes one clear line and its exit code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -21,6 +22,7 @@ from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds
 from bootstrap.contract import names
 from bootstrap.gpu.attach import Attacher, AttachOptions
+from bootstrap.settings import add_flags
 
 log = logging.getLogger("bootstrap")
 
@@ -41,37 +43,10 @@ STAGES = {
 
 
 def _flag_args(parser: argparse.ArgumentParser) -> None:
+    """The engine's flags: one per setting (``bootstrap.settings``), then the per-invocation ones."""
+    parser.add_argument("--config", type=Path, help="JSON config file (keys as these flags, with underscores)")
+    add_flags(parser)
     add = parser.add_argument
-    add("--config", type=Path, help="JSON config file (keys as these flags, with underscores)")
-    add("--data-dir", type=Path, help="data volume mount point (default /data)")
-    add("--source", help="https:// base URL, s3:// prefix or local directory with the archives")
-    add("--source-secret", help="Secrets Manager secret holding the source credentials")
-    add("--dataset-table", type=Path, help="archive table JSON for another dataset (default: ILSVRC2012)")
-    add("--connections", type=int, help="parallel connections per archive (default 8)")
-    add("--chunk-mib", type=int, help="download range size in MiB (default 64)")
-    add("--resize", type=int, help="short side in pixels, 0 keeps the size (default 256)")
-    add("--center-crop", action=argparse.BooleanOptionalAction, default=None, help="square centre crop")
-    add("--quality", type=int, help="JPEG quality 1-100, or PNG compression 0-9 (default 90)")
-    add("--encoding", choices=(".jpg", ".png"), help="record image encoding (default .jpg)")
-    add("--color", type=int, choices=(-1, 0, 1), help="1 colour, 0 gray, -1 unchanged (default 1)")
-    add("--pass-through", action=argparse.BooleanOptionalAction, default=None, help="keep intact images as they are")
-    add("--upscale", action=argparse.BooleanOptionalAction, default=None, help="enlarge images smaller than --resize")
-    add("--workers", type=int, help="transcoding processes (default: one per CPU)")
-    add("--parts", type=int, help="split each .rec into N parts with their own idx (default 1)")
-    add("--seed", type=int, help="shuffle seed (default 100, as im2rec)")
-    add("--shuffle-train", action=argparse.BooleanOptionalAction, default=None, help="shuffle train records")
-    add("--shuffle-val", action=argparse.BooleanOptionalAction, default=None, help="shuffle val records")
-    add("--keep-tree", action=argparse.BooleanOptionalAction, default=None, help="also write train/<wnid>/ folders")
-    add("--max-failure-rate", type=float, help="fail when more images than this fraction cannot be packed")
-    add("--checkpoint-seconds", type=float, help="how often packing checkpoints (default 30)")
-    add("--bucket-mib", type=int, help="shuffle bucket size in MiB (memory bound of the shuffle)")
-    add("--max-image-mib", type=int, help="refuse archive members larger than this (default 64)")
-    add("--sample-every", type=int, help="verify decodes every Nth record (default 50)")
-    add("--bucket", help="S3 bucket for the backup")
-    add("--prefix", help="key prefix in the backup bucket")
-    add("--snapshot-parameter", help="SSM parameter to publish the snapshot id to")
-    add("--status-parameter", help="SSM parameter to copy the live status to")
-    add("--data-volume-id", help="mount-data: the EBS volume id of the data volume")
     add("--verify", action="store_true", help="backup: compare S3 with the manifest instead of uploading")
     add("--json", action="store_true", help="print the result as JSON")
     add("-v", "--verbose", action="store_true", help="debug logging")
@@ -98,21 +73,8 @@ def _attach_args(parser: argparse.ArgumentParser) -> None:
 
 def attach(args: argparse.Namespace) -> dict[str, Any]:
     identity = Imds().identity()
-    opts = AttachOptions(
-        pipeline=args.pipeline,
-        snapshot_parameter=args.snapshot_parameter,
-        mount_point=args.mount_point,
-        volume_type=args.volume_type,
-        iops=args.iops,
-        throughput=args.throughput,
-        initialization_rate=args.initialization_rate,
-        prewarm=args.prewarm,
-        shutdown_on_failure=args.shutdown_on_failure,
-        timeout_seconds=args.timeout,
-        roots=DeviceRoots(args.sys_root, args.dev_root),
-        fstab=args.fstab,
-        ready_marker=args.ready_marker,
-    )
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttachOptions) if hasattr(args, f.name)}
+    opts = AttachOptions(**given, timeout_seconds=args.timeout, roots=DeviceRoots(args.sys_root, args.dev_root))
     ec2, ssm = aws.client("ec2", region=identity.region), aws.client("ssm", region=identity.region)
     return Attacher(ec2, ssm, identity, opts).attach()
 

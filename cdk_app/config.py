@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from bootstrap import settings
 from bootstrap.contract import names
 
 EBS_SIZE_GIB = {"sc1": (125, 16384), "st1": (125, 16384), "gp3": (1, 65536)}
@@ -33,6 +34,9 @@ _AZ = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _SSM_NAME = re.compile(r"^/[A-Za-z0-9_.\-/]+$")
+
+
+_Need = Callable[[str, bool, str], None]
 
 
 class ConfigError(ValueError):
@@ -65,11 +69,12 @@ class StagingConfig:
     vpc_id: str | None = None
     """Use this VPC (looked up at synth, cached in cdk.context.json) instead of creating a small public one."""
     # -- what the engine does (bootstrap keys) -------------------------------------------
-    resize: int = 256
-    quality: int = 90
-    center_crop: bool = False
-    parts: int = 1
-    keep_tree: bool = False
+    # (their defaults and ranges are the engine's: bootstrap.settings)
+    resize: int = settings.default("resize")
+    quality: int = settings.default("quality")
+    center_crop: bool = settings.default("center_crop")
+    parts: int = settings.default("parts")
+    keep_tree: bool = settings.default("keep_tree")
     backup_prefix: str = "imagenet/"
     # -- snapshots and lifecycle ---------------------------------------------------------
     dlm_interval_hours: int = 24
@@ -103,71 +108,64 @@ class StagingConfig:
             if not ok:
                 found.append((key, problem))
 
+        self._pipeline_problems(need)
+        self._download_problems(need)
+        self._fleet_problems(need)
+        for key, value in self.engine.items():  # the engine's own schema: one range per knob
+            problem = settings.problem(key, value)
+            need(key, problem is None, problem or "")
+        return found
+
+    def _pipeline_problems(self, need: _Need) -> None:
         need("name", bool(_NAME.match(self.name)), "3-32 lowercase letters, digits and hyphens, starting with a letter")
         need("account", self.account is None or bool(_ACCOUNT.match(self.account)), "a 12-digit account id")
         need("region", self.region is None or bool(_REGION.match(self.region)), "a region like us-east-1")
         need("source", self.source.startswith(("https://", "s3://")), "an https:// URL or an s3:// prefix")
-        need(
-            "source_secret",
-            self.source_secret is None or bool(_SECRET_NAME.match(self.source_secret)),
-            "a Secrets Manager secret name",
-        )
+        need("source_secret", self.source_secret is None or bool(_SECRET_NAME.match(self.source_secret)),
+             "a Secrets Manager secret name")  # fmt: skip
+        need("backup_prefix", not self.backup_prefix.startswith("/"), "an S3 key prefix without a leading /")
+        need("alarm_email", self.alarm_email is None or bool(_EMAIL.match(self.alarm_email)), "an email address")
+        need("janitor_interval_minutes", 5 <= self.janitor_interval_minutes <= 1440, "5-1440 minutes")
+        need("dlm_interval_hours", self.dlm_interval_hours in (0, 1, 2, 3, 4, 6, 8, 12, 24),
+             "0 (off) or one of DLM's intervals: 1, 2, 3, 4, 6, 8, 12, 24")  # fmt: skip
+        need("dlm_retain", 1 <= self.dlm_retain <= 1000, "1-1000 snapshots")
+        regions = self.dlm_copy_regions
+        need("dlm_copy_regions", all(_REGION.match(r) for r in regions) and len(regions) <= 3,
+             "at most 3 regions like us-west-2")  # fmt: skip
+        need("dlm_fast_restore_azs", all(_AZ.match(z) for z in self.dlm_fast_restore_azs),
+             "availability zones like us-east-1a")  # fmt: skip
+        for key in ("download_ami_parameter", "gpu_ami_parameter"):
+            need(key, bool(_SSM_NAME.match(getattr(self, key))), "an SSM parameter name starting with /")
+
+    def _download_problems(self, need: _Need) -> None:
         need("download_instance_type", bool(_INSTANCE_TYPE.match(self.download_instance_type)), "like t2.large")
         need("cpu_credits", self.cpu_credits in ("standard", "unlimited"), "standard or unlimited")
         need("data_volume_type", self.data_volume_type in EBS_SIZE_GIB, f"one of {', '.join(EBS_SIZE_GIB)}")
         low, high = EBS_SIZE_GIB.get(self.data_volume_type, (1, 65536))
-        need(
-            "data_volume_gib",
-            low <= self.data_volume_gib <= high,
-            f"{self.data_volume_type} volumes are {low}-{high} GiB; ImageNet needs about 400",
-        )
+        need("data_volume_gib", low <= self.data_volume_gib <= high,
+             f"{self.data_volume_type} volumes are {low}-{high} GiB; ImageNet needs about 400")  # fmt: skip
         need("vpc_id", self.vpc_id is None or bool(_VPC_ID.match(self.vpc_id)), "like vpc-0123456789abcdef0")
-        need("resize", 0 <= self.resize <= 4096, "0 (keep the size) to 4096 pixels")
-        need("quality", 1 <= self.quality <= 100, "a JPEG quality of 1-100")
-        need("parts", 1 <= self.parts <= 1024, "1-1024")
-        need("backup_prefix", not self.backup_prefix.startswith("/"), "an S3 key prefix without a leading /")
-        need(
-            "dlm_interval_hours",
-            self.dlm_interval_hours in (0, 1, 2, 3, 4, 6, 8, 12, 24),
-            "0 (off) or one of DLM's intervals: 1, 2, 3, 4, 6, 8, 12, 24",
-        )
-        need("dlm_retain", 1 <= self.dlm_retain <= 1000, "1-1000 snapshots")
-        need(
-            "dlm_copy_regions",
-            all(_REGION.match(r) for r in self.dlm_copy_regions) and len(self.dlm_copy_regions) <= 3,
-            "at most 3 regions like us-west-2",
-        )
-        need(
-            "dlm_fast_restore_azs",
-            all(_AZ.match(z) for z in self.dlm_fast_restore_azs),
-            "availability zones like us-east-1a",
-        )
-        need("alarm_email", self.alarm_email is None or bool(_EMAIL.match(self.alarm_email)), "an email address")
-        need("janitor_interval_minutes", 5 <= self.janitor_interval_minutes <= 1440, "5-1440 minutes")
-        need(
-            "gpu_instance_types",
-            bool(self.gpu_instance_types) and all(_INSTANCE_TYPE.match(t) for t in self.gpu_instance_types),
-            "one or more types like g5.xlarge",
-        )
-        for key in ("download_ami_parameter", "gpu_ami_parameter"):
-            need(key, bool(_SSM_NAME.match(getattr(self, key))), "an SSM parameter name starting with /")
+
+    def _fleet_problems(self, need: _Need) -> None:
+        need("gpu_instance_types", bool(self.gpu_instance_types) and all(_INSTANCE_TYPE.match(t) for t in
+             self.gpu_instance_types), "one or more types like g5.xlarge")  # fmt: skip
         need("gpu_root_gib", 30 <= self.gpu_root_gib <= 16384, "30-16384 GiB (the DLAMI needs at least 30)")
         need("restored_volume_type", self.restored_volume_type in ("gp3", "sc1", "st1"), "gp3, st1 or sc1")
         if self.restored_volume_type == "gp3":
             need("restored_iops", GP3_IOPS[0] <= self.restored_iops <= GP3_IOPS[1], "gp3 IOPS are 3000-80000")
-            need(
-                "restored_throughput",
-                GP3_THROUGHPUT_MIB_S[0] <= self.restored_throughput <= GP3_THROUGHPUT_MIB_S[1]
-                and self.restored_throughput <= self.restored_iops / 4,
-                "gp3 throughput is 125-2000 MiB/s and at most restored_iops/4",
-            )
+            need("restored_throughput", GP3_THROUGHPUT_MIB_S[0] <= self.restored_throughput <= GP3_THROUGHPUT_MIB_S[1]
+                 and self.restored_throughput <= self.restored_iops / 4,
+                 "gp3 throughput is 125-2000 MiB/s and at most restored_iops/4")  # fmt: skip
         rate = self.restored_initialization_rate
-        need(
-            "restored_initialization_rate",
-            rate == 0 or INITIALIZATION_RATE_MIB_S[0] <= rate <= INITIALIZATION_RATE_MIB_S[1],
-            "0 (lazy loading) or 100-300 MiB/s",
-        )
-        return found
+        need("restored_initialization_rate",
+             rate == 0 or INITIALIZATION_RATE_MIB_S[0] <= rate <= INITIALIZATION_RATE_MIB_S[1],
+             "0 (lazy loading) or 100-300 MiB/s")  # fmt: skip
+
+    @property
+    def engine(self) -> dict[str, Any]:
+        """The engine settings (``bootstrap.settings`` keys) this context sets; the download stack passes them on."""
+        return {"source": self.source, "resize": self.resize, "quality": self.quality,
+                "center_crop": self.center_crop, "parts": self.parts, "keep_tree": self.keep_tree}  # fmt: skip
 
     # -- names everything else derives ---------------------------------------------------
 

@@ -7,10 +7,14 @@ assumed, so a reader can redo the sum.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cdk_app.config import StagingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 GB = 1e9
@@ -123,3 +127,42 @@ def plan(inputs: PlanInputs, prices: dict[str, Any]) -> list[Row]:
             Row("fast snapshot restore", i.fsr_hours, fsr, f"{i.fsr_azs} AZ x ${p['fsr_dsu_hour']}/h, 1 h minimum")
         )
     return rows
+
+
+HELP = "expected time and cost of a run, with every assumption"
+
+
+def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> None:
+    defaults = PlanInputs()
+    add = parser.add_argument
+    add("--bandwidth-mb-s", type=float, default=defaults.bandwidth_mb_s, help="download link in MB/s")
+    add("--instance-type", default=defaults.instance_type)
+    add("--cpu-credits", choices=("standard", "unlimited"), default=defaults.cpu_credits)
+    add("--data-volume-gib", type=int, default=defaults.data_volume_gib)
+    add("--gpu-instances", type=int, default=defaults.gpu_instances)
+    add("--gpu-hours", type=float, default=defaults.gpu_hours)
+    add("--restored-iops", type=int, default=defaults.restored_iops)
+    add("--restored-throughput", type=int, default=defaults.restored_throughput)
+    add("--fsr-azs", type=int, default=0, help="fast snapshot restore in this many AZs (off by default)")
+
+
+def command(args: argparse.Namespace) -> tuple[Any, str]:
+    measured = measured_images_per_vcpu_s()
+    inputs = PlanInputs(
+        bandwidth_mb_s=args.bandwidth_mb_s, instance_type=args.instance_type, cpu_credits=args.cpu_credits,
+        data_volume_gib=args.data_volume_gib, gpu_instances=args.gpu_instances, gpu_hours=args.gpu_hours,
+        restored_iops=args.restored_iops, restored_throughput=args.restored_throughput, fsr_azs=args.fsr_azs,
+        images_per_vcpu_s=measured or PlanInputs.images_per_vcpu_s,
+    )  # fmt: skip
+    prices = load_prices()
+    rows = plan(inputs, prices)
+    lines = [f"{'item':36} {'hours':>7} {'USD':>9}  assumption"]
+    for r in rows:
+        hours = f"{r.hours:7.1f}" if r.hours is not None else " " * 7
+        lines.append(f"{r.item:36} {hours} {r.usd:9.2f}  {r.assumption}")
+    lines.append(f"prices: {prices['region']} list prices of {prices['date']} (scripts/prices.json); "
+                 f"pack rate {inputs.images_per_vcpu_s:.0f} img/s per vCPU "
+                 f"({'measured by make bench' if measured else 'default'})")  # fmt: skip
+    data = {"inputs": dataclasses.asdict(inputs), "rows": [dataclasses.asdict(r) for r in rows],
+            "prices": {"region": prices["region"], "date": prices["date"]}}  # fmt: skip
+    return data, "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -10,6 +11,8 @@ from typing import Any, TextIO
 
 from bootstrap.contract import tags
 from bootstrap.contract.parameters import NOT_STARTED, read_published
+from cdk_app.config import StagingConfig
+from scripts.common import add_pipeline_args, clients
 
 
 def _parameter(ssm: Any, name: str) -> dict[str, Any] | None:
@@ -111,3 +114,26 @@ def watch(fetch: Callable[[], dict[str, Any]], *, interval: float = 30.0, out: T
                 out.write(render(report) + "\n")
             return bool(state)
         sleep(interval)
+
+
+HELP = "published status, snapshot state, the fleet's volumes"
+
+
+def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> None:
+    add_pipeline_args(parser, deployed)
+    parser.add_argument("--status-parameter", default=deployed.status_parameter)
+    parser.add_argument("--watch", action="store_true", help="show a progress bar until the run is done or fails")
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between polls with --watch")
+
+
+def command(args: argparse.Namespace) -> tuple[Any, str] | int:
+    ssm, ec2 = clients(args, "ssm", "ec2")
+
+    def fetch() -> dict[str, Any]:
+        return gather(ssm, ec2, pipeline=args.pipeline, status_parameter=args.status_parameter,
+                      snapshot_parameter=args.snapshot_parameter)  # fmt: skip
+
+    if args.watch:
+        return 0 if watch(fetch, interval=args.interval) else 1
+    data = fetch()
+    return data, render(data)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.synthetic_imagenet import Generated, Spec, generate
 from tests.fixtures.aws_emulator import FAKE_ENV, emulated_aws
-from tests.fixtures.synthetic_imagenet import Generated, Spec, generate
 
 for _key, _value in FAKE_ENV.items():  # no test may ever find real credentials
     os.environ[_key] = _value

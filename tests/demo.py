@@ -34,12 +34,12 @@ from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.engine import Engine
 from bootstrap.settings import load_config
 from cdk_app.summary import render as describe_assembly
+from scripts.synthetic_imagenet import Spec, generate
 from tests.fixtures.aws_emulator import emulated_aws
 from tests.fixtures.cdk_synth import cli_synth
 from tests.fixtures.ec2_world import gpu_instance, instance_with_data_volume
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 from tests.fixtures.loopdev import loop_attach, run
-from tests.fixtures.synthetic_imagenet import Spec, generate
 
 OUT = Path("demo-output")
 SECRET = "imagenet-staging/source-credentials"

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bootstrap.common.errors import ConfigError
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or create inside ``path`` durable."""
@@ -45,6 +47,16 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """The JSON value of a file a person wrote; a missing or malformed one is a ``ConfigError`` naming ``what``."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 class Markers:

@@ -12,13 +12,13 @@ tar of per-class tars, a flat val tar, a devkit) is described by a JSON file:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bootstrap.common.errors import ConfigError
+from bootstrap.common.state import read_json_file
 
 ROLES = ("train", "val", "devkit")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -103,10 +103,4 @@ def load_dataset(table: Path | None) -> DatasetSpec:
     """The built-in ILSVRC2012 table, or the one in ``table``."""
     if table is None:
         return ILSVRC2012
-    try:
-        raw = json.loads(table.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"dataset table {table} does not exist; pass an existing JSON file or omit it") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"dataset table {table} is not valid JSON: {e}") from None
-    return dataset_from_dict(raw, str(table))
+    return dataset_from_dict(read_json_file(table, "dataset table"), str(table))

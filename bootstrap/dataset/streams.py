@@ -17,8 +17,8 @@ from pathlib import Path
 
 from bootstrap.common.errors import ArchiveError
 from bootstrap.dataset.devkit import SynsetClass
+from bootstrap.dataset.naming import val_position, wnid_of_class_tar
 from bootstrap.dataset.safetar import READ_BUFFER, iter_members, open_tar, read_member
-from bootstrap.pack.plan import val_position, wnid_of_class_tar
 
 END = -1
 

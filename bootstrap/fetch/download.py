@@ -33,6 +33,7 @@ from bootstrap.common.state import Markers, atomic_write_json, read_json
 from bootstrap.dataset.archives import ArchiveSpec, DatasetSpec
 from bootstrap.fetch.sources import RemoteFile, Source, TransientError
 from bootstrap.layout import ArchiveDir, fetch_marker
+from bootstrap.settings import default
 
 log = logging.getLogger(__name__)
 HASH_BLOCK = 8 << 20
@@ -40,8 +41,8 @@ HASH_BLOCK = 8 << 20
 
 @dataclass(frozen=True)
 class FetchOptions:
-    connections: int = 8
-    chunk_size: int = 64 << 20
+    connections: int = default("connections")
+    chunk_size: int = default("chunk_mib") << 20
     max_attempts: int = 8
     backoff_seconds: float = 1.0
 
@@ -209,32 +210,38 @@ def fetch_archive(
         )
     if not remote.ranges:
         log.warning("%s: the source ignores Range requests; downloading in one stream, which cannot resume", spec.name)
-
     if final.exists() and final.stat().st_size == remote.size:
-        # Placed there by hand or by an earlier version: verify instead of downloading again.
-        log.info("%s: found in %s, verifying", spec.name, dest)
-        got = md5_file(final, Progress(f"verify {spec.name}", remote.size, "B", status=status))
-        if got != spec.md5:
-            raise ChecksumError(
-                f"{final} has MD5 {got} but the dataset table pins {spec.md5}; it was left in place. "
-                "Delete or replace it, then run fetch again"
-            )
-        markers.mark(fetch_marker(spec.name), {"md5": got, "size": remote.size})
-        return final
+        digest = _verify_in_place(final, spec, remote.size, status)
+    else:
+        dl = _Download(source, spec, dest, size=remote.size, ranges=remote.ranges, opts=opts)
+        digest = _download(dl, source, opts, status, sleep)
+        _accept(dl, final, digest)
+    markers.mark(fetch_marker(spec.name), {"md5": digest, "size": remote.size})
+    log.info("%s: verified (md5 %s)", spec.name, digest)
+    return final
 
-    dl = _Download(source, spec, dest, size=remote.size, ranges=remote.ranges, opts=opts)
+
+def _verify_in_place(final: Path, spec: ArchiveSpec, size: int, status: StatusFile | None) -> str:
+    """An archive placed there by hand or by an earlier version: verify instead of downloading again."""
+    log.info("%s: found in %s, verifying", spec.name, final.parent)
+    got = md5_file(final, Progress(f"verify {spec.name}", size, "B", status=status))
+    if got != spec.md5:
+        raise ChecksumError(
+            f"{final} has MD5 {got} but the dataset table pins {spec.md5}; it was left in place. "
+            "Delete or replace it, then run fetch again"
+        )
+    return got
+
+
+def _download(
+    dl: _Download, source: Source, opts: FetchOptions, status: StatusFile | None, sleep: Callable[[float], None]
+) -> str:
+    """Fetch the missing chunks on parallel connections while hashing in order; returns the MD5."""
     pending = [i for i in range(dl.nchunks) if i not in dl.done]
-    progress = Progress(f"fetch {spec.name}", remote.size, "B", status=status, done=dl.done_bytes())
-    log.info(
-        "%s: %s from %s, %d of %d chunks to go, %d connections",
-        spec.name,
-        human_bytes(remote.size),
-        source.describe(),
-        len(pending),
-        dl.nchunks,
-        opts.connections if remote.ranges else 1,
-    )
-    workers = opts.connections if remote.ranges else 1
+    progress = Progress(f"fetch {dl.spec.name}", dl.size, "B", status=status, done=dl.done_bytes())
+    workers = opts.connections if dl.ranges else 1
+    log.info("%s: %s from %s, %d of %d chunks to go, %d connections", dl.spec.name, human_bytes(dl.size),
+             source.describe(), len(pending), dl.nchunks, workers)  # fmt: skip
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
             futures: list[Future[None]] = []
@@ -257,20 +264,21 @@ def fetch_archive(
     finally:
         os.close(dl.fd)
     progress.finish()
+    return digest
 
-    if digest != spec.md5:
+
+def _accept(dl: _Download, final: Path, digest: str) -> None:
+    """Rename the finished download into place if its MD5 is the pinned one; otherwise throw it away."""
+    if digest != dl.spec.md5:
         dl.part.unlink(missing_ok=True)
         dl.state_path.unlink(missing_ok=True)
         raise ChecksumError(
-            f"{spec.name}: MD5 is {digest} but the dataset table pins {spec.md5}; the file was removed and nothing "
-            "was marked done. Run fetch again; if it repeats, the source serves a different file "
+            f"{dl.spec.name}: MD5 is {digest} but the dataset table pins {dl.spec.md5}; the file was removed and "
+            "nothing was marked done. Run fetch again; if it repeats, the source serves a different file "
             "(check the source URL and the dataset table)"
         )
     os.replace(dl.part, final)
     dl.state_path.unlink(missing_ok=True)
-    markers.mark(fetch_marker(spec.name), {"md5": digest, "size": remote.size})
-    log.info("%s: verified (md5 %s)", spec.name, digest)
-    return final
 
 
 def md5_file(path: Path, progress: Progress | None = None) -> str:

@@ -190,13 +190,7 @@ class HttpSource:
         try:
             if start and resp.status != 206:
                 raise TransientError(f"{name}: asked for a range, got HTTP {resp.status}")
-            while remaining > 0:
-                try:
-                    block = resp.read(min(READ_BLOCK, remaining))
-                except (urllib3.exceptions.HTTPError, OSError) as e:
-                    raise TransientError(f"{name}: connection lost: {e}") from e
-                if not block:
-                    raise TransientError(f"{name}: connection closed {remaining} bytes early")
+            for block in read_exactly(resp.read, remaining, name, (urllib3.exceptions.HTTPError, OSError)):
                 remaining -= len(block)
                 yield block
         finally:
@@ -204,6 +198,22 @@ class HttpSource:
                 _discard(resp)
             else:
                 resp.release_conn()
+
+
+def read_exactly(
+    read: Callable[[int], bytes], size: int, name: str, lost: tuple[type[BaseException], ...]
+) -> Iterator[bytes]:
+    """``size`` bytes from ``read`` in blocks; a dropped or short stream is a ``TransientError`` (retried)."""
+    remaining = size
+    while remaining > 0:
+        try:
+            block = read(min(READ_BLOCK, remaining))
+        except lost as e:
+            raise TransientError(f"{name}: connection lost: {e}") from e
+        if not block:
+            raise TransientError(f"{name}: connection closed {remaining} bytes early")
+        remaining -= len(block)
+        yield block
 
 
 # -- s3 --------------------------------------------------------------------------
@@ -256,16 +266,8 @@ class S3Source:
         obj = self._call(name, self._s3.get_object, Range=f"bytes={start}-{end - 1}")
         body = obj["Body"]
         try:
-            remaining = end - start
-            while remaining > 0:
-                try:
-                    block = body.read(min(READ_BLOCK, remaining))
-                except Exception as e:  # botocore surfaces socket errors in many types
-                    raise TransientError(f"{name}: connection lost: {e}") from e
-                if not block:
-                    raise TransientError(f"{name}: stream ended {remaining} bytes early")
-                remaining -= len(block)
-                yield block
+            # botocore surfaces socket errors in many types
+            yield from read_exactly(body.read, end - start, name, (Exception,))
         finally:
             body.close()
 

@@ -31,6 +31,7 @@ from bootstrap.common.aws import aws_error, error_code
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.progress import Progress, StatusFile, human_bytes
 from bootstrap.layout import MANIFEST, DataLayout, backed_up
+from bootstrap.settings import default
 
 log = logging.getLogger(__name__)
 MIN_PART = 16 << 20
@@ -44,12 +45,12 @@ class BackupError(BootstrapError):
 @dataclass(frozen=True)
 class BackupOptions:
     bucket: str
-    prefix: str = ""
-    storage_class: str = "STANDARD"
-    large_storage_class: str = "STANDARD_IA"
+    prefix: str = default("prefix")
+    storage_class: str = default("storage_class")
+    large_storage_class: str = default("large_storage_class")
     large_bytes: int = 1 << 30
-    sse: str = "AES256"
-    kms_key_id: str | None = None
+    sse: str = default("sse")
+    kms_key_id: str | None = default("kms_key_id")
     concurrency: int = 8
 
     def key(self, relpath: str) -> str:

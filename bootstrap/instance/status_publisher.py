@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
+from bootstrap.common.periodic import Periodic
 from bootstrap.common.state import read_json
 
 log = logging.getLogger(__name__)
 
 
-class StatusPublisher:
+class StatusPublisher(Periodic):
     def __init__(self, status_path: Path, ssm: Any, parameter: str, interval: float = 30.0) -> None:
-        self.status_path, self.ssm, self.parameter, self.interval = status_path, ssm, parameter, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="status-publisher", daemon=True)
+        super().__init__(interval, "status-publisher")
+        self.status_path, self.ssm, self.parameter = status_path, ssm, parameter
         self._last: str | None = None
 
     def publish(self) -> bool:
@@ -48,15 +47,8 @@ class StatusPublisher:
         log.info("status: %s", value)
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.publish()
-
-    def __enter__(self) -> StatusPublisher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> None:
         self.publish()
+
+    def stopped(self) -> None:
+        self.publish()  # the final state (done, or the last error) is always visible

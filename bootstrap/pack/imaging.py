@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bootstrap.pack.jpeginfo import is_jpeg, is_png, read_jpeg_info
+from bootstrap.settings import default
 
 _REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                   8: cv2.IMREAD_REDUCED_COLOR_8}  # fmt: skip
@@ -41,27 +42,19 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class ImageOptions:
-    resize: int = 0
-    """Target short side in pixels; 0 keeps the size."""
-    center_crop: bool = False
-    quality: int = 95
-    """JPEG quality 1-100, or PNG compression 0-9 with ``encoding='.png'``."""
-    encoding: str = ".jpg"
-    color: int = 1
-    """1 colour, 0 grayscale, -1 unchanged (as the ``cv2.imread`` flag in im2rec)."""
-    pass_through: bool = False
-    """Copy every intact image as it is (still converting CMYK, PNG and gray, and listing undecodable ones)."""
-    upscale: bool = False
+    """How each image is transcoded; defaults and ranges are the settings' (``bootstrap.settings``)."""
 
-    def __post_init__(self) -> None:
-        if self.resize < 0:
-            raise ValueError("resize must be >= 0")
-        if self.encoding not in (".jpg", ".png"):
-            raise ValueError("encoding must be .jpg or .png")
-        if self.color not in (-1, 0, 1):
-            raise ValueError("color must be -1, 0 or 1")
-        if not (0 <= self.quality <= 100):
-            raise ValueError("quality must be between 0 and 100")
+    resize: int = default("resize")
+    """Target short side in pixels; 0 keeps the size."""
+    center_crop: bool = default("center_crop")
+    quality: int = default("quality")
+    """JPEG quality 1-100, or PNG compression 0-9 with ``encoding='.png'``."""
+    encoding: str = default("encoding")
+    color: int = default("color")
+    """1 colour, 0 grayscale, -1 unchanged (as the ``cv2.imread`` flag in im2rec)."""
+    pass_through: bool = default("pass_through")
+    """Copy every intact image as it is (still converting CMYK, PNG and gray, and listing undecodable ones)."""
+    upscale: bool = default("upscale")
 
 
 def target_size(width: int, height: int, resize: int, upscale: bool) -> tuple[int, int]:

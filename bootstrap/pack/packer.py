@@ -39,6 +39,7 @@ from bootstrap.layout import PackWorkDir, bucket_file, pack_marker
 from bootstrap.pack.imaging import ImageError, ImageOptions, transcode
 from bootstrap.pack.plan import bucket_count, failure_rate_exceeded, shuffle_bucket
 from bootstrap.pack.sinks import BucketWriter, FailureLog, RecordSink, move_into, read_bucket
+from bootstrap.settings import default
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,15 @@ BATCH_BYTES = 8 << 20
 @dataclass(frozen=True)
 class PackOptions:
     image: ImageOptions = field(default_factory=ImageOptions)
-    workers: int = 0
+    workers: int = default("workers")
     """Transcoding processes; 0 means one per CPU."""
-    shuffle: bool = True
-    seed: int = 100
-    parts: int = 1
-    bucket_bytes: int = 128 << 20
+    shuffle: bool = default("shuffle_train")
+    seed: int = default("seed")
+    parts: int = default("parts")
+    bucket_bytes: int = default("bucket_mib") << 20
     batch_images: int = 32
-    checkpoint_seconds: float = 30.0
-    max_failure_rate: float = 0.001
+    checkpoint_seconds: float = default("checkpoint_seconds")
+    max_failure_rate: float = default("max_failure_rate")
 
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
@@ -244,24 +245,29 @@ class _PassOne:
         self.progress.finish()
 
 
+@dataclass(frozen=True)
+class SplitJob:
+    """One split to pack: where its images come from and where its records go."""
+
+    split: str
+    stream: StreamFactory
+    estimated_bytes: int
+    """The archive's size, from which the number of shuffle buckets follows."""
+    expected: int | None
+    out_dir: Path
+    work: PackWorkDir
+    opts: PackOptions
+    status: StatusFile | None = None
+    on_image: Callable[[Item], None] | None = None
+    """Sees every image the archive holds, in order (the class-tree output)."""
+
+
 class _SplitPacker:
-    def __init__(
-        self,
-        split: str,
-        stream: StreamFactory,
-        *,
-        estimated_bytes: int,
-        expected: int | None,
-        out_dir: Path,
-        work: PackWorkDir,
-        opts: PackOptions,
-        status: StatusFile | None,
-        on_image: Callable[[Item], None] | None,
-    ) -> None:
-        self.split, self.stream, self.expected = split, stream, expected
-        self.out_dir, self.work, self.opts = out_dir, work, opts
-        self.status, self.on_image = status, on_image
-        self.buckets = bucket_count(estimated_bytes, opts.bucket_bytes) if opts.shuffle else 0
+    def __init__(self, job: SplitJob) -> None:
+        self.split, self.stream, self.expected = job.split, job.stream, job.expected
+        self.out_dir, self.work, self.opts = job.out_dir, job.work, job.opts
+        self.status, self.on_image = job.status, job.on_image
+        self.buckets = bucket_count(job.estimated_bytes, job.opts.bucket_bytes) if job.opts.shuffle else 0
         self.last_checkpoint = time.monotonic()
 
     def save(self, state: dict[str, Any]) -> None:
@@ -325,20 +331,9 @@ class _SplitPacker:
         )
 
 
-def pack_split(
-    split: str,
-    stream: StreamFactory,
-    *,
-    estimated_bytes: int,
-    expected: int | None,
-    out_dir: Path,
-    work: PackWorkDir,
-    opts: PackOptions,
-    markers: Markers,
-    status: StatusFile | None = None,
-    on_image: Callable[[Item], None] | None = None,
-) -> PackReport:
-    """Pack ``split`` unless already done; then apply the failure threshold to its report."""
+def pack_split(job: SplitJob, markers: Markers) -> PackReport:
+    """Pack ``job.split`` unless already done; then apply the failure threshold to its report."""
+    split, work, opts, out_dir = job.split, job.work, job.opts, job.out_dir
     marker = pack_marker(split)
     info = markers.info(marker)
     if info is not None:
@@ -346,17 +341,7 @@ def pack_split(
         log.info("%s: already packed (%d images, %d failed)", split, report.packed, report.failed)
     else:
         try:
-            report = _SplitPacker(
-                split,
-                stream,
-                estimated_bytes=estimated_bytes,
-                expected=expected,
-                out_dir=out_dir,
-                work=work,
-                opts=opts,
-                status=status,
-                on_image=on_image,
-            ).run()
+            report = _SplitPacker(job).run()
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 free = shutil.disk_usage(work.root).free if work.root.exists() else 0

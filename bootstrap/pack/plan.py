@@ -8,14 +8,12 @@ interrupted run would have made, and the outputs are byte-identical.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
 _MASK = (1 << 64) - 1
-_VAL_NUMBER = re.compile(r"_(\d+)\.[A-Za-z]+$")
 MAX_BUCKETS = 512
 
 
@@ -70,18 +68,6 @@ def part_names(split: str, parts: int) -> list[PartNames]:
 def global_idx_name(split: str) -> str:
     """One index over all parts of a split, offsets cumulative in part order (DALI's multi-file form)."""
     return f"{split}.global.idx"
-
-
-def wnid_of_class_tar(name: str) -> str | None:
-    """``n01440764.tar`` -> ``n01440764``; ``None`` for anything else."""
-    stem, dot, ext = name.rpartition(".")
-    return stem if dot and ext == "tar" and re.fullmatch(r"n\d{8}", stem) else None
-
-
-def val_position(name: str) -> int | None:
-    """``ILSVRC2012_val_00000042.JPEG`` -> 41 (its line in the ground truth), else ``None``."""
-    match = _VAL_NUMBER.search(name)
-    return int(match.group(1)) - 1 if match else None
 
 
 def failure_rate_exceeded(failed: int, total: int, max_rate: float) -> bool:

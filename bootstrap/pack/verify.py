@@ -20,7 +20,7 @@ import numpy as np
 from bootstrap.common.errors import VerifyError
 from bootstrap.common.progress import Progress, StatusFile
 from bootstrap.pack.plan import global_idx_name, part_names
-from bootstrap.pack.recordio import RecordIOError, iter_records, unpack_image
+from bootstrap.pack.recordio import ImageHeader, RecordIOError, iter_records, unpack_image
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,21 @@ class VerifyReport:
 
 def _fail(where: str, message: str) -> VerifyError:
     return VerifyError(f"{where}: {message}; pack this split again (delete its pack marker and output)")
+
+
+def _check_record(where: str, header: ImageHeader, offset: int, idx_line: str, lst_line: str, *, classes: int) -> int:
+    """The record's .idx and .lst lines agree with its header and offset, and its label is a class; returns its key."""
+    if not idx_line or not lst_line:
+        raise _fail(where, "has no matching .idx or .lst line")
+    key, idx_offset = (int(v) for v in idx_line.split("\t"))
+    lst_id, lst_label, _path = lst_line.rstrip("\n").split("\t")
+    if idx_offset != offset or key != header.id:
+        raise _fail(where, f"idx says key {key} at {idx_offset}, record is id {header.id} at {offset}")
+    if int(lst_id) != header.id or float(lst_label) != header.label:
+        raise _fail(where, f".lst line {lst_line.strip()!r} disagrees with the record header")
+    if header.flag != 0 or not (0 <= header.label < classes) or header.label != int(header.label):
+        raise _fail(where, f"bad label {header.label} (flag {header.flag}) for {classes} classes")
+    return key
 
 
 def verify_split(
@@ -68,17 +83,7 @@ def verify_split(
                 for number, (offset, payload) in enumerate(iter_records(rec), 1):
                     where = f"{names_i.rec} record {number}"
                     header, image = unpack_image(payload)
-                    idx_line, lst_line = idx.readline(), lst.readline()
-                    if not idx_line or not lst_line:
-                        raise _fail(where, "has no matching .idx or .lst line")
-                    key, idx_offset = (int(v) for v in idx_line.split("\t"))
-                    lst_id, lst_label, _path = lst_line.rstrip("\n").split("\t")
-                    if idx_offset != offset or key != header.id:
-                        raise _fail(where, f"idx says key {key} at {idx_offset}, record is id {header.id} at {offset}")
-                    if int(lst_id) != header.id or float(lst_label) != header.label:
-                        raise _fail(where, f".lst line {lst_line.strip()!r} disagrees with the record header")
-                    if header.flag != 0 or not (0 <= header.label < classes) or header.label != int(header.label):
-                        raise _fail(where, f"bad label {header.label} (flag {header.flag}) for {classes} classes")
+                    key = _check_record(where, header, offset, idx.readline(), lst.readline(), classes=classes)
                     if records % sample_every == 0:
                         if cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR) is None:
                             raise _fail(where, "image does not decode")

@@ -22,19 +22,25 @@ log.setLevel(logging.INFO)
 
 def handler(event: dict[str, Any] | None = None, context: Any = None, *, ec2: Any = None,
             env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Lambda entry point: the pipeline and tag keys come from the function's environment."""
     env = dict(os.environ) if env is None else env
     if ec2 is None:
         import boto3
 
         ec2 = boto3.client("ec2")
+    return sweep_volumes(ec2, pipeline=env["PIPELINE"], tag_pipeline=env["TAG_PIPELINE"], tag_owner=env["TAG_OWNER"])
+
+
+def sweep_volumes(ec2: Any, *, pipeline: str, tag_pipeline: str, tag_owner: str) -> dict[str, list[str]]:
+    """Delete the pipeline's available volumes whose owner instance is gone; ``teardown fleet`` calls it too."""
     candidates = []
     for page in ec2.get_paginator("describe_volumes").paginate(Filters=[
         {"Name": "status", "Values": ["available"]},
-        {"Name": f"tag:{env['TAG_PIPELINE']}", "Values": [env["PIPELINE"]]}]):  # fmt: skip
+        {"Name": f"tag:{tag_pipeline}", "Values": [pipeline]}]):  # fmt: skip
         candidates.extend(page["Volumes"])
     deleted, kept = [], []
     for volume in candidates:
-        owner = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}.get(env["TAG_OWNER"])
+        owner = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}.get(tag_owner)
         if not owner:
             kept.append(volume["VolumeId"])
             continue

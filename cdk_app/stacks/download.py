@@ -37,14 +37,7 @@ class DownloadStack(cdk.Stack):
             volume_type=config.data_volume_type,
             volume_gib=config.data_volume_gib,
             keep_volume=config.keep_data_volume,
-            engine={
-                "source": config.source,
-                "resize": config.resize,
-                "quality": config.quality,
-                "center_crop": config.center_crop,
-                "parts": config.parts,
-                "keep_tree": config.keep_tree,
-            },
+            engine=config.engine,
         )
         source = urlsplit(config.source)
         targets = DownloadTargets(

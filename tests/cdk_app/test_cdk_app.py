@@ -23,8 +23,8 @@ from bootstrap.settings import load_config
 from cdk_app.config import ConfigError, StagingConfig, from_context
 from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, cli_synth, synth
 from tests.fixtures.cfn import blank_hashes, render, resources
+from tests.fixtures.paths import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 VARIANT = {
     "source": "s3://my-datasets/imagenet/",

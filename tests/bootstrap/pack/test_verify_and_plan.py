@@ -11,17 +11,19 @@ import pytest
 
 from bootstrap.common.errors import ArchiveError, PackError, VerifyError
 from bootstrap.dataset.devkit import read_devkit
+from bootstrap.dataset.naming import val_position, wnid_of_class_tar
 from bootstrap.dataset.streams import Item
-from bootstrap.pack.plan import bucket_of, part_names, shuffle_bucket, val_position, wnid_of_class_tar
+from bootstrap.pack.plan import bucket_of, part_names, shuffle_bucket
 from bootstrap.pack.sinks import RecordSink, move_into
 from bootstrap.pack.verify import verify_split
-from tests.fixtures.synthetic_imagenet import DEVKIT, Generated, add_member
+from scripts.synthetic_imagenet import DEVKIT, Generated, add_member
+from tests.fixtures.paths import GOLDEN
 
 
 @pytest.fixture
 def packed_dir(tmp_path: Path) -> Path:
     sink = RecordSink(tmp_path / "work", "train", parts=1)
-    image = (Path(__file__).parent / "golden" / "tiny.jpg").read_bytes()
+    image = (GOLDEN / "tiny.jpg").read_bytes()
     for i in range(20):
         sink.add(Item(i, i % 4, f"n0000000{i % 4}/x_{i}.JPEG", image))
     move_into(tmp_path / "work", tmp_path / "out", sink.close())

@@ -16,7 +16,9 @@ from bootstrap.contract import tags
 from bootstrap.contract.parameters import NOT_PUBLISHED, NOT_STARTED
 from bootstrap.instance.backup import Backup, BackupOptions
 from scripts.cli import run as scripts_run
-from scripts.fleet import copy_snapshot, launch_fleet, teardown_download, teardown_fleet
+from scripts.copy_snapshot import copy_snapshot
+from scripts.launch import launch_fleet
+from scripts.teardown import teardown_download, teardown_fleet
 from tests.fixtures.ec2_world import AL2023
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
@@ -198,7 +200,7 @@ def test_teardown_all_purge_asks_then_deletes_what_teardown_keeps(
 
 
 def test_fast_restore_shows_its_cost_and_enables_per_az() -> None:
-    from scripts.fleet import enable_fast_restore, fast_restore_cost
+    from scripts.launch import enable_fast_restore, fast_restore_cost
     from scripts.plan import load_prices
 
     assert fast_restore_cost(["us-east-1a", "us-east-1b"], load_prices(), hours=0.25) == pytest.approx(1.5)

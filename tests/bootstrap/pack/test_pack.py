@@ -16,7 +16,7 @@ import pytest
 from bootstrap.common.errors import ArchiveError, PackError
 from bootstrap.engine import Engine
 from bootstrap.settings import PrepConfig
-from tests.fixtures.synthetic_imagenet import Generated, Spec, generate
+from scripts.synthetic_imagenet import Generated, Spec, generate
 
 RESIZE = 64
 

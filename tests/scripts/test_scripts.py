@@ -10,12 +10,12 @@ import pytest
 
 from bootstrap.common.aws import client
 from bootstrap.contract import tags
-from scripts.cli import build_parser, deployed_config
+from scripts.cli import build_parser
 from scripts.cli import run as scripts_run
+from scripts.common import deployed_config
 from scripts.plan import PlanInputs, load_prices, plan
 from scripts.status import gather, render
-
-GOLDEN = Path(__file__).parent / "golden"
+from tests.fixtures.paths import GOLDEN
 
 
 def test_plan_matches_a_hand_computed_case() -> None:

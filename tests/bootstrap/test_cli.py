@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from bootstrap.cli import build_parser, run
-from tests.fixtures.synthetic_imagenet import Generated
-
-GOLDEN = Path(__file__).parent / "golden"
+from scripts.synthetic_imagenet import Generated
+from tests.fixtures.paths import GOLDEN
 
 
 @pytest.mark.parametrize("argv", [[], ["pack"]])

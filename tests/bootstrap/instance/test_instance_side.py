@@ -34,9 +34,9 @@ from bootstrap.instance.snapshot import (
 from bootstrap.instance.status_publisher import StatusPublisher
 from bootstrap.layout import backed_up as wanted
 from bootstrap.settings import PrepConfig
+from scripts.synthetic_imagenet import Generated
 from tests.fixtures.ec2_world import instance_with_data_volume
 from tests.fixtures.imds import Identity, ImdsStub
-from tests.fixtures.synthetic_imagenet import Generated
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
@@ -284,8 +284,8 @@ def test_a_failed_snapshot_publishes_nothing(tmp_path: Path, monkeypatch: pytest
     def failing(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
         raise SnapshotError("snapshot snap-x ended in state 'error'")
 
-    monkeypatch.setattr("bootstrap.engine.take_snapshot", failing)
-    monkeypatch.setattr("bootstrap.engine.find_data_volume", lambda *a, **k: VOLUME)
+    monkeypatch.setattr("bootstrap.engine.instance_stages.take_snapshot", failing)
+    monkeypatch.setattr("bootstrap.engine.instance_stages.find_data_volume", lambda *a, **k: VOLUME)
     with ImdsStub(Identity("i-0fail", "us-east-1a")) as imds:
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
         engine = Engine(PrepConfig(data_dir=tmp_path, snapshot_parameter="/fail/snapshot"))

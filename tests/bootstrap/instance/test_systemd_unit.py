@@ -6,14 +6,14 @@ import configparser
 import inspect
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from bootstrap.contract import names
 from bootstrap.instance.volume import mount_data_volume
+from tests.fixtures.paths import ROOT
 
-UNIT = Path(__file__).resolve().parent.parent / "bootstrap" / "systemd" / "imagenet-staging.service"
+UNIT = ROOT / "bootstrap" / "systemd" / names.UNIT
 
 
 def load() -> configparser.ConfigParser:
@@ -55,7 +55,7 @@ def test_systemd_accepts_the_unit() -> None:
 def test_unit_uses_the_install_paths_of_the_contract() -> None:
     """The unit is a static file, so nothing else keeps it in step with ``contract.names``."""
     service = load()["Service"]
-    assert UNIT.name == names.UNIT
+    assert UNIT.is_file(), f"the unit the user data installs ({names.UNIT}) is not in bootstrap/systemd"
     assert service["WorkingDirectory"] == names.HOME
     for command in (service["ExecStartPre"], service["ExecStart"]):
         assert command.startswith(f"{names.PYTHON} -m bootstrap ") and command.endswith(f"--config {names.CONFIG}")

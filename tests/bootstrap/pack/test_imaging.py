@@ -8,7 +8,7 @@ import pytest
 
 from bootstrap.pack.imaging import ImageError, ImageOptions, target_size, transcode
 from bootstrap.pack.jpeginfo import read_jpeg_info
-from tests.fixtures.synthetic_imagenet import awkward_image, photo
+from scripts.synthetic_imagenet import awkward_image, photo
 
 RNG = np.random.default_rng(7)
 IMG = photo(RNG, 300, 200, hue=3)

@@ -16,8 +16,8 @@ import pytest
 from bootstrap.common.errors import ArchiveError, ConfigError, DiskFullError
 from bootstrap.engine import Engine
 from bootstrap.settings import PrepConfig, load_config
+from scripts.synthetic_imagenet import TRAIN, VAL, Generated, add_member, write_table
 from tests.fixtures.loopdev import loop_ext4
-from tests.fixtures.synthetic_imagenet import TRAIN, VAL, Generated, add_member, write_table
 
 
 def _inner_tar(build: Callable[[tarfile.TarFile], None]) -> bytes:

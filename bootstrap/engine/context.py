@@ -1,0 +1,55 @@
+"""What every stage works with: the settings, the data volume's layout, the dataset, markers and status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from bootstrap.common.errors import ArchiveError, BootstrapError
+from bootstrap.common.progress import StatusFile
+from bootstrap.common.state import Markers
+from bootstrap.dataset.archives import DatasetSpec, load_dataset
+from bootstrap.layout import DataLayout
+from bootstrap.settings import PrepConfig
+
+log = logging.getLogger("bootstrap.engine")
+T = TypeVar("T")
+SPLITS = ("val", "train")
+
+
+@dataclass
+class StageContext:
+    config: PrepConfig
+    paths: DataLayout
+    dataset: DatasetSpec
+    markers: Markers
+    status: StatusFile
+
+    @classmethod
+    def of(cls, config: PrepConfig) -> StageContext:
+        paths = config.paths
+        return cls(config, paths, load_dataset(config.dataset_table), Markers(paths.state), StatusFile(paths.status))
+
+    def archive(self, role: str) -> Path:
+        return self.paths.archives / self.dataset.archive(role).name
+
+    def require_archive(self, role: str) -> Path:
+        path = self.archive(role)
+        if not path.exists():
+            raise ArchiveError(f"{path} is missing: run the fetch stage first")
+        return path
+
+    def stage(self, name: str, body: Callable[[], T]) -> T:
+        """Run ``body`` as stage ``name``: the status says running, then done or failed with the error."""
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.status.update(stage=name, state="running", last_error=None)
+        try:
+            result = body()
+        except BootstrapError as e:
+            self.status.update(stage=name, state="failed", last_error=str(e))
+            raise
+        self.status.update(stage=name, state="done")
+        return result

@@ -1,0 +1,132 @@
+"""The data path's stages: fetch, organise, pack, verify, inspect.
+
+The organising of images into classes happens inside pack's single archive
+pass: reading the 140 GB train archive twice (once to sort, once to pack)
+would double the slowest part of the job on an sc1 disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from functools import partial
+from pathlib import Path
+
+from bootstrap.common.errors import ArchiveError, BootstrapError, ConfigError
+from bootstrap.common.state import atomic_write_bytes, atomic_write_json, read_json
+from bootstrap.dataset.devkit import Devkit, SynsetClass, read_devkit
+from bootstrap.dataset.streams import StreamFactory, train_stream, val_stream
+from bootstrap.engine.context import SPLITS, StageContext
+from bootstrap.engine.options import fetch_options, pack_options
+from bootstrap.fetch.download import fetch_all
+from bootstrap.fetch.sources import open_source, resolve_credentials
+from bootstrap.layout import pack_marker
+from bootstrap.pack.contact_sheet import contact_sheet
+from bootstrap.pack.packer import PackReport, SplitJob, pack_split
+from bootstrap.pack.plan import part_names
+from bootstrap.pack.tree import TreeWriter
+from bootstrap.pack.verify import verify_split
+
+log = logging.getLogger("bootstrap.engine")
+
+
+def fetch(ctx: StageContext) -> None:
+    def body() -> None:
+        config = ctx.config
+        if not config.source:
+            raise ConfigError("no source configured: set 'source' (https:// URL, s3:// prefix or directory)")
+        credentials = resolve_credentials(config.source_secret)
+        source = open_source(config.source, credentials)
+        fetch_all(source, ctx.dataset, ctx.paths.archives, fetch_options(config), status=ctx.status)
+        ctx.markers.mark("fetch", {a.role: a.md5 for a in ctx.dataset.archives.values()})
+
+    ctx.stage("fetch", body)
+
+
+def load_classes(ctx: StageContext) -> Devkit:
+    """The classes in sorted-WNID order and the validation labels: saved by organise, else read from the devkit."""
+    saved = read_json(ctx.paths.classes)
+    if ctx.markers.is_done("organise") and saved:
+        return Devkit([SynsetClass(**c) for c in saved["classes"]], saved["val_wnids"])
+    devkit = read_devkit(ctx.require_archive("devkit"))
+    expected_classes, expected_val = ctx.dataset.classes, ctx.dataset.val_images
+    if expected_classes is not None and len(devkit.classes) != expected_classes:
+        raise ArchiveError(
+            f"the devkit lists {len(devkit.classes)} leaf classes but the dataset table promises "
+            f"{expected_classes}; the devkit or the table is wrong"
+        )
+    if expected_val is not None and len(devkit.val_wnids) != expected_val:
+        raise ArchiveError(
+            f"the devkit's ground truth has {len(devkit.val_wnids)} lines but the dataset table "
+            f"promises {expected_val} validation images"
+        )
+    synsets = "".join(f"{c.wnid}\t{c.label}\t{c.words}\n" for c in devkit.classes)
+    atomic_write_bytes(ctx.paths.synsets, synsets.encode())
+    classes = [dataclasses.asdict(c) for c in devkit.classes]
+    atomic_write_json(ctx.paths.classes, {"classes": classes, "val_wnids": devkit.val_wnids})
+    ctx.markers.mark("organise", {"classes": len(devkit.classes), "val": len(devkit.val_wnids)})
+    log.info("organise: %d classes, %d validation labels", len(devkit.classes), len(devkit.val_wnids))
+    return devkit
+
+
+def organise(ctx: StageContext) -> Devkit:
+    return ctx.stage("organise", lambda: load_classes(ctx))
+
+
+def pack(ctx: StageContext) -> dict[str, PackReport]:
+    def body() -> dict[str, PackReport]:
+        devkit = load_classes(ctx)
+        classes = devkit.by_wnid()
+        max_image = ctx.config.max_image_mib << 20
+        reports = {}
+        for split in SPLITS:
+            path = ctx.require_archive(split)
+            if split == "train":
+                stream: StreamFactory = partial(train_stream, path, classes, max_image)
+                expected = ctx.dataset.train_images
+            else:
+                stream = partial(val_stream, path, classes, devkit.val_wnids, max_image)
+                expected = ctx.dataset.val_images
+            job = SplitJob(split, stream, os.path.getsize(path), expected, ctx.paths.recordio,
+                           ctx.paths.pack_work(split), pack_options(ctx.config, split), ctx.status,
+                           TreeWriter(ctx.paths.tree / split) if ctx.config.keep_tree else None)  # fmt: skip
+            reports[split] = pack_split(job, ctx.markers)
+        return reports
+
+    return ctx.stage("pack", body)
+
+
+def pack_report(ctx: StageContext, split: str) -> PackReport:
+    info = ctx.markers.info(pack_marker(split))
+    if info is None:
+        raise BootstrapError(f"{split} is not packed yet: run the pack stage first")
+    return PackReport(**info)
+
+
+def verify(ctx: StageContext) -> None:
+    def body() -> None:
+        classes = len(load_classes(ctx).classes)
+        for split in SPLITS:
+            verify_split(ctx.paths.recordio, split, parts=ctx.config.parts, classes=classes,
+                         expected=pack_report(ctx, split).packed, sample_every=ctx.config.sample_every,
+                         status=ctx.status)  # fmt: skip
+        ctx.markers.mark("verify")
+
+    ctx.stage("verify", body)
+
+
+def inspect(ctx: StageContext) -> list[Path]:
+    def body() -> list[Path]:
+        names = [c.words.split(",")[0] for c in load_classes(ctx).classes]
+        sheets = []
+        for split in SPLITS:
+            pack_report(ctx, split)
+            first = part_names(split, ctx.config.parts)[0]
+            out = ctx.paths.contact_sheet(split)
+            shown = contact_sheet(ctx.paths.recordio / first.rec, ctx.paths.recordio / first.idx, names, out)
+            log.info("inspect: %s shows %d random %s records with their class names", out, shown, split)
+            sheets.append(out)
+        return sheets
+
+    return ctx.stage("inspect", body)

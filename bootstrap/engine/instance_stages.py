@@ -1,0 +1,120 @@
+"""The download instance's stages: mount the data volume, back up to S3, snapshot, publish."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime
+from typing import Any
+
+from bootstrap.common import aws
+from bootstrap.common.errors import BootstrapError, ConfigError
+from bootstrap.common.imds import Imds
+from bootstrap.engine.context import StageContext
+from bootstrap.engine.options import backup_options, device_roots
+from bootstrap.instance.backup import Backup, BackupError
+from bootstrap.instance.snapshot import SnapshotRequest, find_data_volume, publish, take_snapshot
+from bootstrap.instance.status_publisher import StatusPublisher
+from bootstrap.instance.volume import mount_data_volume
+from bootstrap.layout import MANIFEST
+
+log = logging.getLogger("bootstrap.engine")
+
+
+def mount_data(ctx: StageContext) -> dict[str, Any]:
+    """Format (only if blank) and mount the data volume at data_dir; idempotent, run at every boot."""
+    volume_id = ctx.config.data_volume_id
+    if not volume_id:
+        raise ConfigError("no data_volume_id configured: set it to the EBS volume to mount at data_dir")
+    device = mount_data_volume(volume_id, ctx.config.data_device, ctx.paths.root,
+                               roots=device_roots(ctx.config), fstab=ctx.config.fstab)  # fmt: skip
+    return {"volume_id": volume_id, "device": str(device), "mount_point": str(ctx.paths.root)}
+
+
+def backup(ctx: StageContext, verify_only: bool = False) -> dict[str, Any]:
+    """Sync the data directory to S3 (incremental), or with ``verify_only`` compare S3 with the manifest."""
+
+    def body() -> dict[str, Any]:
+        opts = backup_options(ctx.config)
+        job = Backup(ctx.paths.root, aws.client("s3", region=ctx.config.region), opts, ctx.status)
+        if verify_only:
+            problems = job.verify()
+            if problems:
+                shown = "\n  ".join(problems[:20])
+                raise BackupError(f"the backup does not match its manifest ({len(problems)} differences):\n  "
+                                  f"{shown}\nrun the backup stage again to repair it")  # fmt: skip
+            log.info("backup verified: every file in the manifest is in S3 as uploaded")
+            return {"verified": True}
+        manifest = job.run()
+        info = {
+            "manifest": f"s3://{opts.bucket}/{opts.key(MANIFEST)}",
+            "manifest_sha256": manifest["sha256"],
+            "files": len(manifest["files"]),
+            "bytes": manifest["total_bytes"],
+        }
+        ctx.markers.mark("backup", info)
+        return info
+
+    return ctx.stage("backup", body)
+
+
+def snapshot(ctx: StageContext) -> dict[str, Any]:
+    def body() -> dict[str, Any]:
+        done = ctx.markers.info("snapshot")
+        if done:
+            log.info("snapshot: %s already completed", done["snapshot_id"])
+            return dict(done)
+        backed_up = ctx.markers.info("backup")
+        if backed_up is None:
+            raise BootstrapError("the data is not backed up yet: run the backup stage first")
+        identity = Imds().identity()
+        ec2 = aws.client("ec2", region=ctx.config.region or identity.region)
+        volume = find_data_volume(ec2, identity, ctx.paths.root, device_roots(ctx.config))
+        request = SnapshotRequest(ctx.config.pipeline, ctx.dataset.name, backed_up["manifest_sha256"])
+        snap = take_snapshot(ec2, identity, volume, request, mount_point=ctx.paths.root,
+                             state_path=ctx.paths.snapshot_record, status=ctx.status)  # fmt: skip
+        info = {
+            "snapshot_id": snap["SnapshotId"],
+            "volume_id": volume.volume_id,
+            "volume_size_gib": volume.size_gib,
+            "region": identity.region,
+            "source_instance_id": identity.instance_id,
+            "started": str(snap.get("StartTime", "")),
+        }
+        ctx.markers.mark("snapshot", info)
+        return info
+
+    return ctx.stage("snapshot", body)
+
+
+def publish_snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any]:
+    def body() -> dict[str, Any]:
+        parameter = ctx.config.snapshot_parameter
+        if not parameter:
+            raise ConfigError("no snapshot_parameter configured: set it to publish the snapshot id")
+        snap, backed_up = ctx.markers.info("snapshot"), ctx.markers.info("backup")
+        if snap is None or backed_up is None:
+            raise BootstrapError("nothing to publish yet: run the backup and snapshot stages first")
+        info = {
+            **snap,
+            "pipeline": ctx.config.pipeline,
+            "dataset": ctx.dataset.name,
+            "images": images,
+            "manifest": backed_up["manifest"],
+            "bytes": backed_up["bytes"],
+            "published": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        publish(aws.client("ssm", region=snap["region"]), parameter, info)
+        ctx.markers.mark("publish", info)
+        log.info("publish: %s -> %s", info["snapshot_id"], parameter)
+        return info
+
+    return ctx.stage("publish", body)
+
+
+def status_publisher(ctx: StageContext) -> AbstractContextManager[Any]:
+    """Copies the status file to its SSM parameter while the run lasts (when one is configured)."""
+    if not ctx.config.status_parameter:
+        return nullcontext()
+    ssm = aws.client("ssm", region=ctx.config.region)
+    return StatusPublisher(ctx.paths.status, ssm, ctx.config.status_parameter, ctx.config.status_interval)
