@@ -16,6 +16,7 @@ import pytest
 
 from scripts.synthetic_imagenet import Generated, Spec, generate
 from tests.fixtures.aws_emulator import FAKE_ENV, emulated_aws
+from tests.fixtures.strict_aws import StrictAws
 
 for _key, _value in FAKE_ENV.items():  # no test may ever find real credentials
     os.environ[_key] = _value
@@ -63,6 +64,12 @@ def archive_copy(archives: Generated, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def aws_endpoint() -> Iterator[str]:
-    with emulated_aws() as endpoint:
-        yield endpoint
+def strict_aws() -> Iterator[StrictAws]:
+    """moto behind the strict layer, for the whole session; tests switch its rules with ``rules_changed``."""
+    with emulated_aws() as strict:
+        yield strict
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint(strict_aws: StrictAws) -> str:
+    return strict_aws.endpoint

@@ -125,7 +125,7 @@ def main() -> int:
         print(f"  {path}  {path.stat().st_size:,} bytes")
 
     with (
-        emulated_aws() as endpoint,
+        emulated_aws() as strict,
         ArchiveServer(
             out / "source", ServerOptions(username=USER, password=ACCESS_KEY, bytes_per_second=4 << 20)
         ) as server,
@@ -135,7 +135,8 @@ def main() -> int:
             Name=SECRET, SecretString=json.dumps({"username": USER, "access_key": ACCESS_KEY})
         )
         client("s3").create_bucket(Bucket=BUCKET)
-        print(f"  AWS emulator (moto) at {endpoint}; source credentials in secret {SECRET}; bucket {BUCKET}")
+        print(f"  AWS emulator (moto behind the strict layer) at {strict.endpoint}; "
+              f"source credentials in secret {SECRET}; bucket {BUCKET}")  # fmt: skip
         print(f"  archives at {server.url} (basic auth, 4 MiB/s per connection)")
         with data_volume(out) as (data_dir, instance_settings):
             banner("5/8 python -m bootstrap run: fetch, organise, pack, verify, inspect, backup, snapshot, publish")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bootstrap.common.aws import error_code
 from bootstrap.common.commands import Runner, run_command
 from bootstrap.common.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device
 from bootstrap.common.errors import BootstrapError
@@ -120,7 +121,35 @@ class Attacher:
             self.sleep(self.opts.poll_seconds)
 
     def _volume(self, volume_id: str) -> dict[str, Any]:
-        return dict(self.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0])
+        """The volume as EC2 describes it; ``{}`` while EC2 does not know it yet (right after CreateVolume)."""
+        try:
+            return dict(self.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0])
+        except Exception as e:
+            if error_code(e) == "InvalidVolume.NotFound":  # eventual consistency: "not yet", not "gone"
+                return {}
+            raise
+
+    def _attachment_state(self, volume_id: str) -> str:
+        attachments = self._volume(volume_id).get("Attachments", [])
+        ours = [a for a in attachments if a["InstanceId"] == self.identity.instance_id]
+        return str(ours[0]["State"]) if ours else ""
+
+    def _mapped(self, device_name: str) -> bool:
+        """The attachment shows in the instance's block-device mappings (only then can its flags change)."""
+        instance = self.ec2.describe_instances(InstanceIds=[self.identity.instance_id])
+        mappings = instance["Reservations"][0]["Instances"][0].get("BlockDeviceMappings", [])
+        return any(m["DeviceName"] == device_name for m in mappings)
+
+    def _delete_on_termination(self, volume_id: str, device_name: str) -> bool:
+        """Set the flag; False while EC2 still says the device is not mapped (retried until the timeout)."""
+        try:
+            self.ec2.modify_instance_attribute(InstanceId=self.identity.instance_id, BlockDeviceMappings=[
+                {"DeviceName": device_name, "Ebs": {"VolumeId": volume_id, "DeleteOnTermination": True}}])  # fmt: skip
+        except Exception as e:
+            if error_code(e) == "InvalidInstanceAttributeValue":
+                return False
+            raise
+        return True
 
     def own_attached_volume(self) -> dict[str, Any] | None:
         volumes = self.ec2.describe_volumes(Filters=[
@@ -163,15 +192,19 @@ class Attacher:
         log.info("attach: created %s from %s in %s", volume_id, snapshot_id, self.identity.availability_zone)
         try:
             self.step = "wait for the volume to be available"
-            self._wait(f"{volume_id} to be available", lambda: self._volume(volume_id)["State"] == "available")
+            self._wait(f"{volume_id} to be available", lambda: self._volume(volume_id).get("State") == "available")
             self.step = "attach volume"
             instance = self.ec2.describe_instances(InstanceIds=[self.identity.instance_id])
             mappings = instance["Reservations"][0]["Instances"][0].get("BlockDeviceMappings", [])
             device_name = free_device_name(mappings)
             self.ec2.attach_volume(VolumeId=volume_id, InstanceId=self.identity.instance_id, Device=device_name)
+            # ModifyInstanceAttribute changes only devices that are attached and mapped, and AttachVolume
+            # returns while the attachment is still "attaching" (EC2 API reference).
+            self.step = "wait for the attachment"
+            self._wait(f"{volume_id} to be attached", lambda: self._attachment_state(volume_id) == "attached")
+            self._wait(f"{device_name} in the block-device mappings", lambda: self._mapped(device_name))
             self.step = "set DeleteOnTermination"
-            self.ec2.modify_instance_attribute(InstanceId=self.identity.instance_id, BlockDeviceMappings=[
-                {"DeviceName": device_name, "Ebs": {"VolumeId": volume_id, "DeleteOnTermination": True}}])  # fmt: skip
+            self._wait("DeleteOnTermination to take", lambda: self._delete_on_termination(volume_id, device_name))
             return volume_id, device_name
         except Exception:
             self.delete(volume_id)
@@ -180,12 +213,12 @@ class Attacher:
     def delete(self, volume_id: str) -> None:
         """Detach if needed and delete; best effort, logged, never masks the original error."""
         try:
-            attachments = self._volume(volume_id)["Attachments"]
+            attachments = self._volume(volume_id).get("Attachments", [])
             for attachment in attachments:
                 self.ec2.detach_volume(VolumeId=volume_id, InstanceId=attachment["InstanceId"],
                                        Device=attachment["Device"], Force=True)  # fmt: skip
             if attachments:
-                self._wait(f"{volume_id} to detach", lambda: self._volume(volume_id)["State"] == "available")
+                self._wait(f"{volume_id} to detach", lambda: self._volume(volume_id).get("State") == "available")
             self.ec2.delete_volume(VolumeId=volume_id)
             log.info("attach: deleted %s after the failure", volume_id)
         except Exception as e:
@@ -193,7 +226,7 @@ class Attacher:
 
     def mount(self, volume_id: str, device_name: str) -> Path:
         self.step = "wait for the volume to be in use"
-        self._wait(f"{volume_id} to be attached", lambda: self._volume(volume_id)["State"] == "in-use")
+        self._wait(f"{volume_id} to be attached", lambda: self._attachment_state(volume_id) == "attached")
         self.step = "find the block device"
         device = self._wait(
             f"the block device of {volume_id}", lambda: find_device(volume_id, device_name, self.opts.roots)

@@ -23,6 +23,7 @@ from bootstrap.instance.snapshot import TAG_PIPELINE
 from tests.fixtures.ec2_world import gpu_instance, launch_instance
 from tests.fixtures.imds import Identity, ImdsStub
 from tests.fixtures.loopdev import loop_image, run
+from tests.fixtures.strict_aws import available_volume, completed_snapshot
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
@@ -30,9 +31,9 @@ pytestmark = pytest.mark.usefixtures("aws_endpoint")
 def published_snapshot(pipeline: str, parameter: str) -> str:
     """A completed, tagged dataset snapshot published the way the download instance does."""
     ec2 = client("ec2")
-    source = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8, VolumeType="sc1")["VolumeId"]
-    snap = ec2.create_snapshot(VolumeId=source, TagSpecifications=[
-        {"ResourceType": "snapshot", "Tags": [{"Key": TAG_PIPELINE, "Value": pipeline}]}])["SnapshotId"]  # fmt: skip
+    source = available_volume(ec2, AvailabilityZone="us-east-1a", Size=8, VolumeType="sc1")
+    snap = completed_snapshot(ec2, VolumeId=source, TagSpecifications=[
+        {"ResourceType": "snapshot", "Tags": [{"Key": TAG_PIPELINE, "Value": pipeline}]}])  # fmt: skip
     ec2.delete_volume(VolumeId=source)
     client("ssm").put_parameter(Name=parameter, Value=json.dumps({"snapshot_id": snap}), Type="String",
                                 Overwrite=True)  # fmt: skip
@@ -181,7 +182,7 @@ def test_device_that_never_appears_is_cleaned_up(tmp_path: Path) -> None:
     pipeline = "fail-device"
     published_snapshot(pipeline, f"/{pipeline}/snapshot")
     with gpu_instance(tmp_path, pipeline, "us-east-1a", "nvme", [], hotplug=False) as gpu:
-        opts = AttachOptions(**{**gpu.opts.__dict__, "timeout_seconds": 0.5})
+        opts = AttachOptions(**{**gpu.opts.__dict__, "timeout_seconds": 3.0})  # attaches, but no device shows
         with pytest.raises(AttachError, match="at 'find the block device': timed out"):
             Attacher(client("ec2"), client("ssm"), gpu.identity, opts).attach()
     assert pipeline_volumes(pipeline) == []
