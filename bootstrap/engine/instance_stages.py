@@ -72,7 +72,8 @@ def snapshot(ctx: StageContext) -> dict[str, Any]:
         volume = find_data_volume(ec2, identity, ctx.paths.root, device_roots(ctx.config))
         request = SnapshotRequest(ctx.config.pipeline, ctx.dataset.name, backed_up["manifest_sha256"])
         snap = take_snapshot(ec2, identity, volume, request, mount_point=ctx.paths.root,
-                             state_path=ctx.paths.snapshot_record, status=ctx.status)  # fmt: skip
+                             state_path=ctx.paths.snapshot_record, status=ctx.status,
+                             poll_seconds=ctx.config.snapshot_poll_seconds)  # fmt: skip
         info = {
             "snapshot_id": snap["SnapshotId"],
             "volume_id": volume.volume_id,

@@ -110,6 +110,16 @@ def _pending_snapshot(ec2: Any, volume_id: str, pipeline: str) -> str | None:
     return snapshots[0]["SnapshotId"] if snapshots else None
 
 
+def _describe(ec2: Any, snapshot_id: str) -> dict[str, Any] | None:
+    """The snapshot; ``None`` while EC2 does not know it yet (eventual consistency right after CreateSnapshot)."""
+    try:
+        return dict(ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0])
+    except Exception as e:
+        if error_code(e) == "InvalidSnapshot.NotFound":
+            return None
+        raise
+
+
 def wait_for_snapshot(
     ec2: Any,
     snapshot_id: str,
@@ -122,13 +132,13 @@ def wait_for_snapshot(
     progress = Progress(f"snapshot {snapshot_id}", 100, "%", status=status)
     deadline = time.monotonic() + timeout_seconds
     while True:
-        snap = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+        snap = _describe(ec2, snapshot_id) or {"State": "pending", "Progress": "0%"}
         state = snap["State"]
         percent = int(str(snap.get("Progress", "0%")).rstrip("%") or 0)
         progress.advance(percent - progress.done)
         if state == "completed":
             progress.finish()
-            return dict(snap)
+            return snap
         if state == "error":
             raise SnapshotError(
                 f"snapshot {snapshot_id} ended in state 'error' ({snap.get('StateMessage', 'no reason given')}); "
@@ -139,6 +149,24 @@ def wait_for_snapshot(
                 f"snapshot {snapshot_id} still {state} after {timeout_seconds:.0f}s; run again to keep waiting"
             )
         sleep(poll_seconds)
+
+
+def _others_pending(ec2: Any, volume_id: str) -> list[str]:
+    """Pending snapshots of the volume that are not ours (the DLM policy's): sc1/st1 allow one at a time."""
+    filters = [{"Name": "volume-id", "Values": [volume_id]}, {"Name": "status", "Values": ["pending"]}]
+    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=filters)["Snapshots"]
+    return [s["SnapshotId"] for s in snapshots]
+
+
+def _recorded(ec2: Any, state_path: Path, volume: Volume) -> str | None:
+    """The snapshot an earlier run started, unless it ended in ``error`` (then a new one is taken)."""
+    recorded = read_json(state_path)
+    snapshot_id = recorded.get("snapshot_id") if recorded and recorded.get("volume_id") == volume.volume_id else None
+    if snapshot_id and (_describe(ec2, snapshot_id) or {}).get("State") == "error":
+        log.warning("snapshot: %s ended in state 'error'; taking a new one", snapshot_id)
+        state_path.unlink()
+        return None
+    return snapshot_id
 
 
 def take_snapshot(
@@ -155,15 +183,23 @@ def take_snapshot(
     poll_seconds: float = 15.0,
 ) -> dict[str, Any]:
     """Create (or find) this pipeline's snapshot of ``volume`` and wait until it is complete."""
-    from botocore.exceptions import ClientError
-
-    recorded = read_json(state_path)
-    snapshot_id = recorded.get("snapshot_id") if recorded and recorded.get("volume_id") == volume.volume_id else None
-    snapshot_id = snapshot_id or _pending_snapshot(ec2, volume.volume_id, request.pipeline)
+    snapshot_id = _recorded(ec2, state_path, volume) or _pending_snapshot(ec2, volume.volume_id, request.pipeline)
     if snapshot_id:
         log.info("snapshot: waiting for %s, started earlier", snapshot_id)
     else:
-        tags = snapshot_tags(request, identity.instance_id)
+        snapshot_id = _create(ec2, identity, volume, request, mount_point=mount_point, freeze=freeze,
+                              poll_seconds=poll_seconds, sleep=sleep)  # fmt: skip
+        atomic_write_json(state_path, {"snapshot_id": snapshot_id, "volume_id": volume.volume_id})
+    return wait_for_snapshot(ec2, snapshot_id, poll_seconds=poll_seconds, status=status, sleep=sleep)
+
+
+def _create(ec2: Any, identity: InstanceIdentity, volume: Volume, request: SnapshotRequest, *, mount_point: Path,
+            freeze: Callable[[Path], Any], poll_seconds: float, sleep: Callable[[float], None]) -> str:  # fmt: skip
+    """CreateSnapshot with the filesystem frozen; while another snapshot of the volume is pending, wait for it."""
+    from botocore.exceptions import ClientError
+
+    tags = snapshot_tags(request, identity.instance_id)
+    while True:
         try:
             with freeze(mount_point):
                 created = ec2.create_snapshot(
@@ -174,21 +210,22 @@ def take_snapshot(
         except ClientError as e:
             code = error_code(e)
             if code == "ConcurrentSnapshotLimitExceeded":
-                snapshot_id = _pending_snapshot(ec2, volume.volume_id, request.pipeline)
-                if snapshot_id is None:
-                    raise SnapshotError(f"{volume.volume_id} already has a pending snapshot that is not ours; "
-                                        "wait for it to finish and run again") from None  # fmt: skip
-            elif code in ("UnauthorizedOperation", "AccessDenied"):
+                ours = _pending_snapshot(ec2, volume.volume_id, request.pipeline)
+                if ours:
+                    return ours
+                others = _others_pending(ec2, volume.volume_id)
+                log.info("snapshot: %s has a pending snapshot that is not ours (%s: the lifecycle policy's); "
+                         "waiting for it, then taking ours", volume.volume_id, ", ".join(others))  # fmt: skip
+                for other in others:
+                    wait_for_snapshot(ec2, other, poll_seconds=poll_seconds, sleep=sleep)
+                sleep(poll_seconds)
+                continue
+            if code in ("UnauthorizedOperation", "AccessDenied"):
                 raise SnapshotError("not allowed to snapshot the data volume: the instance role needs "
                                     "ec2:CreateSnapshot and ec2:CreateTags on it") from None  # fmt: skip
-            else:
-                raise SnapshotError(str(aws_error("CreateSnapshot", e))) from None
-        else:
-            snapshot_id = created["SnapshotId"]
-            log.info("snapshot: %s of %s started; filesystem thawed", snapshot_id, volume.volume_id)
-        atomic_write_json(state_path, {"snapshot_id": snapshot_id, "volume_id": volume.volume_id})
-    assert snapshot_id is not None
-    return wait_for_snapshot(ec2, snapshot_id, poll_seconds=poll_seconds, status=status, sleep=sleep)
+            raise SnapshotError(str(aws_error("CreateSnapshot", e))) from None
+        log.info("snapshot: %s of %s started; filesystem thawed", created["SnapshotId"], volume.volume_id)
+        return str(created["SnapshotId"])
 
 
 def publish(ssm: Any, parameter: str, info: dict[str, Any]) -> None:

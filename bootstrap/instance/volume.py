@@ -28,6 +28,15 @@ def _probe(run: Runner, device: Path, tag: str) -> str:
         return ""
 
 
+def thaw(mount_point: Path, run: Runner = run_command) -> None:
+    """Unfreeze a filesystem a crash left frozen between ``fsfreeze -f`` and ``-u`` (else every write hangs)."""
+    try:
+        run(["fsfreeze", "--unfreeze", str(mount_point)])
+        log.warning("mount-data: %s was frozen (a snapshot step died mid-way); thawed it", mount_point)
+    except BootstrapError:
+        pass  # not frozen: fsfreeze says "Invalid argument"
+
+
 def mount_data_volume(
     volume_id: str,
     attachment_device: str,
@@ -51,6 +60,7 @@ def mount_data_volume(
     if current is not None:
         if same_device(current, device):
             log.info("mount-data: %s is already mounted at %s", volume_id, mount_point)
+            thaw(mount_point, run)
             return device
         raise BootstrapError(f"{mount_point} is already mounted from {current}, not from {volume_id}; unmount it first")
     if not _probe(run, device, "TYPE"):

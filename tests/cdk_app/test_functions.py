@@ -10,6 +10,7 @@ from bootstrap.common.aws import client
 from bootstrap.contract import tags
 from cdk_app.functions import janitor, teardown
 from tests.fixtures.ec2_world import launch_instance
+from tests.fixtures.strict_aws import attached, available_volume, completed_snapshot
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
@@ -24,12 +25,13 @@ def download_side(pipeline: str) -> tuple[str, str, str]:
     """A download instance with its data volume attached and a dataset snapshot of it: (instance, volume, snapshot)."""
     ec2 = client("ec2")
     instance = launch_instance(ec2, "us-east-1a")
-    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1000, VolumeType="sc1", TagSpecifications=[
-        {"ResourceType": "volume", "Tags": [{"Key": tags.PIPELINE, "Value": pipeline}]}])["VolumeId"]  # fmt: skip
+    volume = available_volume(ec2, AvailabilityZone="us-east-1a", Size=1000, VolumeType="sc1", TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": tags.PIPELINE, "Value": pipeline}]}])  # fmt: skip
     ec2.attach_volume(VolumeId=volume, InstanceId=instance, Device="/dev/sdf")
+    attached(ec2, volume)
     snapshot_tags = [{"Key": tags.PIPELINE, "Value": pipeline}, {"Key": tags.INSTANCE, "Value": instance}]
     spec = [{"ResourceType": "snapshot", "Tags": snapshot_tags}]
-    snapshot = ec2.create_snapshot(VolumeId=volume, TagSpecifications=spec)["SnapshotId"]
+    snapshot = completed_snapshot(ec2, VolumeId=volume, TagSpecifications=spec)
     return instance, volume, snapshot
 
 
@@ -70,10 +72,10 @@ def test_success_deletes_the_policys_scheduled_snapshots_of_that_volume_only() -
 
     def scheduled(volume_id: str, value: str = pipeline) -> str:
         spec = [{"ResourceType": "snapshot", "Tags": [{"Key": tags.SCHEDULED, "Value": value}]}]
-        return str(ec2.create_snapshot(VolumeId=volume_id, TagSpecifications=spec)["SnapshotId"])
+        return completed_snapshot(ec2, VolumeId=volume_id, TagSpecifications=spec)
 
     ours = [scheduled(volume), scheduled(volume)]
-    other_volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    other_volume = available_volume(ec2, AvailabilityZone="us-east-1a", Size=8)
     kept = [dataset, scheduled(volume, "another-pipeline"), scheduled(other_volume)]
     result = teardown.handler(event(dataset), ec2=ec2, cloudwatch=client("cloudwatch"), env=env(pipeline))
     assert sorted(result["scheduled_snapshots_deleted"]) == sorted(ours) and state(instance) == "terminated"
@@ -112,8 +114,8 @@ def test_janitor_deletes_only_orphans_of_this_pipeline() -> None:
         tag_list = [{"Key": tags.PIPELINE, "Value": pipeline}] + (
             [{"Key": tags.OWNER, "Value": owner}] if owner else []
         )
-        return str(ec2.create_volume(AvailabilityZone="us-east-1b", Size=8, TagSpecifications=[
-            {"ResourceType": "volume", "Tags": tag_list}])["VolumeId"])  # fmt: skip
+        return (available_volume(ec2, AvailabilityZone="us-east-1b", Size=8, TagSpecifications=[
+            {"ResourceType": "volume", "Tags": tag_list}]))  # fmt: skip
 
     orphan, never_existed = volume(gone), volume("i-0123456789abcdef0")
     owned, untagged_owner, foreign = volume(alive), volume(None), volume(gone, pipeline="someone-else")
@@ -133,9 +135,9 @@ def test_snapshots_that_are_not_the_dataset_are_ignored(kind: str) -> None:
     ec2 = client("ec2")
     if kind == "scheduled":  # what the DLM policy makes: its own tag, not the pipeline's dataset tags
         spec = [{"ResourceType": "snapshot", "Tags": [{"Key": tags.SCHEDULED, "Value": pipeline}]}]
-        snapshot = ec2.create_snapshot(VolumeId=volume, TagSpecifications=spec)["SnapshotId"]
+        snapshot = completed_snapshot(ec2, VolumeId=volume, TagSpecifications=spec)
     else:
-        other = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
-        snapshot = ec2.create_snapshot(VolumeId=other)["SnapshotId"]
+        other = available_volume(ec2, AvailabilityZone="us-east-1a", Size=8)
+        snapshot = completed_snapshot(ec2, VolumeId=other)
     result = teardown.handler(event(snapshot), ec2=ec2, cloudwatch=client("cloudwatch"), env=env(pipeline))
     assert result["action"] == "ignored" and state(instance) == "running" and volume_exists(volume)

@@ -20,6 +20,7 @@ from scripts.copy_snapshot import copy_snapshot
 from scripts.launch import launch_fleet
 from scripts.teardown import teardown_download, teardown_fleet
 from tests.fixtures.ec2_world import AL2023
+from tests.fixtures.strict_aws import attached, available_volume, completed_snapshot
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
@@ -76,10 +77,11 @@ def _download_side(pipeline: str, tmp: Path, with_backup: bool) -> dict[str, Any
     ec2 = client("ec2")
     image = client("ssm").get_parameter(Name=AL2023)["Parameter"]["Value"]
     instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.large")["Instances"][0]
-    volume = ec2.create_volume(AvailabilityZone=instance["Placement"]["AvailabilityZone"], Size=1000,
-                               VolumeType="sc1")["VolumeId"]  # fmt: skip
+    volume = available_volume(ec2, AvailabilityZone=instance["Placement"]["AvailabilityZone"], Size=1000,
+                               VolumeType="sc1")  # fmt: skip
     ec2.attach_volume(VolumeId=volume, InstanceId=instance["InstanceId"], Device="/dev/sdf")
-    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    attached(ec2, volume)
+    snapshot = completed_snapshot(ec2, VolumeId=volume)
     bucket = f"bk-{pipeline}"
     client("s3").create_bucket(Bucket=bucket)
     if with_backup:
@@ -116,8 +118,9 @@ def test_teardown_fleet_leaves_no_pipeline_volume() -> None:
     for instance in result["instances"]:
         az = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["Placement"][
             "AvailabilityZone"]  # fmt: skip
-        volume = ec2.create_volume(AvailabilityZone=az, Size=8, TagSpecifications=[{"ResourceType": "volume", "Tags": [
-            {"Key": tags.PIPELINE, "Value": "tf"}, {"Key": tags.OWNER, "Value": instance}]}])["VolumeId"]  # fmt: skip
+        volume_tags = [{"Key": tags.PIPELINE, "Value": "tf"}, {"Key": tags.OWNER, "Value": instance}]
+        volume = available_volume(ec2, AvailabilityZone=az, Size=8,
+                                  TagSpecifications=[{"ResourceType": "volume", "Tags": volume_tags}])  # fmt: skip
         owned.append(volume)
     ec2.attach_volume(VolumeId=owned[0], InstanceId=result["instances"][0], Device="/dev/sdf")  # leaked on purpose
     report = teardown_fleet(ec2, pipeline="tf")

@@ -16,6 +16,7 @@ from scripts.common import deployed_config
 from scripts.plan import PlanInputs, load_prices, plan
 from scripts.status import gather, render
 from tests.fixtures.paths import GOLDEN
+from tests.fixtures.strict_aws import available_volume, completed_snapshot
 
 
 def test_plan_matches_a_hand_computed_case() -> None:
@@ -48,9 +49,9 @@ def test_status_against_the_emulator(aws_endpoint: str) -> None:
     ssm, ec2 = client("ssm"), client("ec2")
     assert "nothing published yet" in render(gather(ssm, ec2, pipeline="st", status_parameter="/st/status",
                                                     snapshot_parameter="/st/snapshot"))  # fmt: skip
-    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8, TagSpecifications=[
-        {"ResourceType": "volume", "Tags": [{"Key": tags.PIPELINE, "Value": "st"}]}])["VolumeId"]  # fmt: skip
-    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    volume = available_volume(ec2, AvailabilityZone="us-east-1a", Size=8, TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": tags.PIPELINE, "Value": "st"}]}])  # fmt: skip
+    snapshot = completed_snapshot(ec2, VolumeId=volume)
     ssm.put_parameter(Name="/st/status", Type="String", Value=json.dumps(
         {"stage": "pack train", "state": "running", "done": 500, "total": 1000, "unit": "images", "rate": 50.0,
          "eta_seconds": 10, "last_error": None}))  # fmt: skip

@@ -21,6 +21,7 @@ from bootstrap.common.aws import client
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds, InstanceIdentity
 from bootstrap.common.state import atomic_write_json
+from bootstrap.contract import tags
 from bootstrap.engine import Engine
 from bootstrap.instance.backup import Backup, BackupError, BackupOptions, part_size
 from bootstrap.instance.snapshot import (
@@ -37,6 +38,7 @@ from bootstrap.settings import PrepConfig
 from scripts.synthetic_imagenet import Generated
 from tests.fixtures.ec2_world import instance_with_data_volume
 from tests.fixtures.imds import Identity, ImdsStub
+from tests.fixtures.strict_aws import available_volume
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
@@ -198,6 +200,35 @@ def test_second_attempt_waits_for_the_pending_snapshot(tmp_path: Path) -> None:
         stub.assert_no_pending_responses()
     assert snap["SnapshotId"] == "snap-9"
     assert json.loads((tmp_path / "s.json").read_text())["snapshot_id"] == "snap-9"
+
+
+def test_a_pending_lifecycle_snapshot_is_waited_for_then_ours_is_taken(tmp_path: Path) -> None:
+    """sc1 takes one pending snapshot at a time; DLM's (not tagged as ours) may be running when the stage starts."""
+    ec2 = client("ec2")
+    volume_id = available_volume(ec2, AvailabilityZone="us-east-1a", Size=125, VolumeType="sc1")
+    scheduled = [{"ResourceType": "snapshot", "Tags": [{"Key": tags.SCHEDULED, "Value": "pipe"}]}]
+    dlm = ec2.create_snapshot(VolumeId=volume_id, TagSpecifications=scheduled)["SnapshotId"]
+    volume = Volume(volume_id, Path("/dev/null"), 125, "us-east-1a")
+    snap = take_snapshot(ec2, IDENTITY, volume, REQUEST, mount_point=tmp_path, state_path=tmp_path / "s.json",
+                         freeze=_no_freeze, poll_seconds=0.1)  # fmt: skip
+    assert snap["State"] == "completed" and snap["SnapshotId"] != dlm
+    assert {t["Key"]: t["Value"] for t in snap["Tags"]}[TAG_PIPELINE] == "pipe"
+
+
+def test_a_recorded_snapshot_that_ended_in_error_is_replaced(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "s.json", {"snapshot_id": "snap-old", "volume_id": VOLUME.volume_id})
+    ec2 = client("ec2")
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-old", "State": "error"}]})
+        stub.add_response("describe_snapshots", {"Snapshots": []})  # none of ours pending
+        stub.add_response("create_snapshot", {"SnapshotId": "snap-new", "State": "pending"})
+        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-new", "State": "completed",
+                                                                 "Progress": "100%"}]})  # fmt: skip
+        snap = take_snapshot(ec2, IDENTITY, VOLUME, REQUEST, mount_point=tmp_path, state_path=tmp_path / "s.json",
+                             freeze=_no_freeze, sleep=lambda _s: None)  # fmt: skip
+        stub.assert_no_pending_responses()
+    assert snap["SnapshotId"] == "snap-new"
+    assert json.loads((tmp_path / "s.json").read_text())["snapshot_id"] == "snap-new"
 
 
 def test_status_is_published_at_a_bounded_rate(tmp_path: Path) -> None:

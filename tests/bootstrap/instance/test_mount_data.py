@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,3 +75,22 @@ def test_refuses_to_format_a_partitioned_disk(tmp_path: Path) -> None:
 def test_needs_the_volume_id(tmp_path: Path) -> None:
     with pytest.raises(BootstrapError, match="no data_volume_id configured"):
         Engine(PrepConfig(data_dir=tmp_path)).mount_data()
+
+
+@pytest.mark.root
+def test_a_filesystem_left_frozen_by_a_crash_is_thawed_at_service_start(tmp_path: Path) -> None:
+    """The process died between ``fsfreeze -f`` and ``-u``: the unit's next start (mount-data) must thaw /data."""
+    with blank_volume(tmp_path) as roots:
+        engine(tmp_path, roots).mount_data()
+        try:
+            run("fsfreeze", "--freeze", str(tmp_path / "data"))
+            engine(tmp_path, roots).mount_data()
+            # a write to a frozen filesystem blocks for good, so ask fsfreeze instead: thawing succeeds only
+            # when the filesystem is frozen
+            thawing = ["fsfreeze", "--unfreeze", str(tmp_path / "data")]
+            still_frozen = subprocess.run(thawing, check=False, capture_output=True)
+            assert still_frozen.returncode != 0, "mount-data left the data filesystem frozen"
+            (tmp_path / "data" / "after").write_text("writable")
+        finally:
+            subprocess.run(["fsfreeze", "--unfreeze", str(tmp_path / "data")], check=False, capture_output=True)
+            run("umount", str(tmp_path / "data"))
