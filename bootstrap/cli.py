@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.common import aws
+from bootstrap.common.aws import aws_error
 from bootstrap.common.devices import DeviceRoots
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds
@@ -107,41 +108,45 @@ def configure_logging(verbose: bool) -> None:
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    if args.stage == "attach":
-        try:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        if args.stage == "attach":
             print(json.dumps(attach(args), indent=2))
-            return 0
-        except BootstrapError as e:
-            log.error("%s", e)
-            return e.exit_code
+        else:
+            _engine_stage(args)
+        return 0
+    except BootstrapError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except (ClientError, BotoCoreError) as e:  # one line that says what to fix, never a traceback
+        log.error("%s", aws_error(getattr(e, "operation_name", "AWS"), e))
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to resume")
+        return 130
+
+
+def _engine_stage(args: argparse.Namespace) -> None:
     # imported here so that `attach` runs on a GPU instance with nothing but boto3 installed
     from bootstrap.common.state import read_json
     from bootstrap.engine import Engine, describe
     from bootstrap.settings import load_config
 
-    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    try:
-        config = load_config(args.config, overrides)
-        if args.stage == "status":
-            status = read_json(config.paths.status)
-            print(json.dumps(status, indent=2) if status else f"no status yet at {config.paths.status}")
-            return 0
-        engine = Engine(config)
-        if args.stage == "backup" and args.verify:
-            result: Any = engine.backup(verify_only=True)
-        else:
-            result = getattr(engine, args.stage.replace("-", "_"))()
-        if args.stage == "run":
-            print(describe(result))
-        elif (args.json or args.stage == "mount-data") and result is not None:
-            print(json.dumps(result, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o), indent=2))
-        return 0
-    except BootstrapError as e:
-        log.error("%s", e)
-        return e.exit_code
-    except KeyboardInterrupt:
-        log.error("interrupted; run the same command again to resume")
-        return 130
+    config = load_config(args.config, {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
+    if args.stage == "status":
+        status = read_json(config.paths.status)
+        print(json.dumps(status, indent=2) if status else f"no status yet at {config.paths.status}")
+        return
+    engine = Engine(config)
+    if args.stage == "backup" and args.verify:
+        result: Any = engine.backup(verify_only=True)
+    else:
+        result = getattr(engine, args.stage.replace("-", "_"))()
+    if args.stage == "run":
+        print(describe(result))
+    elif (args.json or args.stage == "mount-data") and result is not None:
+        print(json.dumps(result, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o), indent=2))
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ endpoint, a waiter that gave up) says what to fix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,6 +41,16 @@ def client(service: str, *, region: str | None = None) -> Any:
 
     config = Config(retries={"mode": "adaptive", "max_attempts": 10}, connect_timeout=10, read_timeout=60)
     return boto3.session.Session().client(service, region_name=region, config=config)
+
+
+def resolve_region(configured: str | None, from_instance: Callable[[], str]) -> str:
+    """The region every client gets: the configured one, else the SDK's (AWS_REGION, ~/.aws/config), else the
+    instance's own from IMDS. boto3 never asks IMDS for the region itself (boto/boto3#375)."""
+    if configured:
+        return configured
+    import boto3
+
+    return boto3.session.Session().region_name or from_instance()
 
 
 def error_code(e: BaseException) -> str:

@@ -6,9 +6,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from bootstrap.common import aws
+from bootstrap.common.aws import resolve_region
 from bootstrap.common.errors import ArchiveError, BootstrapError
+from bootstrap.common.imds import Imds
 from bootstrap.common.progress import StatusFile
 from bootstrap.common.state import Markers
 from bootstrap.dataset.archives import DatasetSpec, load_dataset
@@ -27,11 +30,22 @@ class StageContext:
     dataset: DatasetSpec
     markers: Markers
     status: StatusFile
+    _region: str | None = None
 
     @classmethod
     def of(cls, config: PrepConfig) -> StageContext:
         paths = config.paths
         return cls(config, paths, load_dataset(config.dataset_table), Markers(paths.state), StatusFile(paths.status))
+
+    def region(self) -> str:
+        """The configured region, else the SDK's, else the instance's (looked up once)."""
+        if self._region is None:
+            self._region = resolve_region(self.config.region, lambda: Imds().identity().region)
+        return self._region
+
+    def client(self, service: str) -> Any:
+        """A boto3 client in ``region()``: no client on the instance is ever made without one."""
+        return aws.client(service, region=self.region())
 
     def archive(self, role: str) -> Path:
         return self.paths.archives / self.dataset.archive(role).name

@@ -13,6 +13,7 @@ import os
 from functools import partial
 from pathlib import Path
 
+from bootstrap.common.aws import secret_string
 from bootstrap.common.errors import ArchiveError, BootstrapError, ConfigError
 from bootstrap.common.state import atomic_write_bytes, atomic_write_json, read_json
 from bootstrap.dataset.devkit import Devkit, SynsetClass, read_devkit
@@ -36,8 +37,9 @@ def fetch(ctx: StageContext) -> None:
         config = ctx.config
         if not config.source:
             raise ConfigError("no source configured: set 'source' (https:// URL, s3:// prefix or directory)")
-        credentials = resolve_credentials(config.source_secret)
-        source = open_source(config.source, credentials)
+        sm = ctx.client("secretsmanager") if config.source_secret else None
+        credentials = resolve_credentials(config.source_secret, fetch_secret=lambda name: secret_string(name, sm))
+        source = open_source(config.source, credentials, s3=lambda: ctx.client("s3"))
         fetch_all(source, ctx.dataset, ctx.paths.archives, fetch_options(config), status=ctx.status)
         ctx.markers.mark("fetch", {a.role: a.md5 for a in ctx.dataset.archives.values()})
 

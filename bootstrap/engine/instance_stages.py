@@ -7,7 +7,6 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
-from bootstrap.common import aws
 from bootstrap.common.errors import BootstrapError, ConfigError
 from bootstrap.common.imds import Imds
 from bootstrap.engine.context import StageContext
@@ -36,7 +35,7 @@ def backup(ctx: StageContext, verify_only: bool = False) -> dict[str, Any]:
 
     def body() -> dict[str, Any]:
         opts = backup_options(ctx.config)
-        job = Backup(ctx.paths.root, aws.client("s3", region=ctx.config.region), opts, ctx.status)
+        job = Backup(ctx.paths.root, ctx.client("s3"), opts, ctx.status)
         if verify_only:
             problems = job.verify()
             if problems:
@@ -68,7 +67,7 @@ def snapshot(ctx: StageContext) -> dict[str, Any]:
         if backed_up is None:
             raise BootstrapError("the data is not backed up yet: run the backup stage first")
         identity = Imds().identity()
-        ec2 = aws.client("ec2", region=ctx.config.region or identity.region)
+        ec2 = ctx.client("ec2")
         volume = find_data_volume(ec2, identity, ctx.paths.root, device_roots(ctx.config))
         request = SnapshotRequest(ctx.config.pipeline, ctx.dataset.name, backed_up["manifest_sha256"])
         snap = take_snapshot(ec2, identity, volume, request, mount_point=ctx.paths.root,
@@ -105,7 +104,7 @@ def publish_snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any
             "bytes": backed_up["bytes"],
             "published": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        publish(aws.client("ssm", region=snap["region"]), parameter, info)
+        publish(ctx.client("ssm"), parameter, info)
         ctx.markers.mark("publish", info)
         log.info("publish: %s -> %s", info["snapshot_id"], parameter)
         return info
@@ -117,5 +116,5 @@ def status_publisher(ctx: StageContext) -> AbstractContextManager[Any]:
     """Copies the status file to its SSM parameter while the run lasts (when one is configured)."""
     if not ctx.config.status_parameter:
         return nullcontext()
-    ssm = aws.client("ssm", region=ctx.config.region)
+    ssm = ctx.client("ssm")
     return StatusPublisher(ctx.paths.status, ssm, ctx.config.status_parameter, ctx.config.status_interval)

@@ -92,9 +92,7 @@ def resolve_credentials(
     if not secret_name:
         return Credentials()
     if fetch_secret is None:
-        from bootstrap.common.aws import secret_string
-
-        fetch_secret = secret_string
+        raise ConfigError(f"secret {secret_name}: no Secrets Manager reader was given (it needs the region)")
     raw = fetch_secret(secret_name)
     try:
         values = json.loads(raw)
@@ -220,17 +218,13 @@ def read_exactly(
 
 
 class S3Source:
-    def __init__(self, url: str, client: Any = None) -> None:
+    def __init__(self, url: str, client: Any) -> None:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise ConfigError(f"source {url!r} is not an s3://bucket/prefix URL")
         self.bucket, self.prefix = parts.netloc, parts.path.lstrip("/")
         if self.prefix and not self.prefix.endswith("/"):
             self.prefix += "/"
-        if client is None:
-            from bootstrap.common.aws import client as aws_client
-
-            client = aws_client("s3")
         self._s3 = client
 
     def describe(self) -> str:
@@ -303,13 +297,15 @@ class LocalSource:
                 yield block
 
 
-def open_source(spec: str, credentials: Credentials | None = None) -> Source:
-    """A source from its spelling: ``https://…``, ``http://…``, ``s3://…`` or a directory."""
+def open_source(spec: str, credentials: Credentials | None = None, *, s3: Callable[[], Any] | None = None) -> Source:
+    """A source from its spelling: ``https://…``, ``http://…``, ``s3://…`` or a directory; ``s3`` makes its client."""
     scheme = urlsplit(spec).scheme
     if scheme in ("http", "https"):
         return HttpSource(spec, credentials)
     if scheme == "s3":
-        return S3Source(spec)
+        if s3 is None:
+            raise ConfigError(f"source {spec!r}: an s3:// source needs an S3 client (with the region)")
+        return S3Source(spec, s3())
     if scheme in ("", "file"):
         root = Path(urlsplit(spec).path if scheme == "file" else spec)
         if not root.is_dir():
