@@ -30,16 +30,20 @@ from typing import Any
 
 from bootstrap.cli import configure_logging
 from bootstrap.common.aws import client
+from bootstrap.contract import tags
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.engine import Engine
 from bootstrap.settings import load_config
+from cdk_app.functions import teardown as teardown_function
 from cdk_app.summary import render as describe_assembly
 from scripts.synthetic_imagenet import Spec, generate
 from tests.fixtures.aws_emulator import emulated_aws
 from tests.fixtures.cdk_synth import cli_synth
 from tests.fixtures.ec2_world import gpu_instance, instance_with_data_volume
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
+from tests.fixtures.imds import instance_env
 from tests.fixtures.loopdev import loop_attach, run
+from tests.fixtures.strict_aws import StrictAws
 
 OUT = Path("demo-output")
 SECRET = "imagenet-staging/source-credentials"
@@ -79,6 +83,33 @@ def bucket_summary(name: str, prefix: str) -> str:
     return ", ".join(f"{top}: {len(v)} objects, {sum(v):,} bytes" for top, v in sorted(sizes.items()))
 
 
+class TeardownFunction:
+    """The teardown Lambda as EventBridge would run it: the snapshot-completed event, racing the instance."""
+
+    def __init__(self, strict: StrictAws) -> None:
+        self.results: list[dict[str, Any]] = []
+        keys = ("PIPELINE", "INSTANCE", "SCHEDULED", "DATASET", "MANIFEST", "MANIFEST_URL", "IMAGES", "BYTES")
+        self.env = {"PIPELINE": "imagenet-staging", "SNAPSHOT_PARAMETER": SNAPSHOT_PARAMETER, "AWS_REGION": "us-east-1",
+                    "KEEP_VOLUME": "false", "METRIC_NAMESPACE": "ImagenetStaging",
+                    **{f"TAG_{k}": getattr(tags, k) for k in keys}}  # fmt: skip
+        strict.listeners.append(self.invoked)
+
+    def invoked(self, event: dict[str, Any]) -> None:
+        result = teardown_function.handler(event, ec2=client("ec2"), ssm=client("ssm"), cloudwatch=client("cloudwatch"),
+                                           env=self.env)  # fmt: skip
+        self.results.append(result)
+
+    def report(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(r["action"] == "terminated" for r in self.results) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for r in self.results:
+            if r["action"] == "terminated":
+                who = "the function (first)" if r["published_by_function"] else "the instance (first)"
+                print(f"  snapshot {r['snapshot_id']} completed -> published by {who} -> teardown function terminated "
+                      f"{r['instance_id']} and its data volume")  # fmt: skip
+
+
 @contextmanager
 def data_volume(out: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     """As root: a loop-mounted ext4 attached to a simulated t2 instance. Otherwise a plain directory."""
@@ -95,6 +126,7 @@ def data_volume(out: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         yield world.mount, {
             "snapshot_parameter": SNAPSHOT_PARAMETER, "status_parameter": STATUS_PARAMETER, "status_interval": 1.0,
             "sys_root": str(world.roots.sys_root), "dev_root": str(world.roots.dev_root),
+            "snapshot_poll_seconds": 2.0, "imds": world.imds_endpoint,
         }  # fmt: skip
 
 
@@ -141,14 +173,20 @@ def main() -> int:
         with data_volume(out) as (data_dir, instance_settings):
             banner("5/8 python -m bootstrap run: fetch, organise, pack, verify, inspect, backup, snapshot, publish")
             config_path = out / "bootstrap-config.json"
+            imds = instance_settings.pop("imds", None)
             config_path.write_text(json.dumps({
                 "data_dir": str(data_dir), "source": server.url, "source_secret": SECRET,
                 "dataset_table": str(gen.table), "resize": 128, "quality": 90, "max_failure_rate": 0.01,
                 "bucket": BUCKET, "prefix": "imagenet", **instance_settings,
             }, indent=2))  # fmt: skip
             command = [sys.executable, "-m", "bootstrap", "run", "--config", str(config_path)]
-            print("  $ " + " ".join(["python", *command[1:]]), flush=True)
-            result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+            # as the systemd unit runs it: no region and no keys; the instance role's credentials from IMDSv2
+            env = instance_env(imds, out) if imds else None
+            print("  $ " + " ".join(["python", *command[1:]]) + ("   # no AWS_REGION, no keys" if env else ""))
+            teardown = TeardownFunction(strict) if imds else None
+            result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, env=env)
+            if teardown is not None:
+                teardown.report()
             if result.returncode != 0:
                 logging.error("the engine failed (exit %d); see its log above", result.returncode)
                 return result.returncode

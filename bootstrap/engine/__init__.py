@@ -59,11 +59,14 @@ class Engine:
         return instance_stages.backup(self.ctx, verify_only)
 
     def snapshot(self) -> dict[str, Any]:
-        return instance_stages.snapshot(self.ctx)
+        return instance_stages.snapshot(self.ctx, self.images())
 
     def publish(self) -> dict[str, Any]:
-        images = {split: v["packed"] for split, v in self.summary()["splits"].items()}
-        return instance_stages.publish_snapshot(self.ctx, images)
+        return instance_stages.publish_snapshot(self.ctx, self.images())
+
+    def images(self) -> dict[str, int]:
+        """Packed images per split, as published."""
+        return {split: v["packed"] for split, v in self.summary()["splits"].items()}
 
     def run(self) -> dict[str, Any]:
         """Every stage this configuration asks for, each skipped when already done."""

@@ -57,7 +57,7 @@ def backup(ctx: StageContext, verify_only: bool = False) -> dict[str, Any]:
     return ctx.stage("backup", body)
 
 
-def snapshot(ctx: StageContext) -> dict[str, Any]:
+def snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any]:
     def body() -> dict[str, Any]:
         done = ctx.markers.info("snapshot")
         if done:
@@ -69,7 +69,8 @@ def snapshot(ctx: StageContext) -> dict[str, Any]:
         identity = Imds().identity()
         ec2 = ctx.client("ec2")
         volume = find_data_volume(ec2, identity, ctx.paths.root, device_roots(ctx.config))
-        request = SnapshotRequest(ctx.config.pipeline, ctx.dataset.name, backed_up["manifest_sha256"])
+        request = SnapshotRequest(ctx.config.pipeline, ctx.dataset.name, backed_up["manifest_sha256"],
+                                  backed_up.get("manifest", ""), images, backed_up.get("bytes", 0))  # fmt: skip
         snap = take_snapshot(ec2, identity, volume, request, mount_point=ctx.paths.root,
                              state_path=ctx.paths.snapshot_record, status=ctx.status,
                              poll_seconds=ctx.config.snapshot_poll_seconds)  # fmt: skip

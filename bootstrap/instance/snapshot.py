@@ -54,20 +54,26 @@ class SnapshotRequest:
     pipeline: str
     dataset: str
     manifest_sha256: str
+    manifest: str = ""
+    images: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
 def snapshot_tags(request: SnapshotRequest, instance_id: str) -> list[dict[str, str]]:
-    tags = {
+    values = {
         "Name": f"{request.pipeline} {request.dataset}",
         TAG_PIPELINE: request.pipeline,
         TAG_INSTANCE: instance_id,
         TAG_DATASET: request.dataset,
         TAG_MANIFEST: request.manifest_sha256,
+        tags.MANIFEST_URL: request.manifest,
+        tags.IMAGES: ",".join(f"{split}={count}" for split, count in sorted(request.images.items())),
+        tags.BYTES: str(request.bytes),
         TAG_PRODUCER: "python -m bootstrap snapshot",
         **request.extra_tags,
     }
-    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+    return [{"Key": k, "Value": v} for k, v in sorted(values.items())]
 
 
 def find_data_volume(ec2: Any, identity: InstanceIdentity, mount_point: Path, roots: DeviceRoots,

@@ -1,7 +1,10 @@
-"""Teardown automation: terminate the download side when its snapshot completes; sweep leaked volumes.
+"""Teardown automation: publish the dataset snapshot and terminate the download side; sweep leaked volumes.
 
 - An EventBridge rule on ``EBS Snapshot Notification`` / ``createSnapshot``
-  invokes ``functions/teardown.py``; a failed snapshot raises the alarm instead.
+  invokes ``functions/teardown.py``, which publishes the snapshot (if the
+  instance has not yet) before it terminates the instance; a failed snapshot
+  raises the alarm instead.  A schedule runs the same function as the backstop
+  for a lost event (EBS events are best effort).
 - A scheduled rule runs ``functions/janitor.py``, which deletes this
   pipeline's ``available`` volumes whose owner instance is gone.
 """
@@ -74,6 +77,7 @@ class SnapshotTeardown(Construct):
         id: str,
         *,
         pipeline: str,
+        snapshot_parameter: str,
         alerts: sns.ITopic,
         keep_volume: bool,
         metric_namespace: str,
@@ -93,15 +97,23 @@ class SnapshotTeardown(Construct):
             description=f"{pipeline}: terminate the download instance once its dataset snapshot completed",
             environment={
                 "PIPELINE": pipeline,
+                "SNAPSHOT_PARAMETER": snapshot_parameter,
                 "TAG_PIPELINE": tags.PIPELINE,
                 "TAG_INSTANCE": tags.INSTANCE,
                 "TAG_SCHEDULED": tags.SCHEDULED,
+                "TAG_DATASET": tags.DATASET,
+                "TAG_MANIFEST": tags.MANIFEST,
+                "TAG_MANIFEST_URL": tags.MANIFEST_URL,
+                "TAG_IMAGES": tags.IMAGES,
+                "TAG_BYTES": tags.BYTES,
                 "KEEP_VOLUME": str(keep_volume).lower(),
                 "METRIC_NAMESPACE": metric_namespace,
             },
         )
         allow(self.teardown.role, ["ec2:DescribeSnapshots", "ec2:DescribeInstances"], ["*"])
         allow(self.teardown.role, ["ec2:TerminateInstances", "ec2:ModifyInstanceAttribute"], [instances], **ours)
+        parameter = stack.format_arn(service="ssm", resource="parameter", resource_name=snapshot_parameter.lstrip("/"))
+        allow(self.teardown.role, ["ssm:GetParameter", "ssm:PutParameter"], [parameter])
         allow(
             self.teardown.role,
             ["ec2:DeleteSnapshot"],
@@ -127,6 +139,13 @@ class SnapshotTeardown(Construct):
             description=f"{pipeline}: EBS createSnapshot results",
             event_pattern=events.EventPattern(**SNAPSHOT_EVENTS),  # type: ignore[arg-type]
             targets=[targets.LambdaFunction(self.teardown.function, retry_attempts=8)],
+        )
+        events.Rule(
+            self,
+            "TeardownSweep",
+            description=f"{pipeline}: finish a completed dataset snapshot whose event was lost",
+            schedule=events.Schedule.rate(janitor_interval),
+            targets=[targets.LambdaFunction(self.teardown.function)],
         )
 
         self.alarm = cloudwatch.Alarm(

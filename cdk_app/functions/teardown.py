@@ -1,24 +1,35 @@
-"""Tear the download side down once its dataset snapshot has completed.
+"""Publish the dataset snapshot and tear the download side down once the snapshot has completed.
 
-Invoked by EventBridge for ``EBS Snapshot Notification`` / ``createSnapshot``.
+Two triggers, one outcome:
+
+- EventBridge's ``EBS Snapshot Notification`` / ``createSnapshot`` event, sent
+  when a snapshot completes.  It races the instance's own publish step (the
+  instance learns of completion on its next poll), so the function publishes
+  the snapshot itself, from the snapshot's tags, unless the parameter already
+  names it, and only then terminates the instance.  Whoever writes first,
+  the fleet never sees a completed dataset snapshot that is not published.
+- A schedule (``{"source": "aws.events", "detail-type": "Scheduled Event"}``):
+  EBS delivers events on a best-effort basis, so the same sweep runs for every
+  completed dataset snapshot whose instance is still running.  A lost event
+  costs at most one interval of instance time.
+
 The event carries ARNs and no tags, so the snapshot is looked up and acted on
 only when it is this pipeline's and names its download instance.
+``succeeded``: publish, mark the data volume DeleteOnTermination (unless
+KEEP_VOLUME), terminate the instance, delete the DLM policy's scheduled
+snapshots of that volume.  ``failed``: keep the instance (its data is
+intact) and emit the ``SnapshotFailed`` metric that the stack's alarm watches.
 
-- ``succeeded``: mark the data volume DeleteOnTermination (unless KEEP_VOLUME)
-  and terminate the instance; terminating takes the volume with it, so the
-  function never waits.  The DLM policy's scheduled snapshots of that volume
-  go too.  Redelivery finds the instance already going and does nothing.
-- ``failed``: keep the instance (its data is intact) and emit the
-  ``SnapshotFailed`` metric that the stack's alarm watches.
-
-Environment: PIPELINE, TAG_PIPELINE, TAG_INSTANCE, TAG_SCHEDULED, KEEP_VOLUME ("true"/"false"),
-METRIC_NAMESPACE.
+Environment: PIPELINE, SNAPSHOT_PARAMETER, TAG_PIPELINE, TAG_INSTANCE, TAG_SCHEDULED, TAG_DATASET, TAG_MANIFEST,
+TAG_MANIFEST_URL, TAG_IMAGES, TAG_BYTES, KEEP_VOLUME ("true"/"false"), METRIC_NAMESPACE; AWS_REGION (Lambda's own).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger()
@@ -31,17 +42,19 @@ def resource_id(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
-def _clients() -> tuple[Any, Any]:
+def _client(service: str, given: Any) -> Any:
     import boto3
 
-    return boto3.client("ec2"), boto3.client("cloudwatch")
+    return given if given is not None else boto3.client(service)  # Lambda sets AWS_REGION
 
 
-def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, cloudwatch: Any = None,
+def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, ssm: Any = None, cloudwatch: Any = None,
             env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Lambda entry point: a snapshot event, or the schedule's sweep."""
     env = dict(os.environ) if env is None else env
-    if ec2 is None or cloudwatch is None:
-        ec2, cloudwatch = _clients()
+    ec2, ssm, cloudwatch = _client("ec2", ec2), _client("ssm", ssm), _client("cloudwatch", cloudwatch)
+    if event.get("detail-type") == "Scheduled Event":
+        return {"action": "swept", "finished": sweep(ec2, ssm, env)}
     detail = event.get("detail", {})
     if detail.get("event") != "createSnapshot":
         return {"action": "ignored", "reason": f"event {detail.get('event')!r}"}
@@ -50,11 +63,10 @@ def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, clou
     if not snapshots:
         return {"action": "ignored", "reason": f"{snapshot_id} not found"}
     snapshot = snapshots[0]
-    tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
-    instance_id = tags.get(env["TAG_INSTANCE"])
-    if tags.get(env["TAG_PIPELINE"]) != env["PIPELINE"] or not instance_id:
+    snapshot_tags = _tags(snapshot)
+    instance_id = snapshot_tags.get(env["TAG_INSTANCE"])
+    if snapshot_tags.get(env["TAG_PIPELINE"]) != env["PIPELINE"] or not instance_id:
         return {"action": "ignored", "reason": f"{snapshot_id} is not a snapshot of this pipeline's instance"}
-
     if detail.get("result") != "succeeded":
         log.error("snapshot %s of %s failed (%s); keeping %s", snapshot_id, snapshot["VolumeId"],
                   detail.get("cause", "no cause given"), instance_id)  # fmt: skip
@@ -62,16 +74,79 @@ def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, clou
             {"MetricName": "SnapshotFailed", "Value": 1, "Unit": "Count",
              "Dimensions": [{"Name": "Pipeline", "Value": env["PIPELINE"]}]}])  # fmt: skip
         return {"action": "alarm", "snapshot_id": snapshot_id, "instance_id": instance_id}
+    return finish(ec2, ssm, snapshot, env)
 
+
+def _tags(resource: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+def finish(ec2: Any, ssm: Any, snapshot: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """A completed dataset snapshot: published first, then its instance terminated (with its volume)."""
+    snapshot_id, instance_id = snapshot["SnapshotId"], _tags(snapshot)[env["TAG_INSTANCE"]]
+    published_now = ensure_published(ssm, snapshot, env)
     keep = env.get("KEEP_VOLUME", "false").lower() == "true"
     if not terminate_with_volume(ec2, instance_id, snapshot["VolumeId"], keep_volume=keep):
-        return {"action": "none", "reason": f"{instance_id} is already gone", "snapshot_id": snapshot_id}
+        return {"action": "none", "reason": f"{instance_id} is already gone", "snapshot_id": snapshot_id,
+                "published_by_function": published_now}  # fmt: skip
     scheduled = [] if keep else delete_scheduled_snapshots(ec2, snapshot["VolumeId"], env)
     log.info("snapshot %s completed: terminated %s, data volume %s %s, %d scheduled snapshots of it deleted",
              snapshot_id, instance_id, snapshot["VolumeId"], "kept" if keep else "deleted with it",
              len(scheduled))  # fmt: skip
     return {"action": "terminated", "instance_id": instance_id, "volume_deleted": not keep, "snapshot_id": snapshot_id,
-            "scheduled_snapshots_deleted": scheduled}  # fmt: skip
+            "scheduled_snapshots_deleted": scheduled, "published_by_function": published_now}  # fmt: skip
+
+
+def published_record(snapshot: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """What the instance publishes, rebuilt from the snapshot's own tags (the instance wrote them at CreateSnapshot)."""
+    tag = _tags(snapshot)
+    images = dict(item.split("=", 1) for item in tag.get(env["TAG_IMAGES"], "").split(",") if "=" in item)
+    return {
+        "snapshot_id": snapshot["SnapshotId"],
+        "volume_id": snapshot["VolumeId"],
+        "volume_size_gib": snapshot.get("VolumeSize"),
+        "region": env["AWS_REGION"],
+        "source_instance_id": tag[env["TAG_INSTANCE"]],
+        "started": str(snapshot.get("StartTime", "")),
+        "pipeline": env["PIPELINE"],
+        "dataset": tag.get(env["TAG_DATASET"], ""),
+        "images": {split: int(count) for split, count in images.items()},
+        "manifest": tag.get(env["TAG_MANIFEST_URL"], ""),
+        "manifest_sha256": tag.get(env["TAG_MANIFEST"], ""),
+        "bytes": int(tag.get(env["TAG_BYTES"], "0") or 0),
+        "published": datetime.now(UTC).isoformat(timespec="seconds"),
+        "published_by": "teardown function",
+    }
+
+
+def ensure_published(ssm: Any, snapshot: dict[str, Any], env: dict[str, str]) -> bool:
+    """Publish ``snapshot`` unless the parameter already names it; True when this call wrote it."""
+    name = env["SNAPSHOT_PARAMETER"]
+    try:
+        current = json.loads(ssm.get_parameter(Name=name)["Parameter"]["Value"])
+    except (ssm.exceptions.ParameterNotFound, ValueError):
+        current = None
+    if isinstance(current, dict) and current.get("snapshot_id") == snapshot["SnapshotId"]:
+        return False
+    record = published_record(snapshot, env)
+    ssm.put_parameter(Name=name, Value=json.dumps(record, sort_keys=True), Type="String", Overwrite=True)
+    log.info("published %s in %s (before the instance did)", snapshot["SnapshotId"], name)
+    return True
+
+
+def sweep(ec2: Any, ssm: Any, env: dict[str, str]) -> list[dict[str, Any]]:
+    """Finish every completed dataset snapshot whose instance still runs: the backstop for a lost event."""
+    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": f"tag:{env['TAG_PIPELINE']}", "Values": [env["PIPELINE"]]},
+        {"Name": "tag-key", "Values": [env["TAG_INSTANCE"]]},
+        {"Name": "status", "Values": ["completed"]}])["Snapshots"]  # fmt: skip
+    return [finish(ec2, ssm, s, env) for s in sorted(snapshots, key=lambda s: str(s.get("StartTime", "")))
+            if _running(ec2, _tags(s)[env["TAG_INSTANCE"]])]  # fmt: skip
+
+
+def _running(ec2: Any, instance_id: str) -> bool:
+    reservations = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [instance_id]}])["Reservations"]
+    return any(i["State"]["Name"] not in GONE for r in reservations for i in r["Instances"])
 
 
 def delete_scheduled_snapshots(ec2: Any, volume_id: str, env: dict[str, str]) -> list[str]:

@@ -41,6 +41,7 @@ class StorageStack(cdk.Stack):
             self,
             "SnapshotTeardown",
             pipeline=config.name,
+            snapshot_parameter=config.snapshot_parameter,
             alerts=self.alerts.topic,
             keep_volume=config.keep_data_volume,
             metric_namespace=config.metric_namespace,

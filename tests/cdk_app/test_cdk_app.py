@@ -391,14 +391,31 @@ def test_snapshot_events_reach_the_teardown_function(default: Synthesized) -> No
     env = functions[target_arn]["Properties"]["Environment"]["Variables"]
     assert env == {
         "PIPELINE": "imagenet-staging",
+        "SNAPSHOT_PARAMETER": "/imagenet-staging/snapshot",
         "TAG_PIPELINE": tags.PIPELINE,
         "TAG_INSTANCE": tags.INSTANCE,
         "TAG_SCHEDULED": tags.SCHEDULED,
+        "TAG_DATASET": tags.DATASET,
+        "TAG_MANIFEST": tags.MANIFEST,
+        "TAG_MANIFEST_URL": tags.MANIFEST_URL,
+        "TAG_IMAGES": tags.IMAGES,
+        "TAG_BYTES": tags.BYTES,
         "KEEP_VOLUME": "false",
         "METRIC_NAMESPACE": "ImagenetStaging",
     }
-    (scheduled,) = [r["Properties"] for r in rules.values() if "ScheduleExpression" in r["Properties"]]
-    assert scheduled["ScheduleExpression"] == "rate(1 hour)"
+    scheduled = [r["Properties"] for r in rules.values() if "ScheduleExpression" in r["Properties"]]
+    assert [r["ScheduleExpression"] for r in scheduled] == ["rate(1 hour)"] * 2  # the janitor; the teardown sweep
+    swept = {r["Targets"][0]["Arn"]["Fn::GetAtt"][0] for r in scheduled}
+    assert target_arn in swept  # a lost snapshot event is made good by the same function on a schedule
+    policies = [
+        p["Properties"]["PolicyDocument"]["Statement"]
+        for p in resources(t, "AWS::IAM::Policy").values()
+        if p["Properties"]["Roles"] == [{"Ref": functions[target_arn]["Properties"]["Role"]["Fn::GetAtt"][0]}]
+    ]
+    (publish,) = [
+        s for statements in policies for s in statements if s["Action"] == ["ssm:GetParameter", "ssm:PutParameter"]
+    ]
+    assert render(publish["Resource"]).endswith(":parameter/imagenet-staging/snapshot")
     alarms = {a["Properties"]["MetricName"]: a["Properties"] for a in resources(t, "AWS::CloudWatch::Alarm").values()}
     assert (alarms["SnapshotFailed"]["Namespace"], alarms["SnapshotFailed"]["Threshold"]) == ("ImagenetStaging", 1)
     assert alarms["Errors"]["Dimensions"][0]["Value"] == {"Ref": target_arn}  # the teardown function failing

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import pytest
 
 from bootstrap.common.aws import client
 from bootstrap.contract import tags
+from bootstrap.instance.snapshot import SnapshotRequest, snapshot_tags
 from cdk_app.functions import janitor, teardown
 from tests.fixtures.ec2_world import launch_instance
-from tests.fixtures.strict_aws import attached, available_volume, completed_snapshot
+from tests.fixtures.strict_aws import StrictAws, attached, available_volume, completed_snapshot
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
 
 def env(pipeline: str, keep: bool = False) -> dict[str, str]:
-    return {"PIPELINE": pipeline, "TAG_PIPELINE": tags.PIPELINE, "TAG_INSTANCE": tags.INSTANCE,
-            "TAG_SCHEDULED": tags.SCHEDULED, "TAG_OWNER": tags.OWNER, "KEEP_VOLUME": str(keep).lower(),
-            "METRIC_NAMESPACE": "Test"}  # fmt: skip
+    """What Lambda's environment holds: the construct's variables and AWS_REGION."""
+    return {"PIPELINE": pipeline, "SNAPSHOT_PARAMETER": f"/{pipeline}/snapshot", "TAG_PIPELINE": tags.PIPELINE,
+            "TAG_INSTANCE": tags.INSTANCE, "TAG_SCHEDULED": tags.SCHEDULED, "TAG_OWNER": tags.OWNER,
+            "TAG_DATASET": tags.DATASET, "TAG_MANIFEST": tags.MANIFEST, "TAG_MANIFEST_URL": tags.MANIFEST_URL,
+            "TAG_IMAGES": tags.IMAGES, "TAG_BYTES": tags.BYTES, "KEEP_VOLUME": str(keep).lower(),
+            "METRIC_NAMESPACE": "Test", "AWS_REGION": "us-east-1"}  # fmt: skip
 
 
 def download_side(pipeline: str) -> tuple[str, str, str]:
@@ -29,9 +35,8 @@ def download_side(pipeline: str) -> tuple[str, str, str]:
         {"ResourceType": "volume", "Tags": [{"Key": tags.PIPELINE, "Value": pipeline}]}])  # fmt: skip
     ec2.attach_volume(VolumeId=volume, InstanceId=instance, Device="/dev/sdf")
     attached(ec2, volume)
-    snapshot_tags = [{"Key": tags.PIPELINE, "Value": pipeline}, {"Key": tags.INSTANCE, "Value": instance}]
-    spec = [{"ResourceType": "snapshot", "Tags": snapshot_tags}]
-    snapshot = completed_snapshot(ec2, VolumeId=volume, TagSpecifications=spec)
+    spec = [{"ResourceType": "snapshot", "Tags": _dataset_tags(pipeline, instance)}]
+    snapshot = completed_snapshot(ec2, VolumeId=volume, TagSpecifications=spec)  # no listener: its event is lost
     return instance, volume, snapshot
 
 
@@ -141,3 +146,66 @@ def test_snapshots_that_are_not_the_dataset_are_ignored(kind: str) -> None:
         snapshot = completed_snapshot(ec2, VolumeId=other)
     result = teardown.handler(event(snapshot), ec2=ec2, cloudwatch=client("cloudwatch"), env=env(pipeline))
     assert result["action"] == "ignored" and state(instance) == "running" and volume_exists(volume)
+
+
+def _dataset_tags(pipeline: str, instance: str) -> list[dict[str, str]]:
+    """What the instance's snapshot stage tags a dataset snapshot with (``snapshot_tags``)."""
+    request = SnapshotRequest(pipeline, "ILSVRC2012", "ab" * 32, f"s3://bk-{pipeline}/imagenet/manifest.json",
+                              {"train": 46, "val": 24}, 12345)  # fmt: skip
+    return snapshot_tags(request, instance)
+
+
+def test_the_event_racing_the_instance_publishes_before_it_terminates(strict_aws: StrictAws) -> None:
+    """The event arrives when the snapshot completes, before the instance's next poll: the function publishes."""
+    pipeline = "td-race"
+    instance, volume, _ = download_side(pipeline)
+    ec2, ssm = client("ec2"), client("ssm")
+    seen: list[tuple[dict[str, Any], str]] = []
+
+    def lambda_invoked(event: dict[str, Any]) -> None:
+        result = teardown.handler(event, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
+        if result["action"] == "terminated":  # what a GPU instance booting now would read
+            seen.append((result, ssm.get_parameter(Name=f"/{pipeline}/snapshot")["Parameter"]["Value"]))
+
+    strict_aws.listeners.append(lambda_invoked)
+    try:
+        snapshot = ec2.create_snapshot(VolumeId=volume, TagSpecifications=[
+            {"ResourceType": "snapshot", "Tags": _dataset_tags(pipeline, instance)}])["SnapshotId"]  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        strict_aws.listeners.remove(lambda_invoked)
+    assert seen, "the snapshot-completed event never reached the function"
+    result, parameter = seen[0]
+    published = json.loads(parameter)
+    assert result["published_by_function"] and published["snapshot_id"] == snapshot
+    assert published["images"] == {"train": 46, "val": 24} and published["source_instance_id"] == instance
+    assert published["manifest"] == f"s3://bk-{pipeline}/imagenet/manifest.json" and published["region"] == "us-east-1"
+    assert state(instance) in ("shutting-down", "terminated")
+
+
+def test_a_lost_event_is_made_good_by_the_scheduled_sweep() -> None:
+    pipeline = "td-lost"
+    instance, _, snapshot = download_side(pipeline)  # completed, and nobody heard of it
+    ec2, ssm = client("ec2"), client("ssm")
+    assert state(instance) == "running"
+    scheduled = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
+    result = teardown.handler(scheduled, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    assert [r["snapshot_id"] for r in result["finished"]] == [snapshot] and state(instance) == "terminated"
+    assert json.loads(ssm.get_parameter(Name=f"/{pipeline}/snapshot")["Parameter"]["Value"])["snapshot_id"] == snapshot
+    again = teardown.handler(scheduled, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    assert again["finished"] == []
+
+
+def test_the_function_never_overwrites_what_the_instance_published() -> None:
+    pipeline = "td-instance-first"
+    _, _, snapshot = download_side(pipeline)
+    ec2, ssm = client("ec2"), client("ssm")
+    ssm.put_parameter(Name=f"/{pipeline}/snapshot", Type="String", Overwrite=True,
+                      Value=json.dumps({"snapshot_id": snapshot, "published_by": "instance"}))  # fmt: skip
+    result = teardown.handler(event(snapshot), ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    assert result["action"] == "terminated" and not result["published_by_function"]
+    assert (
+        json.loads(ssm.get_parameter(Name=f"/{pipeline}/snapshot")["Parameter"]["Value"])["published_by"] == "instance"
+    )
