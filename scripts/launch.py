@@ -59,6 +59,7 @@ def launch_fleet(ec2: Any, *, template_id: str, count: int, instance_types: list
     """CreateFleet (instant) over every type x subnet; on capacity errors, try again without what failed."""
     overrides = [{"InstanceType": t, "SubnetId": s, "Priority": float(p)}
                  for p, (t, s) in enumerate((t, s) for t in instance_types for s in subnets)]  # fmt: skip
+    instance_tags = [{"Key": tags.PIPELINE, "Value": pipeline}, {"Key": tags.ROLE, "Value": tags.GPU}]
     launched: list[str] = []
     failed: list[dict[str, str]] = []
     while len(launched) < count and overrides:
@@ -76,7 +77,7 @@ def launch_fleet(ec2: Any, *, template_id: str, count: int, instance_types: list
             },
             OnDemandOptions={"AllocationStrategy": "prioritized"},
             SpotOptions={"AllocationStrategy": "price-capacity-optimized"},
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": tags.PIPELINE, "Value": pipeline}]}],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags}],
         )
         launched += [i for group in response.get("Instances", []) for i in group.get("InstanceIds", [])]
         bad = set()

@@ -96,9 +96,14 @@ def teardown_download(ec2: Any, ssm: Any, s3: Any, *, snapshot_parameter: str, p
 
 
 def teardown_fleet(ec2: Any, *, pipeline: str, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    """Terminate every instance of the pipeline's fleet and make sure no dataset volume is left."""
+    """Terminate every instance of the pipeline's fleet and make sure no dataset volume is left.
+
+    Only GPU instances: the launch template alone tags them with the GPU role; the download instance carries
+    the pipeline tag too and is left alone.
+    """
     alive = ["pending", "running", "stopping", "stopped"]
     found = ec2.describe_instances(Filters=[{"Name": f"tag:{tags.PIPELINE}", "Values": [pipeline]},
+                                            {"Name": f"tag:{tags.ROLE}", "Values": [tags.GPU]},
                                             {"Name": "instance-state-name", "Values": alive}])  # fmt: skip
     ids = [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
     if ids:

@@ -157,6 +157,7 @@ class DownloadInstance(Construct):
             user_data_causes_replacement=True,
             propagate_tags_to_volume_on_creation=True,
         )
+        cdk.Tags.of(self.instance).add(tags.ROLE, tags.DOWNLOAD)
         acknowledge(
             self.instance,
             "EC29",

@@ -20,9 +20,6 @@ from cdk_app.constructs.bootstrap_code import BootstrapCode
 from cdk_app.constructs.grants import allow, instance_role
 from cdk_app.constructs.nag import acknowledge, spelled
 
-SELF = {"StringEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"}}
-"""The instance the request comes from is the instance acted on."""
-
 
 @dataclass(frozen=True)
 class FleetSettings:
@@ -96,6 +93,8 @@ class GpuLaunchTemplate(Construct):
             instance_initiated_shutdown_behavior=ec2.InstanceInitiatedShutdownBehavior.TERMINATE,
             user_data=user_data,
         )
+        # the one tag only the launch template sets: `teardown fleet` and the role's conditions rely on it
+        cdk.Tags.of(self.template).add(tags.ROLE, tags.GPU)
         if settings.asg:
             self.group = autoscaling.AutoScalingGroup(
                 self,
@@ -129,11 +128,20 @@ class GpuLaunchTemplate(Construct):
         allow(self.role, ["ec2:CreateVolume"], [snapshots], StringEquals={ours: s.pipeline})
         allow(self.role, ["ec2:CreateVolume"], [volumes], StringEquals={f"aws:RequestTag/{tags.PIPELINE}": s.pipeline})
         allow(self.role, ["ec2:CreateTags"], [volumes], StringEquals={"ec2:CreateAction": "CreateVolume"})
+        # Documented condition keys only (Service Authorization Reference: aws:ResourceTag on the instance
+        # resource of each action): the pipeline's GPU instances, which only the launch template tags so.
         allow(
             self.role,
             ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:ModifyInstanceAttribute", "ec2:CreateTags"],
             [instances],
-            **SELF,
+            StringEquals={ours: s.pipeline, f"aws:ResourceTag/{tags.ROLE}": tags.GPU},
+        )
+        # A customer-managed account-default EBS key: EC2 uses it on the role's behalf (kms:ViaService)
+        allow(
+            self.role,
+            ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey"],
+            ["*"],
+            StringEquals={"kms:ViaService": f"ec2.{stack.region}.amazonaws.com"},
         )
         allow(
             self.role,
@@ -146,7 +154,7 @@ class GpuLaunchTemplate(Construct):
             "IAM5",
             "EC2 Describe* has no resource-level permissions; volumes may be created "
             "only from snapshots tagged with this pipeline and only with its tag, attached only to the "
-            "calling instance (aws:ARN = ec2:SourceInstanceARN), deleted only when tagged with the "
+            "pipeline's GPU instances (tagged so by the launch template alone), deleted only when tagged with the "
             "pipeline.",
             findings=["Resource::*", *(f"Resource::{spelled(self, arn)}" for arn in (instances, volumes, snapshots))],
         )

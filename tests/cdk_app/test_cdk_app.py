@@ -442,12 +442,19 @@ def test_gpu_role_creates_attaches_and_deletes_only_what_it_should(default: Synt
         "StringEquals": ours
     }
     assert new_volume["Condition"] == {"StringEquals": {f"aws:RequestTag/{tags.PIPELINE}": "imagenet-staging"}}
-    on_self, on_ours = allowing(stmts, "ec2:AttachVolume")
-    assert render(on_self["Resource"]).endswith(":instance/*")
-    assert on_self["Condition"] == {"StringEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"}}
-    assert "ec2:ModifyInstanceAttribute" in on_self["Action"]  # DeleteOnTermination, on itself only
+    on_gpus, on_ours = allowing(stmts, "ec2:AttachVolume")
+    assert render(on_gpus["Resource"]).endswith(":instance/*")
+    # documented keys only (aws:ARN is not a condition key of these actions): the pipeline's GPU instances
+    assert on_gpus["Condition"] == {"StringEquals": {**ours, f"aws:ResourceTag/{tags.ROLE}": tags.GPU}}
+    assert "ec2:ModifyInstanceAttribute" in on_gpus["Action"]  # DeleteOnTermination
     assert render(on_ours["Resource"]).endswith(":volume/*") and on_ours["Condition"] == {"StringEquals": ours}
     assert allowing(stmts, "ec2:DeleteVolume") == [on_ours]
+    (kms,) = allowing(stmts, "kms:CreateGrant")  # a customer-managed default EBS key, used through EC2 only
+    assert kms["Condition"]["StringEquals"]["kms:ViaService"] == {"Fn::Join": ["", ["ec2.", {"Ref": "AWS::Region"},
+                                                                                 ".amazonaws.com"]]}  # fmt: skip
+    data = one(default.templates["fleet"], "AWS::EC2::LaunchTemplate")["LaunchTemplateData"]
+    instance_tags = next(t["Tags"] for t in data["TagSpecifications"] if t["ResourceType"] == "instance")
+    assert {"Key": tags.ROLE, "Value": tags.GPU} in instance_tags  # the tag `teardown fleet` and the role rely on
 
 
 def test_gpu_user_data_runs_the_attach_agent(default: Synthesized, variant: Synthesized) -> None:

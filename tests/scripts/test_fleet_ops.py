@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
 def template(name: str) -> str:
     image = client("ssm").get_parameter(Name=AL2023)["Parameter"]["Value"]
-    data = {"ImageId": image, "MetadataOptions": {"HttpTokens": "required"}}
+    role = [{"ResourceType": "instance", "Tags": [{"Key": tags.ROLE, "Value": tags.GPU}]}]  # as the CDK template
+    data = {"ImageId": image, "MetadataOptions": {"HttpTokens": "required"}, "TagSpecifications": role}
     created = client("ec2").create_launch_template(LaunchTemplateName=name, LaunchTemplateData=data)
     return str(created["LaunchTemplate"]["LaunchTemplateId"])
 
@@ -110,8 +111,12 @@ def test_teardown_download_refuses_until_backup_is_verified_then_removes_instanc
     assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [safe["volume_id"]]}])["Volumes"]
 
 
-def test_teardown_fleet_leaves_no_pipeline_volume() -> None:
+def test_teardown_fleet_leaves_no_pipeline_volume_and_the_download_instance_alone() -> None:
     ec2 = client("ec2")
+    image = client("ssm").get_parameter(Name=AL2023)["Parameter"]["Value"]
+    download_tags = [{"Key": tags.PIPELINE, "Value": "tf"}, {"Key": tags.ROLE, "Value": tags.DOWNLOAD}]
+    download = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": download_tags}])["Instances"][0]  # fmt: skip
     result = launch_fleet(ec2, template_id=template("tf"), count=2, instance_types=["g5.xlarge"],
                           subnets=subnets(), pipeline="tf")  # fmt: skip
     owned = []
@@ -125,18 +130,55 @@ def test_teardown_fleet_leaves_no_pipeline_volume() -> None:
     ec2.attach_volume(VolumeId=owned[0], InstanceId=result["instances"][0], Device="/dev/sdf")  # leaked on purpose
     report = teardown_fleet(ec2, pipeline="tf")
     assert sorted(report["terminated"]) == sorted(result["instances"]) and report["volumes_left"] == []
+    described = ec2.describe_instances(InstanceIds=[download["InstanceId"]])["Reservations"][0]["Instances"][0]
+    assert described["State"]["Name"] == "running"
 
 
 def test_copy_snapshot_publishes_it_in_the_target_region(tmp_path: Path) -> None:
     published = _download_side("cp", tmp_path, with_backup=False)
+    key = client("kms", region="us-west-2").create_key(Description="shared dataset")["KeyMetadata"]["KeyId"]
     info = copy_snapshot(client("ec2"), client("ec2", region="us-west-2"), client("ssm", region="us-west-2"),
                          published=published, source_region="us-east-1", target_region="us-west-2",
-                         snapshot_parameter="/cp/snapshot", share_with=["111122223333"])  # fmt: skip
+                         snapshot_parameter="/cp/snapshot", share_with=["111122223333"], kms_key_id=key,
+                         poll_seconds=0.1)  # fmt: skip
     there = json.loads(client("ssm", region="us-west-2").get_parameter(Name="/cp/snapshot")["Parameter"]["Value"])
     assert there["snapshot_id"] == info["snapshot_id"] != published["snapshot_id"] and there["region"] == "us-west-2"
     attribute = client("ec2", region="us-west-2").describe_snapshot_attribute(
         SnapshotId=info["snapshot_id"], Attribute="createVolumePermission")  # fmt: skip
     assert attribute["CreateVolumePermissions"] == [{"UserId": "111122223333"}]
+    again = copy_snapshot(client("ec2"), client("ec2", region="us-west-2"), client("ssm", region="us-west-2"),
+                          published=published, source_region="us-east-1", target_region="us-west-2",
+                          snapshot_parameter="/cp/snapshot", poll_seconds=0.1)  # fmt: skip
+    assert again["snapshot_id"] == info["snapshot_id"]  # a re-run waits for the copy it made, never copies twice
+
+
+def test_sharing_without_a_customer_key_is_refused_before_anything_is_copied(tmp_path: Path) -> None:
+    published = _download_side("cp-nokey", tmp_path, with_backup=False)
+    target = client("ec2", region="eu-west-1")
+    with pytest.raises(BootstrapError, match="--share-with needs --kms-key-id"):
+        copy_snapshot(client("ec2"), target, client("ssm", region="eu-west-1"), published=published,
+                      source_region="us-east-1", target_region="eu-west-1", snapshot_parameter="/cp-nokey/snapshot",
+                      share_with=["111122223333"])  # fmt: skip
+    copied = target.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": f"tag:{tags.COPIED_FROM}", "Values": [published["snapshot_id"]]}])["Snapshots"]  # fmt: skip
+    assert copied == []
+
+
+def test_the_copy_is_published_even_when_sharing_fails(tmp_path: Path) -> None:
+    published = _download_side("cp-share", tmp_path, with_backup=False)
+    target = client("ec2", region="ap-south-1")
+
+    def refuse(**_kwargs: Any) -> None:
+        raise RuntimeError("sharing refused (injected)")
+
+    target.meta.events.register("before-call.ec2.ModifySnapshotAttribute", refuse)
+    key = client("kms", region="ap-south-1").create_key()["KeyMetadata"]["KeyId"]
+    with pytest.raises(RuntimeError, match="injected"):
+        copy_snapshot(client("ec2"), target, client("ssm", region="ap-south-1"), published=published,
+                      source_region="us-east-1", target_region="ap-south-1", snapshot_parameter="/cp-share/snapshot",
+                      share_with=["111122223333"], kms_key_id=key, poll_seconds=0.1)  # fmt: skip
+    parameter = client("ssm", region="ap-south-1").get_parameter(Name="/cp-share/snapshot")["Parameter"]["Value"]
+    assert json.loads(parameter)["copied_from"] == published["snapshot_id"]
 
 
 def test_cli_errors_are_one_line_and_exit_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
