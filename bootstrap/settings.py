@@ -103,6 +103,7 @@ class PrepConfig:
     snapshot_parameter: str | None = knob(None, "SSM parameter to publish the snapshot id to")
     status_parameter: str | None = knob(None, "SSM parameter to copy the live status to")
     status_interval: float = knob(30.0, "seconds between status copies to SSM", above=0, flag=False)
+    heartbeat_alarm: str | None = knob(None, "the alarm on the run's heartbeat; no heartbeat when unset", flag=False)
     snapshot_poll_seconds: float = knob(15.0, "seconds between checks of a pending snapshot", above=0, flag=False)
     data_volume_id: str | None = knob(None, "mount-data: the EBS volume id of the data volume")
     data_device: str = knob(names.DATA_DEVICE, "the data volume's device name (Xen; Nitro uses the serial)", flag=False)

@@ -32,6 +32,16 @@ READY_MARKER = "/run/imagenet-staging/dataset-ready"
 METRIC_NAMESPACE = "ImagenetStaging"
 
 
+def heartbeat_alarm(pipeline: str) -> str:
+    """The alarm on the download instance's heartbeat (a fixed name: the teardown function disarms it)."""
+    return f"{pipeline}-download-heartbeat"
+
+
+def heartbeat_metric(pipeline: str) -> tuple[str, str, list[dict[str, str]]]:
+    """Namespace, name and dimensions of the heartbeat the run sends every minute."""
+    return f"{METRIC_NAMESPACE}/{pipeline}", "Heartbeat", [{"Name": "Pipeline", "Value": pipeline}]
+
+
 def snapshot_parameter(pipeline: str) -> str:
     """The SSM parameter the dataset snapshot is published to."""
     return f"/{pipeline}/snapshot"

@@ -73,7 +73,7 @@ class Engine:
         if self.markers.is_done("run"):
             log.info("everything is already done (%s); nothing to do", self.markers.root / "run.done")
             return self.summary()
-        with instance_stages.status_publisher(self.ctx):
+        with instance_stages.status_publisher(self.ctx), instance_stages.heartbeat(self.ctx):
             self.fetch()
             self.organise()
             self.pack()

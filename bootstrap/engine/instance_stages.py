@@ -12,6 +12,7 @@ from bootstrap.common.imds import Imds
 from bootstrap.engine.context import StageContext
 from bootstrap.engine.options import backup_options, device_roots
 from bootstrap.instance.backup import Backup, BackupError
+from bootstrap.instance.heartbeat import Heartbeat
 from bootstrap.instance.snapshot import SnapshotRequest, find_data_volume, publish, take_snapshot
 from bootstrap.instance.status_publisher import StatusPublisher
 from bootstrap.instance.volume import mount_data_volume
@@ -111,6 +112,13 @@ def publish_snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any
         return info
 
     return ctx.stage("publish", body)
+
+
+def heartbeat(ctx: StageContext) -> AbstractContextManager[Any]:
+    """A CloudWatch heartbeat while the run lasts (when the CDK app configured its alarm)."""
+    if not ctx.config.heartbeat_alarm:
+        return nullcontext()
+    return Heartbeat(ctx.client("cloudwatch"), ctx.config.pipeline, ctx.config.heartbeat_alarm)
 
 
 def status_publisher(ctx: StageContext) -> AbstractContextManager[Any]:

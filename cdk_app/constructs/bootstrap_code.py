@@ -33,11 +33,16 @@ class BootstrapCode(Construct):
         """GetObject on this one object (the CDK's own grant would open the whole asset bucket)."""
         allow(role, ["s3:GetObject"], [self.asset.bucket.arn_for_objects(self.asset.s3_object_key)])
 
-    def user_data(self, *, requirements: str, packages: list[str]) -> ec2.UserData:
-        """Shell that installs Python 3.11, the bootstrap package and ``requirements`` (a file inside it)."""
+    def user_data(self, *, requirements: str, packages: list[str], on_failure: str | None = None) -> ec2.UserData:
+        """Shell that installs Python 3.11, the bootstrap package and ``requirements`` (a file inside it).
+
+        ``on_failure`` runs when any command fails (set -e makes every failure one).
+        """
         user_data = ec2.UserData.for_linux()
+        user_data.add_commands("set -euo pipefail")
+        if on_failure:
+            user_data.add_commands(f"trap '{on_failure}' ERR")
         user_data.add_commands(
-            "set -euo pipefail",
             "# Installs the bootstrap program; all the logic lives in it (python -m bootstrap --help).",
             f"dnf install -y -q {' '.join(['python3.11', 'python3.11-pip', 'unzip', *packages])}",
             f"mkdir -p {HOME}",

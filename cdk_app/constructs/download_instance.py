@@ -17,6 +17,7 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from bootstrap.contract import tags
@@ -29,6 +30,8 @@ from bootstrap.contract.names import (
     METRIC_NAMESPACE,
     UNIT,
     UNIT_SOURCE,
+    heartbeat_alarm,
+    heartbeat_metric,
 )
 from cdk_app.constructs.alerts import alerts_topic, notify
 from cdk_app.constructs.bootstrap_code import BootstrapCode, write_json
@@ -103,7 +106,9 @@ class DownloadInstance(Construct):
         self.log_group = logs.LogGroup(
             self, "Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=cdk.RemovalPolicy.DESTROY
         )
-        self.errors_alarm = self._alarm_on_errors(settings.pipeline)
+        alerts = alerts_topic(self, settings.pipeline)
+        self.errors_alarm = self._alarm_on_errors(settings.pipeline, alerts)
+        self.heartbeat_alarm = self._alarm_on_silence(settings.pipeline, alerts)
         self.role = instance_role(self, "Role")
         self._grant(stack, targets, settings.pipeline)
 
@@ -122,6 +127,7 @@ class DownloadInstance(Construct):
             "source_secret": targets.secret_name,
             "data_volume_id": self.volume.volume_id,
             "data_device": DATA_DEVICE,
+            "heartbeat_alarm": heartbeat_alarm(settings.pipeline),
         }
         write_json(self, user_data, CONFIG, {k: v for k, v in config.items() if v is not None})
         write_json(self, user_data, AGENT_CONFIG, agent_config(self.log_group.log_group_name))
@@ -182,7 +188,7 @@ class DownloadInstance(Construct):
             device=DATA_DEVICE,
         )
 
-    def _alarm_on_errors(self, pipeline: str) -> cloudwatch.Alarm:
+    def _alarm_on_errors(self, pipeline: str, alerts: sns.ITopic) -> cloudwatch.Alarm:
         """An ERROR line in the instance's log (a stage failed; the unit retries or needs a person)."""
         errors = logs.MetricFilter(
             self, "ErrorLines", log_group=self.log_group, filter_pattern=logs.FilterPattern.all_terms("ERROR"),
@@ -197,7 +203,25 @@ class DownloadInstance(Construct):
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )  # fmt: skip
-        notify(alarm, alerts_topic(self, pipeline))
+        notify(alarm, alerts)
+        return alarm
+
+    def _alarm_on_silence(self, pipeline: str, alerts: sns.ITopic) -> cloudwatch.Alarm:
+        """No heartbeat for 30 minutes: user data failed, the unit gave up, or the instance hangs."""
+        namespace, name, dimensions = heartbeat_metric(pipeline)
+        alarm = cloudwatch.Alarm(
+            self, "HeartbeatAlarm", alarm_name=heartbeat_alarm(pipeline),
+            alarm_description=f"{pipeline}: the download instance has sent no heartbeat for 30 minutes; its user "
+                              "data or its unit failed. Connect with `aws ssm start-session` and read "
+                              "/var/log/cloud-init-output.log and `journalctl -u imagenet-staging`.",
+            metric=cloudwatch.Metric(namespace=namespace, metric_name=name, statistic="Sum",
+                                     dimensions_map={d["Name"]: d["Value"] for d in dimensions},
+                                     period=cdk.Duration.minutes(10)),
+            threshold=1, evaluation_periods=3,
+            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )  # fmt: skip
+        notify(alarm, alerts)
         return alarm
 
     def _grant(self, stack: cdk.Stack, targets: DownloadTargets, pipeline: str) -> None:
@@ -246,6 +270,15 @@ class DownloadInstance(Construct):
         allow(role, ["ec2:CreateSnapshot"], [snapshots], StringEquals={f"aws:RequestTag/{tags.PIPELINE}": pipeline})
         allow(role, ["ec2:CreateTags"], [snapshots], StringEquals={"ec2:CreateAction": "CreateSnapshot"})
         self.log_group.grant_write(role)
+        allow(role, ["cloudwatch:PutMetricData"], ["*"],
+              StringEquals={"cloudwatch:namespace": heartbeat_metric(pipeline)[0]})  # fmt: skip
+        alarm = stack.format_arn(
+            service="cloudwatch",
+            resource="alarm",
+            resource_name=heartbeat_alarm(pipeline),
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )  # by name: the run re-arms it
+        allow(role, ["cloudwatch:EnableAlarmActions"], [alarm])
         allow(role, ["logs:DescribeLogStreams"], [self.log_group.log_group_arn])  # the CloudWatch agent checks first
         acknowledge(
             role,

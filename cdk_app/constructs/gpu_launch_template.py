@@ -67,7 +67,9 @@ class GpuLaunchTemplate(Construct):
         self._grant(settings)
         code = BootstrapCode(self, "Bootstrap")
         code.grant_read(self.role)
-        user_data = code.user_data(requirements="requirements-attach.txt", packages=[])
+        # a GPU instance whose set-up failed would bill for nothing: it shuts down, and so terminates
+        shut_down = 'shutdown -h +1 "imagenet-staging: user data failed at line $LINENO"'
+        user_data = code.user_data(requirements="requirements-attach.txt", packages=[], on_failure=shut_down)
         user_data.add_commands(attach_command(settings))
         self.template = ec2.LaunchTemplate(
             self,

@@ -24,6 +24,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from bootstrap.contract import tags
+from bootstrap.contract.names import heartbeat_alarm
 from cdk_app.constructs.alerts import notify
 from cdk_app.constructs.grants import allow
 from cdk_app.constructs.nag import acknowledge, spelled
@@ -108,12 +109,16 @@ class SnapshotTeardown(Construct):
                 "TAG_BYTES": tags.BYTES,
                 "KEEP_VOLUME": str(keep_volume).lower(),
                 "METRIC_NAMESPACE": metric_namespace,
+                "HEARTBEAT_ALARM": heartbeat_alarm(pipeline),
             },
         )
         allow(self.teardown.role, ["ec2:DescribeSnapshots", "ec2:DescribeInstances"], ["*"])
         allow(self.teardown.role, ["ec2:TerminateInstances", "ec2:ModifyInstanceAttribute"], [instances], **ours)
         parameter = stack.format_arn(service="ssm", resource="parameter", resource_name=snapshot_parameter.lstrip("/"))
         allow(self.teardown.role, ["ssm:GetParameter", "ssm:PutParameter"], [parameter])
+        alarm = stack.format_arn(service="cloudwatch", resource="alarm", resource_name=heartbeat_alarm(pipeline),
+                                 arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
+        allow(self.teardown.role, ["cloudwatch:DisableAlarmActions"], [alarm])
         allow(
             self.teardown.role,
             ["ec2:DeleteSnapshot"],

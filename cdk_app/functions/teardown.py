@@ -21,7 +21,8 @@ snapshots of that volume.  ``failed``: keep the instance (its data is
 intact) and emit the ``SnapshotFailed`` metric that the stack's alarm watches.
 
 Environment: PIPELINE, SNAPSHOT_PARAMETER, TAG_PIPELINE, TAG_INSTANCE, TAG_SCHEDULED, TAG_DATASET, TAG_MANIFEST,
-TAG_MANIFEST_URL, TAG_IMAGES, TAG_BYTES, KEEP_VOLUME ("true"/"false"), METRIC_NAMESPACE; AWS_REGION (Lambda's own).
+TAG_MANIFEST_URL, TAG_IMAGES, TAG_BYTES, KEEP_VOLUME ("true"/"false"), METRIC_NAMESPACE, HEARTBEAT_ALARM;
+AWS_REGION (Lambda's own).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, ssm:
     env = dict(os.environ) if env is None else env
     ec2, ssm, cloudwatch = _client("ec2", ec2), _client("ssm", ssm), _client("cloudwatch", cloudwatch)
     if event.get("detail-type") == "Scheduled Event":
-        return {"action": "swept", "finished": sweep(ec2, ssm, env)}
+        return {"action": "swept", "finished": sweep(ec2, ssm, cloudwatch, env)}
     detail = event.get("detail", {})
     if detail.get("event") != "createSnapshot":
         return {"action": "ignored", "reason": f"event {detail.get('event')!r}"}
@@ -74,14 +75,14 @@ def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, ssm:
             {"MetricName": "SnapshotFailed", "Value": 1, "Unit": "Count",
              "Dimensions": [{"Name": "Pipeline", "Value": env["PIPELINE"]}]}])  # fmt: skip
         return {"action": "alarm", "snapshot_id": snapshot_id, "instance_id": instance_id}
-    return finish(ec2, ssm, snapshot, env)
+    return finish(ec2, ssm, cloudwatch, snapshot, env)
 
 
 def _tags(resource: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
 
 
-def finish(ec2: Any, ssm: Any, snapshot: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+def finish(ec2: Any, ssm: Any, cloudwatch: Any, snapshot: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     """A completed dataset snapshot: published first, then its instance terminated (with its volume)."""
     snapshot_id, instance_id = snapshot["SnapshotId"], _tags(snapshot)[env["TAG_INSTANCE"]]
     published_now = ensure_published(ssm, snapshot, env)
@@ -90,6 +91,8 @@ def finish(ec2: Any, ssm: Any, snapshot: dict[str, Any], env: dict[str, str]) ->
         return {"action": "none", "reason": f"{instance_id} is already gone", "snapshot_id": snapshot_id,
                 "published_by_function": published_now}  # fmt: skip
     scheduled = [] if keep else delete_scheduled_snapshots(ec2, snapshot["VolumeId"], env)
+    if env.get("HEARTBEAT_ALARM"):  # the silence of a finished run is no alert; the next run re-arms it
+        cloudwatch.disable_alarm_actions(AlarmNames=[env["HEARTBEAT_ALARM"]])
     log.info("snapshot %s completed: terminated %s, data volume %s %s, %d scheduled snapshots of it deleted",
              snapshot_id, instance_id, snapshot["VolumeId"], "kept" if keep else "deleted with it",
              len(scheduled))  # fmt: skip
@@ -134,13 +137,13 @@ def ensure_published(ssm: Any, snapshot: dict[str, Any], env: dict[str, str]) ->
     return True
 
 
-def sweep(ec2: Any, ssm: Any, env: dict[str, str]) -> list[dict[str, Any]]:
+def sweep(ec2: Any, ssm: Any, cloudwatch: Any, env: dict[str, str]) -> list[dict[str, Any]]:
     """Finish every completed dataset snapshot whose instance still runs: the backstop for a lost event."""
     snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
         {"Name": f"tag:{env['TAG_PIPELINE']}", "Values": [env["PIPELINE"]]},
         {"Name": "tag-key", "Values": [env["TAG_INSTANCE"]]},
         {"Name": "status", "Values": ["completed"]}])["Snapshots"]  # fmt: skip
-    return [finish(ec2, ssm, s, env) for s in sorted(snapshots, key=lambda s: str(s.get("StartTime", "")))
+    return [finish(ec2, ssm, cloudwatch, s, env) for s in sorted(snapshots, key=lambda s: str(s.get("StartTime", "")))
             if _running(ec2, _tags(s)[env["TAG_INSTANCE"]])]  # fmt: skip
 
 

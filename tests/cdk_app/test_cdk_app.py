@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bootstrap.cli import build_parser
-from bootstrap.contract import tags
+from bootstrap.contract import names, tags
 from bootstrap.settings import load_config
 from cdk_app.config import ConfigError, StagingConfig, from_context
 from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, cli_synth, synth
@@ -216,11 +216,13 @@ def test_download_role_is_least_privilege(default: Synthesized) -> None:
     granted = {a for s in stmts for a in actions(s)}
     assert not granted & {"ec2:DeleteVolume", "ec2:TerminateInstances", "s3:DeleteObject"}
     assert not [a for a in granted if a.endswith("*")]
-    assert {a for s in stmts if s["Resource"] == "*" for a in actions(s)} == {
+    assert {a for s in stmts if s["Resource"] == "*" and "Condition" not in s for a in actions(s)} == {
         "ec2:DescribeVolumes",
         "ec2:DescribeSnapshots",
         "ec2:DescribeInstances",
     }
+    (heartbeat,) = allowing(stmts, "cloudwatch:PutMetricData")  # no resource-level permissions: its namespace only
+    assert heartbeat["Condition"] == {"StringEquals": {"cloudwatch:namespace": "ImagenetStaging/imagenet-staging"}}
     (asset,) = [s for s in allowing(stmts, "s3:GetObject") if "cdk-hnb659fds-assets" in render(s["Resource"])]
     assert blank_hashes(render(asset["Resource"])).endswith("/<asset-hash>.zip")  # that one object, nothing else
 
@@ -347,11 +349,12 @@ def test_alerts_reach_a_tls_only_topic_from_every_stack(default: Synthesized, va
     assert (email["Properties"]["Protocol"], email["Properties"]["Endpoint"]) == ("email", "ops@example.com")
     (errors,) = resources(download, "AWS::Logs::MetricFilter").values()
     assert errors["Properties"]["FilterPattern"] == '"ERROR"'  # the level field of an error line
-    (alarm,) = resources(download, "AWS::CloudWatch::Alarm").values()
-    assert alarm["Properties"]["MetricName"] == "DownloadErrors"
-    assert render(alarm["Properties"]["AlarmActions"][0]).endswith(
-        ":sns:${AWS::Region}:${AWS::AccountId}:imagenet-staging-alerts"
-    )  # by name, no export
+    alarms = {a["Properties"]["MetricName"]: a for a in resources(download, "AWS::CloudWatch::Alarm").values()}
+    assert set(alarms) == {"DownloadErrors", "Heartbeat"}
+    for alarm in alarms.values():
+        assert render(alarm["Properties"]["AlarmActions"][0]).endswith(
+            ":sns:${AWS::Region}:${AWS::AccountId}:imagenet-staging-alerts"
+        )  # by name, no export
 
 
 def test_source_secret_holds_no_credential(default: Synthesized, variant: Synthesized) -> None:
@@ -402,6 +405,7 @@ def test_snapshot_events_reach_the_teardown_function(default: Synthesized) -> No
         "TAG_BYTES": tags.BYTES,
         "KEEP_VOLUME": "false",
         "METRIC_NAMESPACE": "ImagenetStaging",
+        "HEARTBEAT_ALARM": "imagenet-staging-download-heartbeat",
     }
     scheduled = [r["Properties"] for r in rules.values() if "ScheduleExpression" in r["Properties"]]
     assert [r["ScheduleExpression"] for r in scheduled] == ["rate(1 hour)"] * 2  # the janitor; the teardown sweep
@@ -560,3 +564,22 @@ def test_summary_reads_back_what_would_be_deployed(default: Synthesized) -> None
                      "launch template (g5.xlarge; IMDSv2 required; runs user data)",
                      "rule on EBS Snapshot Notification"):  # fmt: skip
         assert expected in text
+
+
+def test_a_silent_download_instance_raises_the_heartbeat_alarm(default: Synthesized) -> None:
+    """User data that fails (no unit ever runs) or a unit that gives up: no heartbeat, and missing data alarms."""
+    t = default.templates["download"]
+    (alarm,) = [a["Properties"] for a in resources(t, "AWS::CloudWatch::Alarm").values()
+                if a["Properties"].get("MetricName") == "Heartbeat"]  # fmt: skip
+    assert alarm["AlarmName"] == names.heartbeat_alarm("imagenet-staging")
+    assert (alarm["TreatMissingData"], alarm["ComparisonOperator"]) == ("breaching", "LessThanThreshold")
+    assert alarm["Namespace"] == names.heartbeat_metric("imagenet-staging")[0] and alarm["AlarmActions"]
+    script = user_data(t, "AWS::EC2::Instance")
+    body = re.search(r"cat > /opt/imagenet-staging/config.json <<'JSON'\n(.*?)\nJSON", script, re.S)
+    assert body and json.loads(body.group(1))["heartbeat_alarm"] == alarm["AlarmName"]  # the run sends it
+
+
+def test_a_gpu_instance_whose_user_data_fails_shuts_down() -> None:
+    """The launch template terminates on shutdown, so a failed set-up stops billing (and frees its volumes)."""
+    lines = (GOLDEN / "userdata-gpu.txt").read_text().splitlines()
+    assert lines[1] == "set -euo pipefail" and lines[2].startswith("trap 'shutdown -h +1 ") and lines[2].endswith("ERR")

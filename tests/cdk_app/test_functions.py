@@ -190,9 +190,15 @@ def test_a_lost_event_is_made_good_by_the_scheduled_sweep() -> None:
     instance, _, snapshot = download_side(pipeline)  # completed, and nobody heard of it
     ec2, ssm = client("ec2"), client("ssm")
     assert state(instance) == "running"
+    client("cloudwatch").put_metric_alarm(AlarmName="td-lost-heartbeat", MetricName="Heartbeat", Namespace="T",
+                                          Statistic="Sum", Period=600, EvaluationPeriods=3, Threshold=1,
+                                          ComparisonOperator="LessThanThreshold")  # fmt: skip
     scheduled = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
-    result = teardown.handler(scheduled, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    with_alarm = {**env(pipeline), "HEARTBEAT_ALARM": "td-lost-heartbeat"}
+    result = teardown.handler(scheduled, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=with_alarm)
     assert [r["snapshot_id"] for r in result["finished"]] == [snapshot] and state(instance) == "terminated"
+    alarm = client("cloudwatch").describe_alarms(AlarmNames=["td-lost-heartbeat"])["MetricAlarms"][0]
+    assert alarm["ActionsEnabled"] is False  # the silence of a finished run is no alert
     assert json.loads(ssm.get_parameter(Name=f"/{pipeline}/snapshot")["Parameter"]["Value"])["snapshot_id"] == snapshot
     again = teardown.handler(scheduled, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
     assert again["finished"] == []

@@ -22,8 +22,10 @@ from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds, InstanceIdentity
 from bootstrap.common.state import atomic_write_json
 from bootstrap.contract import tags
+from bootstrap.contract.names import heartbeat_metric
 from bootstrap.engine import Engine
 from bootstrap.instance.backup import Backup, BackupError, BackupOptions, part_size
+from bootstrap.instance.heartbeat import Heartbeat
 from bootstrap.instance.snapshot import (
     TAG_INSTANCE,
     TAG_PIPELINE,
@@ -330,3 +332,17 @@ def test_a_failed_snapshot_publishes_nothing(tmp_path: Path, monkeypatch: pytest
             engine.publish()
     with pytest.raises(ClientError, match="ParameterNotFound"):
         client("ssm").get_parameter(Name="/fail/snapshot")
+
+
+def test_the_heartbeat_rearms_its_alarm_and_beats_while_the_run_lasts() -> None:
+    cloudwatch = client("cloudwatch")
+    namespace, name, dimensions = heartbeat_metric("hb")
+    cloudwatch.put_metric_alarm(AlarmName="hb-download-heartbeat", MetricName=name, Namespace=namespace,
+                                Statistic="Sum", Period=600, EvaluationPeriods=3, Threshold=1,
+                                ComparisonOperator="LessThanThreshold", ActionsEnabled=False)  # fmt: skip
+    with Heartbeat(cloudwatch, "hb", "hb-download-heartbeat", interval=0.05):
+        time.sleep(0.3)
+    alarm = cloudwatch.describe_alarms(AlarmNames=["hb-download-heartbeat"])["MetricAlarms"][0]
+    assert alarm["ActionsEnabled"] is True  # a new run re-arms what the last teardown disarmed
+    metrics = cloudwatch.list_metrics(Namespace=namespace, MetricName=name)["Metrics"]
+    assert metrics and metrics[0]["Dimensions"] == dimensions
