@@ -224,6 +224,21 @@ class DownloadInstance(Construct):
         notify(alarm, alerts)
         return alarm
 
+    def _grant_monitoring(self, stack: cdk.Stack, pipeline: str) -> None:
+        """Its log group, its heartbeat metric (by namespace: PutMetricData has no resources) and alarm."""
+        role = self.role
+        self.log_group.grant_write(role)
+        allow(role, ["cloudwatch:PutMetricData"], ["*"],
+              StringEquals={"cloudwatch:namespace": heartbeat_metric(pipeline)[0]})  # fmt: skip
+        alarm = stack.format_arn(
+            service="cloudwatch",
+            resource="alarm",
+            resource_name=heartbeat_alarm(pipeline),
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )  # by name: the run re-arms it
+        allow(role, ["cloudwatch:EnableAlarmActions"], [alarm])
+        allow(role, ["logs:DescribeLogStreams"], [self.log_group.log_group_arn])  # the CloudWatch agent checks first
+
     def _grant(self, stack: cdk.Stack, targets: DownloadTargets, pipeline: str) -> None:
         """Least privilege: its prefix, its parameters, snapshots of its own volume, its secret and logs."""
         role = self.role
@@ -269,17 +284,7 @@ class DownloadInstance(Construct):
         snapshots = stack.format_arn(service="ec2", resource="snapshot", resource_name="*", account="")
         allow(role, ["ec2:CreateSnapshot"], [snapshots], StringEquals={f"aws:RequestTag/{tags.PIPELINE}": pipeline})
         allow(role, ["ec2:CreateTags"], [snapshots], StringEquals={"ec2:CreateAction": "CreateSnapshot"})
-        self.log_group.grant_write(role)
-        allow(role, ["cloudwatch:PutMetricData"], ["*"],
-              StringEquals={"cloudwatch:namespace": heartbeat_metric(pipeline)[0]})  # fmt: skip
-        alarm = stack.format_arn(
-            service="cloudwatch",
-            resource="alarm",
-            resource_name=heartbeat_alarm(pipeline),
-            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-        )  # by name: the run re-arms it
-        allow(role, ["cloudwatch:EnableAlarmActions"], [alarm])
-        allow(role, ["logs:DescribeLogStreams"], [self.log_group.log_group_arn])  # the CloudWatch agent checks first
+        self._grant_monitoring(stack, pipeline)
         acknowledge(
             role,
             "IAM5",
