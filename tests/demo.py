@@ -30,10 +30,10 @@ from typing import Any
 
 from bootstrap.cli import configure_logging
 from bootstrap.common.aws import client
-from bootstrap.contract import tags
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.engine import Engine
 from bootstrap.settings import load_config
+from cdk_app.constructs.snapshot_teardown import teardown_environment
 from cdk_app.functions import teardown as teardown_function
 from cdk_app.summary import render as describe_assembly
 from scripts.synthetic_imagenet import Spec, generate
@@ -88,10 +88,8 @@ class TeardownFunction:
 
     def __init__(self, strict: StrictAws) -> None:
         self.results: list[dict[str, Any]] = []
-        keys = ("PIPELINE", "INSTANCE", "SCHEDULED", "DATASET", "MANIFEST", "MANIFEST_URL", "IMAGES", "BYTES")
-        self.env = {"PIPELINE": "imagenet-staging", "SNAPSHOT_PARAMETER": SNAPSHOT_PARAMETER, "AWS_REGION": "us-east-1",
-                    "KEEP_VOLUME": "false", "METRIC_NAMESPACE": "ImagenetStaging",
-                    **{f"TAG_{k}": getattr(tags, k) for k in keys}}  # fmt: skip
+        variables = teardown_environment("imagenet-staging", SNAPSHOT_PARAMETER, False, "ImagenetStaging")
+        self.env = {**variables, "HEARTBEAT_ALARM": "", "AWS_REGION": "us-east-1"}  # no alarm in the emulator
         strict.listeners.append(self.invoked)
 
     def invoked(self, event: dict[str, Any]) -> None:

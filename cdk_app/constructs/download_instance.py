@@ -194,33 +194,35 @@ class DownloadInstance(Construct):
             self, "ErrorLines", log_group=self.log_group, filter_pattern=logs.FilterPattern.all_terms("ERROR"),
             metric_namespace=f"{METRIC_NAMESPACE}/{pipeline}", metric_name="DownloadErrors", metric_value="1",
         )  # fmt: skip
-        alarm = cloudwatch.Alarm(
-            self, "ErrorsAlarm",
-            alarm_description=f"{pipeline}: the download instance logged an error; `python -m scripts status` shows "
-                              "the last one, and the log group has the rest.",
-            metric=errors.metric(statistic="Sum", period=cdk.Duration.minutes(5)),
-            threshold=1, evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        return self._alarm(
+            "ErrorsAlarm", alerts, errors.metric(statistic="Sum", period=cdk.Duration.minutes(5)),
+            f"{pipeline}: the download instance logged an error; `python -m scripts status` shows the last one, "
+            "and the log group has the rest.",
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD, periods=1,
+            missing=cloudwatch.TreatMissingData.NOT_BREACHING,
         )  # fmt: skip
-        notify(alarm, alerts)
-        return alarm
 
     def _alarm_on_silence(self, pipeline: str, alerts: sns.ITopic) -> cloudwatch.Alarm:
         """No heartbeat for 30 minutes: user data failed, the unit gave up, or the instance hangs."""
         namespace, name, dimensions = heartbeat_metric(pipeline)
-        alarm = cloudwatch.Alarm(
-            self, "HeartbeatAlarm", alarm_name=heartbeat_alarm(pipeline),
-            alarm_description=f"{pipeline}: the download instance has sent no heartbeat for 30 minutes; its user "
-                              "data or its unit failed. Connect with `aws ssm start-session` and read "
-                              "/var/log/cloud-init-output.log and `journalctl -u imagenet-staging`.",
-            metric=cloudwatch.Metric(namespace=namespace, metric_name=name, statistic="Sum",
-                                     dimensions_map={d["Name"]: d["Value"] for d in dimensions},
-                                     period=cdk.Duration.minutes(10)),
-            threshold=1, evaluation_periods=3,
-            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        metric = cloudwatch.Metric(namespace=namespace, metric_name=name, statistic="Sum",
+                                   dimensions_map={d["Name"]: d["Value"] for d in dimensions},
+                                   period=cdk.Duration.minutes(10))  # fmt: skip
+        return self._alarm(
+            "HeartbeatAlarm", alerts, metric,
+            f"{pipeline}: the download instance has sent no heartbeat for 30 minutes; its user data or its unit "
+            "failed. Connect with `aws ssm start-session` and read /var/log/cloud-init-output.log and "
+            "`journalctl -u imagenet-staging`.",
+            comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD, periods=3,
+            missing=cloudwatch.TreatMissingData.BREACHING, name=heartbeat_alarm(pipeline),
         )  # fmt: skip
+
+    def _alarm(self, id: str, alerts: sns.ITopic, metric: cloudwatch.IMetric, description: str, *,
+               comparison: cloudwatch.ComparisonOperator, periods: int, missing: cloudwatch.TreatMissingData,
+               name: str | None = None) -> cloudwatch.Alarm:  # fmt: skip
+        alarm = cloudwatch.Alarm(self, id, alarm_name=name, alarm_description=description, metric=metric, threshold=1,
+                                 evaluation_periods=periods, comparison_operator=comparison,
+                                 treat_missing_data=missing)  # fmt: skip
         notify(alarm, alerts)
         return alarm
 

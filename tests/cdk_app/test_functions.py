@@ -11,6 +11,7 @@ import pytest
 from bootstrap.common.aws import client
 from bootstrap.contract import tags
 from bootstrap.instance.snapshot import SnapshotRequest, snapshot_tags
+from cdk_app.constructs.snapshot_teardown import teardown_environment
 from cdk_app.functions import janitor, teardown
 from tests.fixtures.ec2_world import launch_instance
 from tests.fixtures.strict_aws import StrictAws, attached, available_volume, completed_snapshot
@@ -19,12 +20,9 @@ pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
 
 def env(pipeline: str, keep: bool = False) -> dict[str, str]:
-    """What Lambda's environment holds: the construct's variables and AWS_REGION."""
-    return {"PIPELINE": pipeline, "SNAPSHOT_PARAMETER": f"/{pipeline}/snapshot", "TAG_PIPELINE": tags.PIPELINE,
-            "TAG_INSTANCE": tags.INSTANCE, "TAG_SCHEDULED": tags.SCHEDULED, "TAG_OWNER": tags.OWNER,
-            "TAG_DATASET": tags.DATASET, "TAG_MANIFEST": tags.MANIFEST, "TAG_MANIFEST_URL": tags.MANIFEST_URL,
-            "TAG_IMAGES": tags.IMAGES, "TAG_BYTES": tags.BYTES, "KEEP_VOLUME": str(keep).lower(),
-            "METRIC_NAMESPACE": "Test", "AWS_REGION": "us-east-1"}  # fmt: skip
+    """What Lambda's environment holds: the construct's variables (the janitor's TAG_OWNER too) and AWS_REGION."""
+    variables = teardown_environment(pipeline, f"/{pipeline}/snapshot", keep, "Test")
+    return {**variables, "HEARTBEAT_ALARM": "", "TAG_OWNER": tags.OWNER, "AWS_REGION": "us-east-1"}
 
 
 def download_side(pipeline: str) -> tuple[str, str, str]:

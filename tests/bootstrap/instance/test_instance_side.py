@@ -189,17 +189,30 @@ def test_snapshot_in_error_state_is_a_clear_failure(tmp_path: Path) -> None:
         stub.assert_no_pending_responses()
 
 
-def test_second_attempt_waits_for_the_pending_snapshot(tmp_path: Path) -> None:
+def _stubbed_snapshot(tmp_path: Path, answers: list[tuple[str, dict[str, Any] | str]]) -> dict[str, Any]:
+    """take_snapshot against exactly these EC2 answers (a str is an error code); every one must be used."""
     ec2 = client("ec2")
     with Stubber(ec2) as stub:
-        stub.add_response("describe_snapshots", {"Snapshots": []})
-        stub.add_client_error("create_snapshot", "ConcurrentSnapshotLimitExceeded")
-        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-9", "State": "pending"}]})
-        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-9", "State": "completed",
-                                                                 "Progress": "100%"}]})  # fmt: skip
+        for operation, answer in answers:
+            if isinstance(answer, str):
+                stub.add_client_error(operation, answer)
+            else:
+                stub.add_response(operation, answer)
         snap = take_snapshot(ec2, IDENTITY, VOLUME, REQUEST, mount_point=tmp_path, state_path=tmp_path / "s.json",
                              freeze=_no_freeze, sleep=lambda _s: None)  # fmt: skip
         stub.assert_no_pending_responses()
+    return snap
+
+
+def _completed(snapshot_id: str) -> dict[str, Any]:
+    return {"Snapshots": [{"SnapshotId": snapshot_id, "State": "completed", "Progress": "100%"}]}
+
+
+def test_second_attempt_waits_for_the_pending_snapshot(tmp_path: Path) -> None:
+    snap = _stubbed_snapshot(tmp_path, [
+        ("describe_snapshots", {"Snapshots": []}), ("create_snapshot", "ConcurrentSnapshotLimitExceeded"),
+        ("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-9", "State": "pending"}]}),
+        ("describe_snapshots", _completed("snap-9"))])  # fmt: skip
     assert snap["SnapshotId"] == "snap-9"
     assert json.loads((tmp_path / "s.json").read_text())["snapshot_id"] == "snap-9"
 
@@ -219,16 +232,11 @@ def test_a_pending_lifecycle_snapshot_is_waited_for_then_ours_is_taken(tmp_path:
 
 def test_a_recorded_snapshot_that_ended_in_error_is_replaced(tmp_path: Path) -> None:
     atomic_write_json(tmp_path / "s.json", {"snapshot_id": "snap-old", "volume_id": VOLUME.volume_id})
-    ec2 = client("ec2")
-    with Stubber(ec2) as stub:
-        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-old", "State": "error"}]})
-        stub.add_response("describe_snapshots", {"Snapshots": []})  # none of ours pending
-        stub.add_response("create_snapshot", {"SnapshotId": "snap-new", "State": "pending"})
-        stub.add_response("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-new", "State": "completed",
-                                                                 "Progress": "100%"}]})  # fmt: skip
-        snap = take_snapshot(ec2, IDENTITY, VOLUME, REQUEST, mount_point=tmp_path, state_path=tmp_path / "s.json",
-                             freeze=_no_freeze, sleep=lambda _s: None)  # fmt: skip
-        stub.assert_no_pending_responses()
+    snap = _stubbed_snapshot(tmp_path, [
+        ("describe_snapshots", {"Snapshots": [{"SnapshotId": "snap-old", "State": "error"}]}),
+        ("describe_snapshots", {"Snapshots": []}),  # none of ours pending
+        ("create_snapshot", {"SnapshotId": "snap-new", "State": "pending"}),
+        ("describe_snapshots", _completed("snap-new"))])  # fmt: skip
     assert snap["SnapshotId"] == "snap-new"
     assert json.loads((tmp_path / "s.json").read_text())["snapshot_id"] == "snap-new"
 
