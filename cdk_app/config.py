@@ -30,7 +30,6 @@ _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
-_AZ = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _SSM_NAME = re.compile(r"^/[A-Za-z0-9_.\-/]+$")
@@ -81,7 +80,6 @@ class StagingConfig:
     """The data volume is also snapshotted on this schedule while it exists (0 turns the policy off)."""
     dlm_retain: int = 3
     dlm_copy_regions: tuple[str, ...] = ()
-    dlm_fast_restore_azs: tuple[str, ...] = ()
     janitor_interval_minutes: int = 60
     # -- GPU fleets -----------------------------------------------------------------------
     gpu_instance_types: tuple[str, ...] = ("g5.xlarge",)
@@ -132,8 +130,6 @@ class StagingConfig:
         regions = self.dlm_copy_regions
         need("dlm_copy_regions", all(_REGION.match(r) for r in regions) and len(regions) <= 3,
              "at most 3 regions like us-west-2")  # fmt: skip
-        need("dlm_fast_restore_azs", all(_AZ.match(z) for z in self.dlm_fast_restore_azs),
-             "availability zones like us-east-1a")  # fmt: skip
         for key in ("download_ami_parameter", "gpu_ami_parameter"):
             need(key, bool(_SSM_NAME.match(getattr(self, key))), "an SSM parameter name starting with /")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from bootstrap.contract import tags
 from cdk_app.config import StagingConfig
-from scripts.common import add_pipeline_args, clients, require_published
+from scripts.common import OperatorError, add_pipeline_args, clients, require_published
 from scripts.plan import load_prices
 
 CAPACITY_ERRORS = {"InsufficientInstanceCapacity", "InsufficientCapacity", "UnfulfillableCapacity"}
@@ -40,9 +40,16 @@ def command(args: argparse.Namespace) -> tuple[Any, str]:
         published = require_published(ssm, args.snapshot_parameter)
         azs = subnet_azs(ec2, subnets)
         cost = fast_restore_cost(azs, load_prices())
-        print(f"fast snapshot restore in {', '.join(azs)}: ${cost:.2f} per hour while enabled "
-              "(one-hour minimum); disable it when the fleet is up", file=sys.stderr)  # fmt: skip
+        credits = fast_restore_credits(int(published.get("volume_size_gib") or 1000))
+        print(f"fast snapshot restore in {', '.join(azs)}: ${cost:.2f} per hour while enabled (one-hour "
+              f"minimum); each AZ creates {credits} volume(s) at once at full performance, then one more as "
+              "each credit refills; waiting until every AZ is enabled; `teardown fleet` disables it",
+              file=sys.stderr)  # fmt: skip
         fast_restore = enable_fast_restore(ec2, published["snapshot_id"], azs)
+        not_ready = {az: state for az, state in fast_restore.items() if state != "enabled"}
+        if not_ready:
+            raise OperatorError(f"fast snapshot restore is not enabled in {not_ready}; launch without "
+                                "--fast-restore, or again once it is (it keeps billing until disabled)")  # fmt: skip
     result = launch_fleet(ec2, template_id=args.launch_template_id, count=args.count,
                           instance_types=args.instance_types.split(","), subnets=subnets,
                           pipeline=args.pipeline, spot=args.spot)  # fmt: skip
@@ -102,14 +109,37 @@ def fast_restore_cost(azs: list[str], prices: dict[str, Any], hours: float = 1.0
     return float(len(azs) * max(hours, 1.0) * prices["fsr_dsu_hour"])
 
 
-def enable_fast_restore(ec2: Any, snapshot_id: str, azs: list[str]) -> dict[str, str]:
-    """Turn FSR on for the snapshot in these AZs; returns AZ -> state (it reaches 'enabled' after ~1 h per TiB)."""
+def fast_restore_credits(snapshot_gib: int) -> int:
+    """Volumes an AZ can create at full performance at once (the credit bucket): max(1, min(10, 1024 / GiB))."""
+    return max(1, min(10, 1024 // max(1, snapshot_gib)))
+
+
+def enable_fast_restore(ec2: Any, snapshot_id: str, azs: list[str], *, timeout: float = 4 * 3600, poll: float = 30,
+                        sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:  # fmt: skip
+    """Turn FSR on for the snapshot in these AZs and wait until each is ``enabled``; returns AZ -> state.
+
+    A volume created while FSR is still ``enabling`` or ``optimizing`` gets no benefit, and FSR bills from the
+    start, so the fleet launches only once every AZ is ready (about an hour per TiB), or says which are not.
+    """
     response = ec2.enable_fast_snapshot_restores(AvailabilityZones=azs, SourceSnapshotIds=[snapshot_id])
     states = {item["AvailabilityZone"]: item["State"] for item in response.get("Successful", [])}
     for item in response.get("Unsuccessful", []):
         for error in item.get("FastSnapshotRestoreStateErrors", []):
             states[error["AvailabilityZone"]] = f"failed: {error['Error']['Message']}"
+    deadline = time.monotonic() + timeout
+    while any(state in ("enabling", "optimizing") for state in states.values()) and time.monotonic() < deadline:
+        sleep(poll)
+        states.update(
+            fast_restore_states(ec2, snapshot_id, [az for az, s in states.items() if not s.startswith("failed")])
+        )
     return states
+
+
+def fast_restore_states(ec2: Any, snapshot_id: str, azs: list[str]) -> dict[str, str]:
+    """AZ -> FSR state of the snapshot (``enabling``, ``optimizing``, ``enabled``, ``disabling``)."""
+    found = ec2.describe_fast_snapshot_restores(Filters=[
+        {"Name": "snapshot-id", "Values": [snapshot_id]}, {"Name": "availability-zone", "Values": azs}])  # fmt: skip
+    return {item["AvailabilityZone"]: item["State"] for item in found.get("FastSnapshotRestores", [])}
 
 
 def wait_for_datasets(ec2: Any, instance_ids: list[str], timeout: float = 900, poll: float = 10,

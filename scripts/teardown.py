@@ -49,6 +49,9 @@ def command(args: argparse.Namespace) -> tuple[Any, str]:
         raise OperatorError("not confirmed; nothing was deleted (pass --yes to skip the question)")
     if args.what in ("fleet", "all"):  # first: a fleet comes down whatever the download side's state
         result["fleet"] = teardown_fleet(ec2, pipeline=args.pipeline)
+        published = read_published(ssm, args.snapshot_parameter)
+        if published:
+            result["fleet"]["fast_restore_disabled"] = disable_fast_restore(ec2, published["snapshot_id"])
     if args.what in ("download", "all"):
         cfn = clients(args, "cloudformation")[0] if args.destroy_stack else None
         result["download"] = teardown_download(ec2, ssm, s3, snapshot_parameter=args.snapshot_parameter,
@@ -93,6 +96,17 @@ def teardown_download(ec2: Any, ssm: Any, s3: Any, *, snapshot_parameter: str, p
         return {"terminated": None, "note": "no download instance is recorded in the snapshot parameter"}
     gone = not terminate_with_volume(ec2, instance_id, published.get("volume_id", ""), keep_volume=keep_volume)
     return {"terminated": None if gone else instance_id, "volume_deleted": not keep_volume and not gone}
+
+
+def disable_fast_restore(ec2: Any, snapshot_id: str) -> list[str]:
+    """Turn off fast snapshot restore wherever it is on for the dataset snapshot (it bills per AZ-hour)."""
+    found = ec2.describe_fast_snapshot_restores(Filters=[
+        {"Name": "snapshot-id", "Values": [snapshot_id]},
+        {"Name": "state", "Values": ["enabling", "optimizing", "enabled"]}])["FastSnapshotRestores"]  # fmt: skip
+    azs = sorted({item["AvailabilityZone"] for item in found})
+    if azs:
+        ec2.disable_fast_snapshot_restores(AvailabilityZones=azs, SourceSnapshotIds=[snapshot_id])
+    return azs
 
 
 def teardown_fleet(ec2: Any, *, pipeline: str, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:

@@ -31,7 +31,6 @@ class SnapshotLifecycle(Construct):
         interval_hours: int,
         retain: int,
         copy_regions: Sequence[str] = (),
-        fast_restore_azs: Sequence[str] = (),
     ) -> None:
         super().__init__(scope, id)
         self.role = iam.Role(
@@ -67,11 +66,7 @@ class SnapshotLifecycle(Construct):
                 for region in copy_regions
             ]
             or None,
-            fast_restore_rule=dlm.CfnLifecyclePolicy.FastRestoreRuleProperty(
-                availability_zones=list(fast_restore_azs), count=1
-            )
-            if fast_restore_azs
-            else None,
+            # no fast snapshot restore: $0.75 per AZ-hour for insurance copies nobody restores from
         )
         self.policy = dlm.CfnLifecyclePolicy(
             self,

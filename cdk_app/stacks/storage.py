@@ -34,7 +34,6 @@ class StorageStack(cdk.Stack):
                 interval_hours=config.dlm_interval_hours,
                 retain=config.dlm_retain,
                 copy_regions=config.dlm_copy_regions,
-                fast_restore_azs=config.dlm_fast_restore_azs,
             )
         self.alerts = Alerts(self, "Alerts", pipeline=config.name, email=config.alarm_email)
         self.teardown = SnapshotTeardown(

@@ -33,7 +33,6 @@ VARIANT = {
     "keep_data_volume": "true",
     "fleet_asg": "true",
     "dlm_copy_regions": "us-west-2,eu-west-1",
-    "dlm_fast_restore_azs": "us-east-1a",
     "restored_iops": "6000",
     "restored_throughput": "500",
     "restored_initialization_rate": "200",
@@ -378,7 +377,7 @@ def test_dlm_policy_targets_only_the_data_volume(default: Synthesized, variant: 
     assert "CrossRegionCopyRules" not in schedule and "FastRestoreRule" not in schedule
     (variant_schedule,) = one(variant.templates["storage"], "AWS::DLM::LifecyclePolicy")["PolicyDetails"]["Schedules"]
     assert [r["Target"] for r in variant_schedule["CrossRegionCopyRules"]] == ["us-west-2", "eu-west-1"]
-    assert variant_schedule["FastRestoreRule"] == {"AvailabilityZones": ["us-east-1a"], "Count": 1}
+    assert "FastRestoreRule" not in variant_schedule  # never on scheduled snapshots nobody restores
 
 
 def test_snapshot_events_reach_the_teardown_function(default: Synthesized) -> None:

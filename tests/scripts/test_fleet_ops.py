@@ -244,21 +244,41 @@ def test_teardown_all_purge_asks_then_deletes_what_teardown_keeps(
         client("ssm").get_parameter(Name="/pg/snapshot")
 
 
-def test_fast_restore_shows_its_cost_and_enables_per_az() -> None:
-    from scripts.launch import enable_fast_restore, fast_restore_cost
+def _fsr(az: str, state: str) -> dict[str, Any]:
+    return {"SnapshotId": "snap-1", "AvailabilityZone": az, "State": state}
+
+
+def test_fast_restore_shows_its_cost_and_waits_until_enabled_per_az() -> None:
+    from scripts.launch import enable_fast_restore, fast_restore_cost, fast_restore_credits
     from scripts.plan import load_prices
 
     assert fast_restore_cost(["us-east-1a", "us-east-1b"], load_prices(), hours=0.25) == pytest.approx(1.5)
-    ec2 = client("ec2")  # moto has no FSR API: check the exact call and the reply handling
+    assert (fast_restore_credits(1000), fast_restore_credits(64), fast_restore_credits(100)) == (1, 10, 10)
+    ec2 = client("ec2")  # moto has no FSR API: check the exact calls and the reply handling
     with Stubber(ec2) as stub:
         stub.add_response("enable_fast_snapshot_restores", {
-            "Successful": [{"SnapshotId": "snap-1", "AvailabilityZone": "us-east-1a", "State": "enabling"}],
+            "Successful": [_fsr("us-east-1a", "enabling")],
             "Unsuccessful": [{"SnapshotId": "snap-1", "FastSnapshotRestoreStateErrors": [
                 {"AvailabilityZone": "us-east-1b", "Error": {"Code": "x", "Message": "limit reached"}}]}]},
             {"AvailabilityZones": ["us-east-1a", "us-east-1b"], "SourceSnapshotIds": ["snap-1"]})  # fmt: skip
-        states = enable_fast_restore(ec2, "snap-1", ["us-east-1a", "us-east-1b"])
+        for state in ("optimizing", "enabled"):  # a volume made before 'enabled' gets no benefit: wait
+            stub.add_response("describe_fast_snapshot_restores", {"FastSnapshotRestores": [_fsr("us-east-1a", state)]})
+        states = enable_fast_restore(ec2, "snap-1", ["us-east-1a", "us-east-1b"], sleep=lambda _s: None)
         stub.assert_no_pending_responses()
-    assert states == {"us-east-1a": "enabling", "us-east-1b": "failed: limit reached"}
+    assert states == {"us-east-1a": "enabled", "us-east-1b": "failed: limit reached"}
+
+
+def test_teardown_fleet_disables_the_fast_restore_it_turned_on() -> None:
+    from scripts.teardown import disable_fast_restore
+
+    ec2 = client("ec2")
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_fast_snapshot_restores", {"FastSnapshotRestores": [
+            _fsr("us-east-1b", "enabled"), _fsr("us-east-1a", "optimizing")]})  # fmt: skip
+        expected = {"AvailabilityZones": ["us-east-1a", "us-east-1b"], "SourceSnapshotIds": ["snap-1"]}
+        stub.add_response("disable_fast_snapshot_restores", {}, expected)
+        assert disable_fast_restore(ec2, "snap-1") == ["us-east-1a", "us-east-1b"]
+        stub.assert_no_pending_responses()
 
 
 def test_aws_errors_are_one_line_naming_the_call(capsys: pytest.CaptureFixture[str]) -> None:
