@@ -64,6 +64,8 @@ class DownloadSettings:
     keep_volume: bool
     engine: dict[str, Any]
     """Keys of bootstrap's PrepConfig (source, resize, ...) passed through to config.json."""
+    pin_ami: bool = False
+    """Resolve the AMI parameter at synth and keep it in cdk.context.json (needs an account-specific synth)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,10 @@ class DownloadInstance(Construct):
             self,
             "Instance",
             instance_type=ec2.InstanceType(settings.instance_type),
-            machine_image=ec2.MachineImage.from_ssm_parameter(settings.ami_parameter, os=ec2.OperatingSystemType.LINUX),
+            # Pinned, a newer AL2023 image does not replace a running instance on the next deploy.
+            machine_image=ec2.MachineImage.from_ssm_parameter(
+                settings.ami_parameter, os=ec2.OperatingSystemType.LINUX, cached_in_context=settings.pin_ami
+            ),
             vpc=vpc,
             vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
             security_group=security_group,
@@ -160,7 +165,9 @@ class DownloadInstance(Construct):
                 )
             ],
             user_data=user_data,
-            user_data_causes_replacement=True,
+            # A replacement instance would be created while the old one still holds the data volume
+            # ("volume in use"); a changed user data is applied in place instead (the job resumes).
+            user_data_causes_replacement=False,
             propagate_tags_to_volume_on_creation=True,
         )
         cdk.Tags.of(self.instance).add(tags.ROLE, tags.DOWNLOAD)

@@ -38,6 +38,7 @@ class DownloadStack(cdk.Stack):
             volume_gib=config.data_volume_gib,
             keep_volume=config.keep_data_volume,
             engine=config.engine,
+            pin_ami=not cdk.Token.is_unresolved(self.account),
         )
         source = urlsplit(config.source)
         targets = DownloadTargets(

@@ -261,7 +261,12 @@ def test_no_credentials_in_any_user_data(default: Synthesized, variant: Synthesi
             assert "SecretString" not in secret["Properties"]  # the value is set out of band, never in a template
 
 
-ACCOUNT_CONTEXT = {"account": "123456789012", "region": "us-east-1"}
+PINNED_AMI = "ami-0123456789abcdef0"
+ACCOUNT_CONTEXT = {  # the AL2023 image as `cdk deploy` caches it in cdk.context.json: a new one never replaces
+    "account": "123456789012", "region": "us-east-1",
+    "ssm:account=123456789012:parameterName=/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64:"
+    "region=us-east-1": PINNED_AMI,
+}  # fmt: skip
 LOOKED_UP_VPC = {  # what `cdk synth` with credentials caches in cdk.context.json for vpc_id
     "vpc-provider:account=123456789012:filter.vpc-id=vpc-0123456789abcdef0:region=us-east-1:"
     "returnAsymmetricSubnets=true": {
@@ -286,6 +291,7 @@ def test_an_account_specific_synth_puts_volume_and_instance_in_one_literal_az(
     t = synthesized.templates["download"]
     volume, instance = one(t, "AWS::EC2::Volume"), one(t, "AWS::EC2::Instance")
     assert volume["AvailabilityZone"] == instance["AvailabilityZone"] == az
+    assert instance["ImageId"] == PINNED_AMI  # resolved once, kept in cdk.context.json
     if "vpc_id" in lookups:
         assert instance["SubnetId"] == "subnet-0aaaaaaaaaaaaaaaa"
         assert not resources(synthesized.templates["network"], "AWS::EC2::VPC")  # used, not created
@@ -570,3 +576,17 @@ def test_a_gpu_instance_whose_user_data_fails_shuts_down() -> None:
     """The launch template terminates on shutdown, so a failed set-up stops billing (and frees its volumes)."""
     lines = (GOLDEN / "userdata-gpu.txt").read_text().splitlines()
     assert lines[1] == "set -euo pipefail" and lines[2].startswith("trap 'shutdown -h +1 ") and lines[2].endswith("ERR")
+
+
+def test_redeploying_changed_code_or_settings_never_replaces_the_download_instance(tmp_path: Path) -> None:
+    """A replacement would be created while the old instance still holds the data volume: "volume in use".
+
+    CDK names an instance whose user data causes replacement after a hash of that user data; a stable logical
+    id means CloudFormation updates the instance in place (user data needs a stop and start; the unit resumes).
+    """
+    ids = []
+    for resize in (256, 128):  # a different engine setting, as a change to bootstrap/ changes the asset hash
+        t = synth(tmp_path / str(resize), resize=resize).templates["download"]
+        (instance_id,) = resources(t, "AWS::EC2::Instance")
+        ids.append(instance_id)
+    assert ids[0] == ids[1]
