@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
 def command(args: argparse.Namespace) -> tuple[Any, str]:
     ec2, ssm = clients(args, "ec2", "ssm")
     subnets = args.subnets.split(",")
+    private = subnets_without_public_ips(ec2, subnets)
+    if private:
+        print(f"warning: {', '.join(private)} assign no public addresses: instances there need a NAT gateway or "
+              "VPC endpoints (S3, SSM, EC2) to install and attach the dataset; without them their user data fails "
+              "and they shut down", file=sys.stderr)  # fmt: skip
     fast_restore = {}
     if args.fast_restore:
         published = require_published(ssm, args.snapshot_parameter)
@@ -102,6 +107,12 @@ def launch_fleet(ec2: Any, *, template_id: str, count: int, instance_types: list
 
 def subnet_azs(ec2: Any, subnets: list[str]) -> list[str]:
     return sorted({s["AvailabilityZone"] for s in ec2.describe_subnets(SubnetIds=subnets)["Subnets"]})
+
+
+def subnets_without_public_ips(ec2: Any, subnets: list[str]) -> list[str]:
+    """Subnets that give launched instances no public address (then only a NAT or endpoints reach AWS)."""
+    found = ec2.describe_subnets(SubnetIds=subnets)["Subnets"]
+    return [s["SubnetId"] for s in found if not s.get("MapPublicIpOnLaunch")]
 
 
 def fast_restore_cost(azs: list[str], prices: dict[str, Any], hours: float = 1.0) -> float:

@@ -64,6 +64,8 @@ class DownloadSettings:
     keep_volume: bool
     engine: dict[str, Any]
     """Keys of bootstrap's PrepConfig (source, resize, ...) passed through to config.json."""
+    public_ip: bool = False
+    """Ask for a public address: an existing VPC's public subnets may not assign one, and there is no NAT."""
     pin_ami: bool = False
     """Resolve the AMI parameter at synth and keep it in cdk.context.json (needs an account-specific synth)."""
 
@@ -154,6 +156,7 @@ class DownloadInstance(Construct):
             security_group=security_group,
             role=self.role,
             require_imdsv2=True,
+            associate_public_ip_address=True if settings.public_ip else None,
             detailed_monitoring=settings.detailed_monitoring,
             credit_specification=ec2.CpuCredits(settings.cpu_credits.upper()) if burstable else None,
             block_devices=[

@@ -39,6 +39,7 @@ class DownloadStack(cdk.Stack):
             keep_volume=config.keep_data_volume,
             engine=config.engine,
             pin_ami=not cdk.Token.is_unresolved(self.account),
+            public_ip=config.vpc_id is not None,
         )
         source = urlsplit(config.source)
         targets = DownloadTargets(

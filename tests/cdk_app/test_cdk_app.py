@@ -292,8 +292,9 @@ def test_an_account_specific_synth_puts_volume_and_instance_in_one_literal_az(
     volume, instance = one(t, "AWS::EC2::Volume"), one(t, "AWS::EC2::Instance")
     assert volume["AvailabilityZone"] == instance["AvailabilityZone"] == az
     assert instance["ImageId"] == PINNED_AMI  # resolved once, kept in cdk.context.json
-    if "vpc_id" in lookups:
-        assert instance["SubnetId"] == "subnet-0aaaaaaaaaaaaaaaa"
+    if "vpc_id" in lookups:  # its public subnets need not assign addresses, and there is no NAT: ask for one
+        (interface,) = instance["NetworkInterfaces"]
+        assert interface["SubnetId"] == "subnet-0aaaaaaaaaaaaaaaa" and interface["AssociatePublicIpAddress"] is True
         assert not resources(synthesized.templates["network"], "AWS::EC2::VPC")  # used, not created
     lint = subprocess.run([str(VENV_BIN / "cfn-lint"), "--", *map(str, tmp_path.glob("*.template.json"))],
                           capture_output=True, text=True, check=False)  # fmt: skip

@@ -287,3 +287,13 @@ def test_aws_errors_are_one_line_naming_the_call(capsys: pytest.CaptureFixture[s
     code = scripts_run(["copy-snapshot", "--snapshot-parameter", "/gone/snapshot", "--to-region", "us-west-2"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: CopySnapshot: InvalidSnapshot.NotFound") and "Traceback" not in err
+
+
+def test_subnets_that_assign_no_public_address_are_named() -> None:
+    from scripts.launch import subnets_without_public_ips
+
+    ec2 = client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    public, private = (ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2))
+    ec2.modify_subnet_attribute(SubnetId=public, MapPublicIpOnLaunch={"Value": True})
+    assert subnets_without_public_ips(ec2, [public, private]) == [private]
