@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ from bootstrap.dataset.archives import DatasetSpec, load_dataset
 from bootstrap.layout import DataLayout
 from bootstrap.settings import PrepConfig
 
-log = logging.getLogger("bootstrap.engine")
 T = TypeVar("T")
 SPLITS = ("val", "train")
 
