@@ -85,9 +85,8 @@ def translated(call: str, hints: Mapping[str, str] | None = None) -> Iterator[No
         raise aws_error(call, e, hints) from None
 
 
-def secret_string(name: str, sm: Any = None) -> str:
+def secret_string(name: str, sm: Any) -> str:
     """The string value of a Secrets Manager secret, with errors a person can act on."""
-    sm = sm or client("secretsmanager")
     try:
         with translated(f"secret {name}"):
             return str(sm.get_secret_value(SecretId=name)["SecretString"])

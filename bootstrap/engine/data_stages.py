@@ -37,8 +37,9 @@ def fetch(ctx: StageContext) -> None:
         config = ctx.config
         if not config.source:
             raise ConfigError("no source configured: set 'source' (https:// URL, s3:// prefix or directory)")
-        sm = ctx.client("secretsmanager") if config.source_secret else None
-        credentials = resolve_credentials(config.source_secret, fetch_secret=lambda name: secret_string(name, sm))
+        credentials = resolve_credentials(
+            config.source_secret, fetch_secret=lambda name: secret_string(name, ctx.client("secretsmanager"))
+        )
         source = open_source(config.source, credentials, s3=lambda: ctx.client("s3"))
         fetch_all(source, ctx.dataset, ctx.paths.archives, fetch_options(config), status=ctx.status)
         ctx.markers.mark("fetch", {a.role: a.md5 for a in ctx.dataset.archives.values()})
