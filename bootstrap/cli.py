@@ -54,21 +54,24 @@ def _flag_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _attach_args(parser: argparse.ArgumentParser) -> None:
+    """The attach agent's flags; their defaults are ``AttachOptions``'s (the agent's one definition)."""
+    default = {f.name: f.default for f in dataclasses.fields(AttachOptions)}
+    roots = DeviceRoots()
     add = parser.add_argument
     add("--snapshot-parameter", help="SSM parameter with the published snapshot (default: newest tagged snapshot)")
     add("--pipeline", default=names.DEFAULT_PIPELINE, help="pipeline name in the snapshot and volume tags")
-    add("--mount-point", type=Path, default=Path(names.DATA_DIR))
-    add("--volume-type", default="gp3")
+    add("--mount-point", type=Path, default=default["mount_point"])
+    add("--volume-type", default=default["volume_type"])
     add("--iops", type=int, help="provisioned IOPS (gp3: 3000-80000)")
     add("--throughput", type=int, help="MiB/s (gp3: 125-2000)")
     add("--initialization-rate", type=int, help="MiB/s (100-300) at which EBS fetches the snapshot's blocks")
     add("--prewarm", action="store_true", help="read the whole volume once in the background")
     add("--shutdown-on-failure", action="store_true", help="shut the instance down when the volume fails")
-    add("--timeout", type=float, default=300.0, help="seconds to wait for each step")
-    add("--sys-root", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
-    add("--dev-root", type=Path, default=Path("/dev"), help=argparse.SUPPRESS)
-    add("--fstab", type=Path, default=Path("/etc/fstab"), help=argparse.SUPPRESS)
-    add("--ready-marker", type=Path, default=Path(names.READY_MARKER))
+    add("--timeout", type=float, default=default["timeout_seconds"], help="seconds to wait for each step")
+    add("--sys-root", type=Path, default=roots.sys_root, help=argparse.SUPPRESS)
+    add("--dev-root", type=Path, default=roots.dev_root, help=argparse.SUPPRESS)
+    add("--fstab", type=Path, default=default["fstab"], help=argparse.SUPPRESS)
+    add("--ready-marker", type=Path, default=default["ready_marker"])
     add("-v", "--verbose", action="store_true", help="debug logging")
 
 

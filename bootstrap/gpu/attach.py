@@ -6,10 +6,12 @@
    snapshot tagged with the pipeline; a missing or incomplete one is an error.
 4. CreateVolume from it in the instance's own AZ (gp3 by default), encrypted,
    tagged with the pipeline and the owner instance at creation.
-5. Wait until available, attach at a free device name, and at once set
-   DeleteOnTermination, before anything else can fail: an instance that dies
-   later still takes its volume with it.
-6. Wait until in use; find the block device by volume id (NVMe serial or Xen
+5. Wait until available (NotFound right after CreateVolume means "not yet"),
+   attach at a free device name, wait until the attachment is ``attached`` and
+   shows in the instance's block-device mappings (ModifyInstanceAttribute
+   changes only mapped devices), then set DeleteOnTermination before anything
+   else: an instance that dies later still takes its volume with it.
+6. Find the block device by volume id (NVMe serial or Xen
    name, ``devices``); mount read-only with noatime; add a ``nofail`` fstab
    entry so a reboot never hangs; optionally pre-read it in the background.
 7. Signal readiness: a marker file and an instance tag.
