@@ -16,6 +16,7 @@ import pytest
 
 from scripts.synthetic_imagenet import Generated, Spec, generate
 from tests.fixtures.aws_emulator import FAKE_ENV, emulated_aws
+from tests.fixtures.deployment import Account, Deployment
 from tests.fixtures.strict_aws import StrictAws
 
 for _key, _value in FAKE_ENV.items():  # no test may ever find real credentials
@@ -73,3 +74,20 @@ def strict_aws() -> Iterator[StrictAws]:
 @pytest.fixture(scope="session")
 def aws_endpoint(strict_aws: StrictAws) -> str:
     return strict_aws.endpoint
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """The app as synthesized (https source, the default), to bind each test's names to: roles, tags, settings."""
+    return Deployment.synthesized(tmp_path_factory.mktemp("deployment"))
+
+
+@pytest.fixture(scope="session")
+def s3_deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """The same with an s3:// source, whose download role may read the source prefix."""
+    return Deployment.synthesized(tmp_path_factory.mktemp("s3-deployment"), s3_source=True)
+
+
+@pytest.fixture(scope="session")
+def account(strict_aws: StrictAws, deployment: Deployment) -> Account:
+    return Account(strict_aws, deployment)

@@ -25,32 +25,34 @@ import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bootstrap.cli import configure_logging
 from bootstrap.common.aws import client
+from bootstrap.contract.names import DEFAULT_PIPELINE, heartbeat_metric, snapshot_parameter, status_parameter
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.engine import Engine
 from bootstrap.settings import load_config
-from cdk_app.constructs.snapshot_teardown import teardown_environment
-from cdk_app.functions import teardown as teardown_function
 from cdk_app.summary import render as describe_assembly
 from scripts.synthetic_imagenet import Spec, generate
 from tests.fixtures.aws_emulator import emulated_aws
 from tests.fixtures.cdk_synth import cli_synth
-from tests.fixtures.ec2_world import gpu_instance, instance_with_data_volume
+from tests.fixtures.deployment import Account, Deployment, Names, default_bucket
+from tests.fixtures.ec2_world import World, gpu_instance, instance_with_data_volume
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 from tests.fixtures.imds import instance_env
+from tests.fixtures.lambda_runtime import invoke
 from tests.fixtures.loopdev import loop_attach, run
-from tests.fixtures.strict_aws import StrictAws
 
 OUT = Path("demo-output")
-SECRET = "imagenet-staging/source-credentials"
-BUCKET = "imagenet-staging-demo-backup"
-SNAPSHOT_PARAMETER = "/imagenet-staging/demo/snapshot"
-STATUS_PARAMETER = "/imagenet-staging/demo/status"
+PIPELINE = DEFAULT_PIPELINE
+NAMES = Names(PIPELINE, bucket=default_bucket(PIPELINE))
+SNAPSHOT_PARAMETER, STATUS_PARAMETER = snapshot_parameter(PIPELINE), status_parameter(PIPELINE)
 USER, ACCESS_KEY = "demo-user", "demo-access-key-not-a-secret"
+INSTANCE_ONLY = ("snapshot_parameter", "status_parameter", "data_volume_id", "heartbeat_alarm")
+"""Settings of the deployed config that need the simulated instance (root): without it the run stops at backup."""
 
 
 def banner(text: str) -> None:
@@ -84,18 +86,22 @@ def bucket_summary(name: str, prefix: str) -> str:
 
 
 class TeardownFunction:
-    """The teardown Lambda as EventBridge would run it: the snapshot-completed event, racing the instance."""
+    """The teardown Lambda as EventBridge would run it: the snapshot-completed event, racing the instance.
 
-    def __init__(self, strict: StrictAws) -> None:
+    It runs as Lambda runs it (its own process, the template's environment) and every call it makes is
+    authorized against the role the template gives it.
+    """
+
+    def __init__(self, account: Account) -> None:
         self.results: list[dict[str, Any]] = []
-        variables = teardown_environment("imagenet-staging", SNAPSHOT_PARAMETER, False, "ImagenetStaging")
-        self.env = {**variables, "HEARTBEAT_ALARM": "", "AWS_REGION": "us-east-1"}  # no alarm in the emulator
-        strict.listeners.append(self.invoked)
+        self.account = account
+        self.role = account.deployment.role("teardown", NAMES)
+        self.variables = account.deployment.function_environment("teardown", NAMES)
+        account.strict.listeners.append(self.invoked)
 
     def invoked(self, event: dict[str, Any]) -> None:
-        result = teardown_function.handler(event, ec2=client("ec2"), ssm=client("ssm"), cloudwatch=client("cloudwatch"),
-                                           env=self.env)  # fmt: skip
-        self.results.append(result)
+        with self.account.strict.enforcing(self.role):
+            self.results.append(invoke("teardown", event, self.variables, self.role))
 
     def report(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -109,23 +115,39 @@ class TeardownFunction:
 
 
 @contextmanager
-def data_volume(out: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """As root: a loop-mounted ext4 attached to a simulated t2 instance. Otherwise a plain directory."""
+def download_instance(out: Path, account: Account) -> Iterator[World | None]:
+    """As root: a simulated t2 with its loop-mounted sc1 volume, under the download role. Otherwise nothing."""
     if os.geteuid() != 0:
         print("  not root: the data directory is a plain folder, and the snapshot step is skipped "
               "(it needs a loop-mounted volume)")  # fmt: skip
-        yield out / "data", {}
+        yield None
         return
-    with instance_with_data_volume(out / "instance", "xen", size_mib=128) as world:
-        os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = world.imds_endpoint
+    with instance_with_data_volume(out / "instance", "xen", account, NAMES, size_mib=128) as world:
         print(f"  simulated t2.large {world.instance_id} in {world.az} (IMDSv2 stub at {world.imds_endpoint}) "
               f"with sc1 volume {world.volume_id} attached as /dev/sdf -> /dev/xvdf -> {world.device}, "
-              f"ext4 mounted at {world.mount}")  # fmt: skip
-        yield world.mount, {
-            "snapshot_parameter": SNAPSHOT_PARAMETER, "status_parameter": STATUS_PARAMETER, "status_interval": 1.0,
-            "sys_root": str(world.roots.sys_root), "dev_root": str(world.roots.dev_root),
-            "snapshot_poll_seconds": 2.0, "imds": world.imds_endpoint,
-        }  # fmt: skip
+              f"ext4 mounted at {world.mount}; the download role's policy is enforced on its calls")  # fmt: skip
+        yield world
+
+
+def engine_config(deployment: Deployment, world: World | None, out: Path, **local: Any) -> dict[str, Any]:
+    """The config.json the download stack's user data writes, with this machine's paths and source."""
+    config = deployment.download_config(replace(NAMES, data_volume=world.volume_id) if world else NAMES)
+    if world is None:
+        config = {k: v for k, v in config.items() if k not in INSTANCE_ONLY}
+        return {**config, "data_dir": str(out / "data"), **local}
+    return {**config, "data_dir": str(world.mount), "sys_root": str(world.roots.sys_root),
+            "dev_root": str(world.roots.dev_root), "status_interval": 1.0, "snapshot_poll_seconds": 2.0,
+            **local}  # fmt: skip
+
+
+def heartbeat_alarm(config: dict[str, Any]) -> None:
+    """The download stack's heartbeat alarm, disarmed (the run re-arms it, the teardown function disarms it)."""
+    if "heartbeat_alarm" in config:
+        namespace, metric, _ = heartbeat_metric(PIPELINE)
+        client("cloudwatch").put_metric_alarm(AlarmName=config["heartbeat_alarm"], MetricName=metric,
+                                              Namespace=namespace, Statistic="Sum", Period=600, EvaluationPeriods=3,
+                                              Threshold=1, ComparisonOperator="LessThanThreshold",
+                                              ActionsEnabled=False)  # fmt: skip
 
 
 def main() -> int:
@@ -144,6 +166,7 @@ def main() -> int:
         print(synthesized.stderr, file=sys.stderr)
         return 1
     print(textwrap.indent(describe_assembly(out / "cdk.out"), "  "))
+    deployment = Deployment.from_assembly(out / "cdk.out", PIPELINE)
     print(
         f"  templates in {out / 'cdk.out'}; cdk-nag AwsSolutions: no unacknowledged findings; "
         "deploy for real: see README, Deploy to AWS"
@@ -161,27 +184,29 @@ def main() -> int:
         ) as server,
     ):
         banner("4/8 AWS emulator, HTTP server and the download instance, all on 127.0.0.1")
-        client("secretsmanager").create_secret(
-            Name=SECRET, SecretString=json.dumps({"username": USER, "access_key": ACCESS_KEY})
-        )
-        client("s3").create_bucket(Bucket=BUCKET)
-        print(f"  AWS emulator (moto behind the strict layer) at {strict.endpoint}; "
-              f"source credentials in secret {SECRET}; bucket {BUCKET}")  # fmt: skip
-        print(f"  archives at {server.url} (basic auth, 4 MiB/s per connection)")
-        with data_volume(out) as (data_dir, instance_settings):
+        account = Account(strict, deployment)
+        with download_instance(out, account) as world:
+            config = engine_config(deployment, world, out, source=server.url, dataset_table=str(gen.table),
+                                   resize=128, max_failure_rate=0.01)  # fmt: skip
+            secret, bucket = config["source_secret"], config["bucket"]
+            client("secretsmanager").create_secret(
+                Name=secret, SecretString=json.dumps({"username": USER, "access_key": ACCESS_KEY})
+            )
+            client("s3").create_bucket(Bucket=bucket)
+            heartbeat_alarm(config)
+            print(f"  AWS emulator (moto behind the strict layer) at {strict.endpoint}; "
+                  f"source credentials in the stack's secret {secret}; the stack's bucket {bucket}")  # fmt: skip
+            print(f"  archives at {server.url} (basic auth, 4 MiB/s per connection)")
             banner("5/8 python -m bootstrap run: fetch, organise, pack, verify, inspect, backup, snapshot, publish")
             config_path = out / "bootstrap-config.json"
-            imds = instance_settings.pop("imds", None)
-            config_path.write_text(json.dumps({
-                "data_dir": str(data_dir), "source": server.url, "source_secret": SECRET,
-                "dataset_table": str(gen.table), "resize": 128, "quality": 90, "max_failure_rate": 0.01,
-                "bucket": BUCKET, "prefix": "imagenet", **instance_settings,
-            }, indent=2))  # fmt: skip
+            config_path.write_text(json.dumps(config, indent=2))
+            print(f"  config: what the download stack's user data writes (cdk.out), with this machine's paths: "
+                  f"{config_path}")  # fmt: skip
             command = [sys.executable, "-m", "bootstrap", "run", "--config", str(config_path)]
             # as the systemd unit runs it: no region and no keys; the instance role's credentials from IMDSv2
-            env = instance_env(imds, out) if imds else None
+            env = instance_env(world.imds_endpoint, out) if world else None
             print("  $ " + " ".join(["python", *command[1:]]) + ("   # no AWS_REGION, no keys" if env else ""))
-            teardown = TeardownFunction(strict) if imds else None
+            teardown = TeardownFunction(account) if world else None
             result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, env=env)
             if teardown is not None:
                 teardown.report()
@@ -203,8 +228,8 @@ def main() -> int:
 
             banner(f"7/8 done in {time.monotonic() - started:.0f}s; where everything is")
             describe_outputs(engine, summary, config_path)
-            print(f"  backup in s3://{BUCKET}/imagenet/: {bucket_summary(BUCKET, 'imagenet/')}")
-            if instance_settings:
+            print(f"  backup in s3://{bucket}/{config['prefix']}: {bucket_summary(bucket, config['prefix'])}")
+            if world:
                 ssm = client("ssm")
                 published = json.loads(ssm.get_parameter(Name=SNAPSHOT_PARAMETER)["Parameter"]["Value"])
                 status = json.loads(ssm.get_parameter(Name=STATUS_PARAMETER)["Parameter"]["Value"])
@@ -213,37 +238,37 @@ def main() -> int:
                 print(f"  backup manifest:            {published['manifest']}")
                 print(f"  live status in {STATUS_PARAMETER}: stage {status['stage']}, state {status['state']}")
                 print("  $ python -m scripts status   # what the operator sees from a laptop")
-                subprocess.run([sys.executable, "-m", "scripts", "status", "--pipeline", "imagenet-staging",
+                subprocess.run([sys.executable, "-m", "scripts", "status", "--pipeline", PIPELINE,
                                 "--status-parameter", STATUS_PARAMETER, "--snapshot-parameter", SNAPSHOT_PARAMETER],
                                check=True)  # fmt: skip
             print(f"  contact sheets copied to:   {out}/contact_sheet_{{train,val}}.png")
-            if instance_settings:
+            if world:
                 print(f"  (the data directory lives in {out}/instance/volume.img, unmounted when the demo ends; "
                       "`mount -o loop` it to look inside)")  # fmt: skip
-        return gpu_boots(out, bool(instance_settings))
+        return gpu_boots(out, account, have_volume=world is not None)
     return 0
 
 
-def gpu_boots(out: Path, have_volume: bool) -> int:
+def gpu_boots(out: Path, account: Account, *, have_volume: bool) -> int:
     """A GPU instance launched from the template runs the attach agent, as its user data does."""
     banner("8/8 a GPU instance boots: volume from the snapshot in its own AZ, attached, mounted read-only")
     if not have_volume:
         print("  skipped: simulating the GPU's block device needs root (a loop device)")
         return 0
-    pipeline = "imagenet-staging"
     with (
         loop_attach(out / "instance" / "volume.img") as snapshot_device,
-        gpu_instance(out / "gpu", pipeline, "us-east-1d", "nvme", [snapshot_device]) as gpu,
+        gpu_instance(out / "gpu", PIPELINE, "us-east-1d", "nvme", [snapshot_device], account=account) as gpu,
     ):
-        os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = gpu.imds_endpoint
-        print(f"  simulated g5.xlarge {gpu.instance_id} in {gpu.az} (Nitro: EBS volumes appear as NVMe devices)")
+        print(f"  simulated g5.xlarge {gpu.instance_id} in {gpu.az}, tagged as the launch template tags it (Nitro: "
+              "EBS volumes appear as NVMe devices); the GPU role's policy is enforced on its calls")  # fmt: skip
         command = [sys.executable, "-m", "bootstrap", "attach", "--snapshot-parameter", SNAPSHOT_PARAMETER,
-                   "--pipeline", pipeline, "--mount-point", str(gpu.opts.mount_point),
+                   "--pipeline", PIPELINE, "--mount-point", str(gpu.opts.mount_point),
                    "--sys-root", str(gpu.opts.roots.sys_root), "--dev-root", str(gpu.opts.roots.dev_root),
                    "--fstab", str(gpu.opts.fstab), "--ready-marker", str(gpu.opts.ready_marker)]  # fmt: skip
         print("  $ python -m bootstrap attach --snapshot-parameter " + SNAPSHOT_PARAMETER + " ...", flush=True)
         started = time.monotonic()
-        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False,
+                                env=instance_env(gpu.imds_endpoint, out))  # fmt: skip
         if result.returncode != 0:
             logging.error("the attach agent failed (exit %d)", result.returncode)
             return result.returncode

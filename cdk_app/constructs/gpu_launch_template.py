@@ -145,9 +145,11 @@ class GpuLaunchTemplate(Construct):
             ["*"],
             StringEquals={"kms:ViaService": f"ec2.{stack.region}.amazonaws.com"},
         )
+        # ModifyInstanceAttribute too: DeleteOnTermination is a change to the volume (the Service Authorization
+        # Reference lists the volume as one of its resources)
         allow(
             self.role,
-            ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:DeleteVolume"],
+            ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:DeleteVolume", "ec2:ModifyInstanceAttribute"],
             [volumes],
             StringEquals={ours: s.pipeline},
         )

@@ -117,6 +117,9 @@ class SnapshotTeardown(Construct):
         )
         allow(self.teardown.role, ["ec2:DescribeSnapshots", "ec2:DescribeInstances"], ["*"])
         allow(self.teardown.role, ["ec2:TerminateInstances", "ec2:ModifyInstanceAttribute"], [instances], **ours)
+        # DeleteOnTermination is a change to the volume as well: the Service Authorization Reference lists the
+        # volume as a resource of ModifyInstanceAttribute, so it must be the pipeline's too.
+        allow(self.teardown.role, ["ec2:ModifyInstanceAttribute"], [volumes], **ours)
         parameter = stack.format_arn(service="ssm", resource="parameter", resource_name=snapshot_parameter.lstrip("/"))
         allow(self.teardown.role, ["ssm:GetParameter", "ssm:PutParameter"], [parameter])
         alarm = stack.format_arn(service="cloudwatch", resource="alarm", resource_name=heartbeat_alarm(pipeline),
@@ -137,9 +140,10 @@ class SnapshotTeardown(Construct):
         acknowledge(
             self.teardown.role,
             "IAM5",
-            f"{DESCRIBE_REASON} Terminate is limited to instances tagged with this pipeline, DeleteSnapshot to "
-            "the DLM policy's snapshots; PutMetricData has no resources and is limited to the pipeline's namespace.",
-            findings=["Resource::*", *(f"Resource::{spelled(self, arn)}" for arn in (instances, snapshots))],
+            f"{DESCRIBE_REASON} Terminate and DeleteOnTermination are limited to instances and volumes tagged with "
+            "this pipeline, DeleteSnapshot to the DLM policy's snapshots; PutMetricData has no resources and is "
+            "limited to the pipeline's namespace.",
+            findings=["Resource::*", *(f"Resource::{spelled(self, arn)}" for arn in (instances, volumes, snapshots))],
         )
         self.rule = events.Rule(
             self,

@@ -18,7 +18,9 @@ import pytest
 
 from bootstrap.common.aws import client
 from scripts.synthetic_imagenet import DEVKIT, TRAIN, VAL, Generated
-from tests.fixtures.imds import ROLE_KEY, Identity, ImdsStub, instance_env
+from tests.fixtures.deployment import Deployment, Names
+from tests.fixtures.http_server import ArchiveServer, ServerOptions
+from tests.fixtures.imds import Identity, ImdsStub, instance_env
 from tests.fixtures.strict_aws import StrictAws
 
 
@@ -27,25 +29,71 @@ def _bootstrap(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Co
                           text=True, timeout=300, check=False)  # fmt: skip
 
 
-def test_fetch_from_s3_with_a_secret_gets_its_region_from_the_instance(
-    archives: Generated, strict_aws: StrictAws, tmp_path: Path
+def _fetch_config(tmp_path: Path, archives: Generated, config: dict[str, object]) -> Path:
+    """The download instance's config, as its user data writes it, pointed at a local data directory."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**config, "data_dir": str(tmp_path / "data"), "dataset_table": str(archives.table)}))
+    return path
+
+
+def test_fetch_from_s3_gets_its_region_and_credentials_from_the_instance(
+    archives: Generated, strict_aws: StrictAws, s3_deployment: Deployment, tmp_path: Path
 ) -> None:
+    """An s3:// source, read with the download role (which may read the source prefix and nothing else)."""
+    names = Names("instance-env", source="s3://instance-env-src/ilsvrc/")
     s3 = client("s3")
     s3.create_bucket(Bucket="instance-env-src")
     for path in archives.root.iterdir():
         s3.upload_file(str(path), "instance-env-src", f"ilsvrc/{path.name}")
-    client("secretsmanager").create_secret(Name="instance-env/login", SecretString='{"token": "t"}')
-    config = tmp_path / "config.json"
-    settings = {"data_dir": str(tmp_path / "data"), "source": "s3://instance-env-src/ilsvrc",
-                "source_secret": "instance-env/login", "dataset_table": str(archives.table)}  # fmt: skip
-    config.write_text(json.dumps(settings))
-    with ImdsStub(Identity("i-0env", "us-east-1c")) as imds:
-        done = _bootstrap(["fetch", "--config", str(config)], instance_env(imds.endpoint, tmp_path), tmp_path)
+    config = {**s3_deployment.download_config(names), "region": None}  # the region from the instance identity
+    role, before = s3_deployment.role("download", names), len(strict_aws.calls)
+    with ImdsStub(Identity("i-0env", "us-east-1c", role.access_key)) as imds, strict_aws.enforcing(role):
+        done = _bootstrap(["fetch", "--config", str(_fetch_config(tmp_path, archives, config))],
+                          instance_env(imds.endpoint, tmp_path), tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert {p.name for p in (tmp_path / "data" / "archives").glob("*.tar*")} == {TRAIN, VAL, DEVKIT}
-    made = strict_aws.calls_by(ROLE_KEY)
-    assert {c.service for c in made} == {"s3", "secretsmanager"}
+    made = [c for c in strict_aws.calls[before:] if c.access_key == role.access_key]
+    assert {c.service for c in made} == {"s3"}
     assert {c.region for c in made} == {"us-east-1"}  # from the instance identity: its AZ is us-east-1c
+
+
+def test_fetch_over_https_reads_its_login_from_the_secret_the_stack_names(
+    archives: Generated, strict_aws: StrictAws, deployment: Deployment, tmp_path: Path
+) -> None:
+    """The default source: the login comes from the stack's secret, read with the download role."""
+    names = Names("instance-https")
+    config = deployment.download_config(names)
+    login = {"username": "u", "access_key": "k"}
+    client("secretsmanager").create_secret(Name=config["source_secret"], SecretString=json.dumps(login))
+    role = deployment.role("download", names)
+    options, before = ServerOptions(username="u", password="k"), len(strict_aws.calls)
+    with (
+        ArchiveServer(archives.root, options) as server,
+        ImdsStub(Identity("i-0https", "us-east-1a", role.access_key)) as imds,
+        strict_aws.enforcing(role),
+    ):
+        path = _fetch_config(tmp_path, archives, {**config, "source": server.url})
+        done = _bootstrap(["fetch", "--config", str(path)], instance_env(imds.endpoint, tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr
+    made = [c for c in strict_aws.calls[before:] if c.access_key == role.access_key]
+    assert {(c.service, c.operation) for c in made} == {("secretsmanager", "GetSecretValue")}
+
+
+def test_a_call_the_role_does_not_allow_is_refused_as_aws_would(
+    archives: Generated, strict_aws: StrictAws, s3_deployment: Deployment, tmp_path: Path
+) -> None:
+    """The check can fail: a source prefix the role was not deployed for is AccessDenied, and the test says so."""
+    names = Names("instance-denied", source="s3://instance-env-src/ilsvrc/")
+    config = {**s3_deployment.download_config(names), "source": "s3://instance-env-src/elsewhere/"}
+    role = s3_deployment.role("download", names)
+    with (
+        ImdsStub(Identity("i-0denied", "us-east-1c", role.access_key)) as imds,
+        pytest.raises(AssertionError, match=r"(?s)IAM would refuse:.*not authorized to perform: s3:GetObject"),
+        strict_aws.enforcing(role),
+    ):
+        done = _bootstrap(["fetch", "--config", str(_fetch_config(tmp_path, archives, config))],
+                          instance_env(imds.endpoint, tmp_path), tmp_path)  # fmt: skip
+        assert done.returncode != 0 and "access denied" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_no_credentials_is_one_line_that_says_what_to_do(tmp_path: Path) -> None:

@@ -1,4 +1,11 @@
-"""The teardown and janitor Lambda handlers against moto's server, with hand-built EventBridge events."""
+"""The teardown and janitor functions as Lambda runs them, under their synthesized roles, against the strict layer.
+
+Each invocation is a fresh process with Lambda's environment (``lambda_runtime``):
+the template's variables, the region and the execution role's credentials.
+Every call is authorized against the role the template gives the function,
+and the download instance, its data volume and the GPU instances carry the
+tags their templates give them.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +18,48 @@ import pytest
 from bootstrap.common.aws import client
 from bootstrap.contract import tags
 from bootstrap.instance.snapshot import SnapshotRequest, snapshot_tags
-from cdk_app.constructs.snapshot_teardown import teardown_environment
-from cdk_app.functions import janitor, teardown
+from tests.fixtures.deployment import Deployment, Names
 from tests.fixtures.ec2_world import launch_instance
+from tests.fixtures.lambda_runtime import invoke
 from tests.fixtures.strict_aws import StrictAws, attached, available_volume, completed_snapshot
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 
 
-def env(pipeline: str, keep: bool = False) -> dict[str, str]:
-    """What Lambda's environment holds: the construct's variables (the janitor's TAG_OWNER too) and AWS_REGION."""
-    variables = teardown_environment(pipeline, f"/{pipeline}/snapshot", keep, "Test")
-    return {**variables, "HEARTBEAT_ALARM": "", "TAG_OWNER": tags.OWNER, "AWS_REGION": "us-east-1"}
+class Functions:
+    """The pipeline's two functions as deployed for ``pipeline``."""
+
+    def __init__(self, strict: StrictAws, deployment: Deployment, pipeline: str, **variables: str) -> None:
+        self.strict, self.deployment, self.names = strict, deployment, Names(pipeline)
+        self.variables = variables
+
+    def _invoke(self, which: str, event: dict[str, Any]) -> dict[str, Any]:
+        role = self.deployment.role(which, self.names)
+        variables = {**self.deployment.function_environment(which, self.names), **self.variables}
+        with self.strict.enforcing(role):
+            return invoke(which, event, variables, role)
+
+    def teardown(self, event: dict[str, Any]) -> dict[str, Any]:
+        return self._invoke("teardown", event)
+
+    def janitor(self) -> dict[str, Any]:
+        return self._invoke("janitor", {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}})
 
 
-def download_side(pipeline: str) -> tuple[str, str, str]:
-    """A download instance with its data volume attached and a dataset snapshot of it: (instance, volume, snapshot)."""
-    ec2 = client("ec2")
-    instance = launch_instance(ec2, "us-east-1a")
+@pytest.fixture
+def functions(strict_aws: StrictAws, deployment: Deployment) -> Any:
+    return lambda pipeline, **variables: Functions(strict_aws, deployment, pipeline, **variables)
+
+
+def download_side(deployment: Deployment, pipeline: str) -> tuple[str, str, str]:
+    """A download instance with its data volume attached and a dataset snapshot of it: (instance, volume, snapshot).
+
+    Instance and volume carry the tags the download stack gives them; the snapshot the stage's tags.
+    """
+    names, ec2 = Names(pipeline), client("ec2")
+    instance = launch_instance(ec2, "us-east-1a", tags=deployment.download_instance_tags(names))
     volume = available_volume(ec2, AvailabilityZone="us-east-1a", Size=1000, VolumeType="sc1", TagSpecifications=[
-        {"ResourceType": "volume", "Tags": [{"Key": tags.PIPELINE, "Value": pipeline}]}])  # fmt: skip
+        {"ResourceType": "volume", "Tags": deployment.data_volume_tags(names)}])  # fmt: skip
     ec2.attach_volume(VolumeId=volume, InstanceId=instance, Device="/dev/sdf")
     attached(ec2, volume)
     spec = [{"ResourceType": "snapshot", "Tags": _dataset_tags(pipeline, instance)}]
@@ -56,21 +85,35 @@ def volume_exists(volume: str) -> bool:
     return bool(client("ec2").describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume]}])["Volumes"])
 
 
+def heartbeat_alarm(pipeline: str) -> str:
+    """The download stack's heartbeat alarm (the teardown function disarms it by name)."""
+    name = f"{pipeline}-download-heartbeat"
+    client("cloudwatch").put_metric_alarm(AlarmName=name, MetricName="Heartbeat", Namespace="T", Statistic="Sum",
+                                          Period=600, EvaluationPeriods=3, Threshold=1,
+                                          ComparisonOperator="LessThanThreshold")  # fmt: skip
+    return name
+
+
 @pytest.mark.parametrize("arn_style", [0, 1])
-def test_succeeded_terminates_the_instance_and_deletes_its_volume(arn_style: int) -> None:
+def test_succeeded_terminates_the_instance_and_deletes_its_volume(
+    arn_style: int, deployment: Deployment, functions: Any
+) -> None:
     pipeline = f"td-ok-{arn_style}"
-    instance, volume, snapshot = download_side(pipeline)
-    result = teardown.handler(event(snapshot, arn_style=arn_style), ec2=client("ec2"), cloudwatch=client("cloudwatch"),
-                              env=env(pipeline))  # fmt: skip
+    instance, volume, snapshot = download_side(deployment, pipeline)
+    heartbeat_alarm(pipeline)
+    result = functions(pipeline).teardown(event(snapshot, arn_style=arn_style))
     assert result["action"] == "terminated" and state(instance) == "terminated"
     assert not volume_exists(volume)
-    again = teardown.handler(event(snapshot), ec2=client("ec2"), cloudwatch=client("cloudwatch"), env=env(pipeline))
+    again = functions(pipeline).teardown(event(snapshot))
     assert again["action"] == "none"  # redelivery: no error, no second action
 
 
-def test_success_deletes_the_policys_scheduled_snapshots_of_that_volume_only() -> None:
+def test_success_deletes_the_policys_scheduled_snapshots_of_that_volume_only(
+    deployment: Deployment, functions: Any
+) -> None:
     pipeline = "td-sched"
-    instance, volume, dataset = download_side(pipeline)
+    instance, volume, dataset = download_side(deployment, pipeline)
+    heartbeat_alarm(pipeline)
     ec2 = client("ec2")
 
     def scheduled(volume_id: str, value: str = pipeline) -> str:
@@ -80,34 +123,35 @@ def test_success_deletes_the_policys_scheduled_snapshots_of_that_volume_only() -
     ours = [scheduled(volume), scheduled(volume)]
     other_volume = available_volume(ec2, AvailabilityZone="us-east-1a", Size=8)
     kept = [dataset, scheduled(volume, "another-pipeline"), scheduled(other_volume)]
-    result = teardown.handler(event(dataset), ec2=ec2, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    result = functions(pipeline).teardown(event(dataset))
     assert sorted(result["scheduled_snapshots_deleted"]) == sorted(ours) and state(instance) == "terminated"
     left = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
     assert set(kept) <= left and not set(ours) & left
 
 
-def test_keep_volume_keeps_it() -> None:
-    instance, volume, snapshot = download_side("td-keep")
-    teardown.handler(event(snapshot), ec2=client("ec2"), cloudwatch=client("cloudwatch"), env=env("td-keep", keep=True))
+def test_keep_volume_keeps_it(deployment: Deployment, functions: Any) -> None:
+    instance, volume, snapshot = download_side(deployment, "td-keep")
+    heartbeat_alarm("td-keep")
+    functions("td-keep", KEEP_VOLUME="true").teardown(event(snapshot))  # what keep_data_volume=true deploys
     assert state(instance) == "terminated" and volume_exists(volume)
 
 
-def test_other_pipelines_snapshot_is_ignored() -> None:
-    instance, _volume, snapshot = download_side("td-theirs")
-    result = teardown.handler(event(snapshot), ec2=client("ec2"), cloudwatch=client("cloudwatch"), env=env("td-ours"))
+def test_other_pipelines_snapshot_is_ignored(deployment: Deployment, functions: Any) -> None:
+    instance, _volume, snapshot = download_side(deployment, "td-theirs")
+    result = functions("td-ours").teardown(event(snapshot))
     assert result["action"] == "ignored" and state(instance) == "running"
 
 
-def test_failed_snapshot_keeps_the_instance_and_raises_the_alarm_metric() -> None:
-    instance, volume, snapshot = download_side("td-fail")
-    cloudwatch = client("cloudwatch")
-    result = teardown.handler(event(snapshot, "failed"), ec2=client("ec2"), cloudwatch=cloudwatch, env=env("td-fail"))
+def test_failed_snapshot_keeps_the_instance_and_raises_the_alarm_metric(deployment: Deployment, functions: Any) -> None:
+    instance, volume, snapshot = download_side(deployment, "td-fail")
+    result = functions("td-fail").teardown(event(snapshot, "failed"))
     assert result["action"] == "alarm" and state(instance) == "running" and volume_exists(volume)
-    metrics = cloudwatch.list_metrics(Namespace="Test", MetricName="SnapshotFailed")["Metrics"]
-    assert {"Name": "Pipeline", "Value": "td-fail"} in metrics[0]["Dimensions"]
+    namespace = deployment.function_environment("teardown", Names("td-fail"))["METRIC_NAMESPACE"]
+    metrics = client("cloudwatch").list_metrics(Namespace=namespace, MetricName="SnapshotFailed")["Metrics"]
+    assert any({"Name": "Pipeline", "Value": "td-fail"} in m["Dimensions"] for m in metrics)
 
 
-def test_janitor_deletes_only_orphans_of_this_pipeline() -> None:
+def test_janitor_deletes_only_orphans_of_this_pipeline(functions: Any) -> None:
     ec2 = client("ec2")
     gone = launch_instance(ec2, "us-east-1b", "g5.xlarge")
     alive = launch_instance(ec2, "us-east-1b", "g5.xlarge")
@@ -124,17 +168,17 @@ def test_janitor_deletes_only_orphans_of_this_pipeline() -> None:
     owned, untagged_owner, foreign = volume(alive), volume(None), volume(gone, pipeline="someone-else")
     attached = volume(gone)
     ec2.attach_volume(VolumeId=attached, InstanceId=alive, Device="/dev/sdg")
-    result = janitor.handler({}, ec2=ec2, env=env("jan"))
+    result = functions("jan").janitor()
     assert sorted(result["deleted"]) == sorted([orphan, never_existed])
     for kept in (owned, untagged_owner, foreign, attached):
         assert volume_exists(kept)
 
 
 @pytest.mark.parametrize("kind", ["scheduled", "other-volume"])
-def test_snapshots_that_are_not_the_dataset_are_ignored(kind: str) -> None:
+def test_snapshots_that_are_not_the_dataset_are_ignored(kind: str, deployment: Deployment, functions: Any) -> None:
     """DLM's scheduled snapshots of the data volume, and snapshots of any other volume, never tear anything down."""
     pipeline = f"td-{kind}"
-    instance, volume, _dataset = download_side(pipeline)
+    instance, volume, _dataset = download_side(deployment, pipeline)
     ec2 = client("ec2")
     if kind == "scheduled":  # what the DLM policy makes: its own tag, not the pipeline's dataset tags
         spec = [{"ResourceType": "snapshot", "Tags": [{"Key": tags.SCHEDULED, "Value": pipeline}]}]
@@ -142,7 +186,7 @@ def test_snapshots_that_are_not_the_dataset_are_ignored(kind: str) -> None:
     else:
         other = available_volume(ec2, AvailabilityZone="us-east-1a", Size=8)
         snapshot = completed_snapshot(ec2, VolumeId=other)
-    result = teardown.handler(event(snapshot), ec2=ec2, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    result = functions(pipeline).teardown(event(snapshot))
     assert result["action"] == "ignored" and state(instance) == "running" and volume_exists(volume)
 
 
@@ -153,15 +197,18 @@ def _dataset_tags(pipeline: str, instance: str) -> list[dict[str, str]]:
     return snapshot_tags(request, instance)
 
 
-def test_the_event_racing_the_instance_publishes_before_it_terminates(strict_aws: StrictAws) -> None:
+def test_the_event_racing_the_instance_publishes_before_it_terminates(
+    strict_aws: StrictAws, deployment: Deployment, functions: Any
+) -> None:
     """The event arrives when the snapshot completes, before the instance's next poll: the function publishes."""
     pipeline = "td-race"
-    instance, volume, _ = download_side(pipeline)
+    instance, volume, _ = download_side(deployment, pipeline)
+    heartbeat_alarm(pipeline)
     ec2, ssm = client("ec2"), client("ssm")
     seen: list[tuple[dict[str, Any], str]] = []
 
     def lambda_invoked(event: dict[str, Any]) -> None:
-        result = teardown.handler(event, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
+        result = functions(pipeline).teardown(event)
         if result["action"] == "terminated":  # what a GPU instance booting now would read
             seen.append((result, ssm.get_parameter(Name=f"/{pipeline}/snapshot")["Parameter"]["Value"]))
 
@@ -183,32 +230,29 @@ def test_the_event_racing_the_instance_publishes_before_it_terminates(strict_aws
     assert state(instance) in ("shutting-down", "terminated")
 
 
-def test_a_lost_event_is_made_good_by_the_scheduled_sweep() -> None:
+def test_a_lost_event_is_made_good_by_the_scheduled_sweep(deployment: Deployment, functions: Any) -> None:
     pipeline = "td-lost"
-    instance, _, snapshot = download_side(pipeline)  # completed, and nobody heard of it
-    ec2, ssm = client("ec2"), client("ssm")
+    instance, _, snapshot = download_side(deployment, pipeline)  # completed, and nobody heard of it
     assert state(instance) == "running"
-    client("cloudwatch").put_metric_alarm(AlarmName="td-lost-heartbeat", MetricName="Heartbeat", Namespace="T",
-                                          Statistic="Sum", Period=600, EvaluationPeriods=3, Threshold=1,
-                                          ComparisonOperator="LessThanThreshold")  # fmt: skip
+    alarm_name = heartbeat_alarm(pipeline)
     scheduled = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
-    with_alarm = {**env(pipeline), "HEARTBEAT_ALARM": "td-lost-heartbeat"}
-    result = teardown.handler(scheduled, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=with_alarm)
+    result = functions(pipeline).teardown(scheduled)
     assert [r["snapshot_id"] for r in result["finished"]] == [snapshot] and state(instance) == "terminated"
-    alarm = client("cloudwatch").describe_alarms(AlarmNames=["td-lost-heartbeat"])["MetricAlarms"][0]
+    alarm = client("cloudwatch").describe_alarms(AlarmNames=[alarm_name])["MetricAlarms"][0]
     assert alarm["ActionsEnabled"] is False  # the silence of a finished run is no alert
+    ssm = client("ssm")
     assert json.loads(ssm.get_parameter(Name=f"/{pipeline}/snapshot")["Parameter"]["Value"])["snapshot_id"] == snapshot
-    again = teardown.handler(scheduled, ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
-    assert again["finished"] == []
+    assert functions(pipeline).teardown(scheduled)["finished"] == []
 
 
-def test_the_function_never_overwrites_what_the_instance_published() -> None:
+def test_the_function_never_overwrites_what_the_instance_published(deployment: Deployment, functions: Any) -> None:
     pipeline = "td-instance-first"
-    _, _, snapshot = download_side(pipeline)
-    ec2, ssm = client("ec2"), client("ssm")
+    _, _, snapshot = download_side(deployment, pipeline)
+    heartbeat_alarm(pipeline)
+    ssm = client("ssm")
     ssm.put_parameter(Name=f"/{pipeline}/snapshot", Type="String", Overwrite=True,
                       Value=json.dumps({"snapshot_id": snapshot, "published_by": "instance"}))  # fmt: skip
-    result = teardown.handler(event(snapshot), ec2=ec2, ssm=ssm, cloudwatch=client("cloudwatch"), env=env(pipeline))
+    result = functions(pipeline).teardown(event(snapshot))
     assert result["action"] == "terminated" and not result["published_by_function"]
     assert (
         json.loads(ssm.get_parameter(Name=f"/{pipeline}/snapshot")["Parameter"]["Value"])["published_by"] == "instance"

@@ -20,6 +20,7 @@ from bootstrap.common.imds import InstanceIdentity
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.gpu.attach import Attacher, AttachError, AttachOptions, free_device_name, volume_request
 from bootstrap.instance.snapshot import TAG_PIPELINE
+from tests.fixtures.deployment import Account
 from tests.fixtures.ec2_world import gpu_instance, launch_instance
 from tests.fixtures.imds import Identity, ImdsStub
 from tests.fixtures.loopdev import loop_image, run
@@ -77,11 +78,13 @@ def dataset_image(tmp_path: Path) -> Iterator[Callable[[str], str]]:
 
 @pytest.mark.root
 @pytest.mark.parametrize("style", ["nvme", "xen"])
-def test_attach_mounts_the_dataset_read_only(style: str, tmp_path: Path, dataset_image: Callable[[str], str]) -> None:
+def test_attach_mounts_the_dataset_read_only(
+    account: Account, style: str, tmp_path: Path, dataset_image: Callable[[str], str]
+) -> None:
     pipeline = f"gpu-{style}"
     published_snapshot(pipeline, f"/{pipeline}/snapshot")
-    with gpu_instance(tmp_path, pipeline, "us-east-1c", style, [dataset_image("one")]) as gpu:
-        result = Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
+    with gpu_instance(tmp_path, pipeline, "us-east-1c", style, [dataset_image("one")], account=account) as gpu:
+        result = Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, gpu.opts).attach()
         try:
             assert (gpu.opts.mount_point / "train.idx").read_text().endswith("# one\n")
             with pytest.raises(OSError):
@@ -90,7 +93,7 @@ def test_attach_mounts_the_dataset_read_only(style: str, tmp_path: Path, dataset
             assert json.loads(gpu.opts.ready_marker.read_text())["volume_id"] == result["volume_id"]
             # reboot: the agent runs again, finds its volume, creates nothing new
             unmount(gpu.opts.mount_point)
-            again = Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
+            again = Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, gpu.opts).attach()
             assert again["volume_id"] == result["volume_id"] and len(pipeline_volumes(pipeline)) == 1
             assert gpu.opts.fstab.read_text().count("UUID=") == 1
         finally:
@@ -103,7 +106,9 @@ def test_attach_mounts_the_dataset_read_only(style: str, tmp_path: Path, dataset
 
 
 @pytest.mark.root
-def test_twenty_agents_at_once_leave_nothing_behind(tmp_path: Path, dataset_image: Callable[[str], str]) -> None:
+def test_twenty_agents_at_once_leave_nothing_behind(
+    account: Account, tmp_path: Path, dataset_image: Callable[[str], str]
+) -> None:
     pipeline = "gpu-fleet"
     published_snapshot(pipeline, f"/{pipeline}/snapshot")
     azs = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
@@ -113,11 +118,13 @@ def test_twenty_agents_at_once_leave_nothing_behind(tmp_path: Path, dataset_imag
     with ExitStack() as stack:
         # 40 pollers share one emulator process: poll less often than a real agent would need to
         gpus = [stack.enter_context(gpu_instance(tmp_path / f"gpu{i}", pipeline, azs[i % 4], "nvme", [devices[i]],
-                                                 poll=0.3)) for i in range(20)]  # fmt: skip
+                                                 account=account, poll=0.3)) for i in range(20)]  # fmt: skip
 
         def agent(i: int) -> None:
             try:
-                results[i] = Attacher(client("ec2"), client("ssm"), gpus[i].identity, gpus[i].opts).attach()
+                results[i] = Attacher(
+                    gpus[i].client("ec2"), gpus[i].client("ssm"), gpus[i].identity, gpus[i].opts
+                ).attach()
             except BaseException as e:
                 errors.append(e)
 
@@ -163,33 +170,35 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("step", FAILURES)
-def test_a_failure_at_each_step_leaves_no_volume(step: str, tmp_path: Path) -> None:
+def test_a_failure_at_each_step_leaves_no_volume(account: Account, step: str, tmp_path: Path) -> None:
     pipeline = f"fail-{FAILURES[step][0].lower()}"
     published_snapshot(pipeline, f"/{pipeline}/snapshot")
-    ec2 = client("ec2")
     operation, nth = FAILURES[step]
-    ec2.meta.events.register(f"before-call.ec2.{operation}", _fail_on(operation, nth))
     commands: list[list[str]] = []
-    with gpu_instance(tmp_path, pipeline, "us-east-1b", "nvme", [], shutdown_on_failure=True) as gpu:
-        attacher = Attacher(ec2, client("ssm"), gpu.identity, gpu.opts, run=lambda argv: commands.append(argv) or "")
+    with gpu_instance(tmp_path, pipeline, "us-east-1b", "nvme", [], account=account, shutdown_on_failure=True) as gpu:
+        ec2 = gpu.client("ec2")
+        ec2.meta.events.register(f"before-call.ec2.{operation}", _fail_on(operation, nth))
+        attacher = Attacher(
+            ec2, gpu.client("ssm"), gpu.identity, gpu.opts, run=lambda argv: commands.append(argv) or ""
+        )
         with pytest.raises(AttachError, match=f"attach failed at '{step}'.*injected failure"):
             attacher.attach()
     assert pipeline_volumes(pipeline) == []
     assert commands and commands[-1][0] == "shutdown"
 
 
-def test_device_that_never_appears_is_cleaned_up(tmp_path: Path) -> None:
+def test_device_that_never_appears_is_cleaned_up(account: Account, tmp_path: Path) -> None:
     pipeline = "fail-device"
     published_snapshot(pipeline, f"/{pipeline}/snapshot")
-    with gpu_instance(tmp_path, pipeline, "us-east-1a", "nvme", [], hotplug=False) as gpu:
+    with gpu_instance(tmp_path, pipeline, "us-east-1a", "nvme", [], account=account, hotplug=False) as gpu:
         opts = AttachOptions(**{**gpu.opts.__dict__, "timeout_seconds": 3.0})  # attaches, but no device shows
         with pytest.raises(AttachError, match="at 'find the block device': timed out"):
-            Attacher(client("ec2"), client("ssm"), gpu.identity, opts).attach()
+            Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, opts).attach()
     assert pipeline_volumes(pipeline) == []
 
 
 @pytest.mark.root
-def test_mount_failure_is_cleaned_up(tmp_path: Path, dataset_image: Callable[[str], str]) -> None:
+def test_mount_failure_is_cleaned_up(account: Account, tmp_path: Path, dataset_image: Callable[[str], str]) -> None:
     pipeline = "fail-mount"
     published_snapshot(pipeline, f"/{pipeline}/snapshot")
 
@@ -199,23 +208,23 @@ def test_mount_failure_is_cleaned_up(tmp_path: Path, dataset_image: Callable[[st
         return ""
 
     with (
-        gpu_instance(tmp_path, pipeline, "us-east-1a", "xen", [dataset_image("m")]) as gpu,
+        gpu_instance(tmp_path, pipeline, "us-east-1a", "xen", [dataset_image("m")], account=account) as gpu,
         pytest.raises(AttachError, match="at 'mount': mount: wrong fs type"),
     ):
-        Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts, run=runner).attach()
+        Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, gpu.opts, run=runner).attach()
     assert pipeline_volumes(pipeline) == []
 
 
-def test_missing_or_incomplete_snapshot_is_a_clear_error(tmp_path: Path) -> None:
-    with gpu_instance(tmp_path, "no-snapshot", "us-east-1a", "nvme", []) as gpu:
+def test_missing_or_incomplete_snapshot_is_a_clear_error(account: Account, tmp_path: Path) -> None:
+    with gpu_instance(tmp_path, "no-snapshot", "us-east-1a", "nvme", [], account=account) as gpu:
         with pytest.raises(AttachError, match=r"cannot read /no-snapshot/snapshot.*published its snapshot"):
-            Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
+            Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, gpu.opts).attach()
         client("ssm").put_parameter(Name="/no-snapshot/snapshot", Value="not yet", Type="String")
         with pytest.raises(AttachError, match=r"holds no snapshot id yet \('not yet'\); has the download"):
-            Attacher(client("ec2"), client("ssm"), gpu.identity, gpu.opts).attach()
+            Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, gpu.opts).attach()
         by_tag = AttachOptions(**{**gpu.opts.__dict__, "snapshot_parameter": None})
         with pytest.raises(AttachError, match="no completed snapshot tagged"):
-            Attacher(client("ec2"), client("ssm"), gpu.identity, by_tag).attach()
+            Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, by_tag).attach()
 
 
 def test_cli_exit_code_and_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

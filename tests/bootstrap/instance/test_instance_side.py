@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,8 +21,9 @@ from botocore.stub import Stubber
 from bootstrap.common.aws import client
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds, InstanceIdentity
-from bootstrap.common.state import atomic_write_json
+from bootstrap.common.state import Markers, atomic_write_json
 from bootstrap.contract import tags
+from bootstrap.contract.names import heartbeat_alarm as heartbeat_alarm_name
 from bootstrap.contract.names import heartbeat_metric
 from bootstrap.engine import Engine
 from bootstrap.instance.backup import Backup, BackupError, BackupOptions, part_size
@@ -38,8 +40,9 @@ from bootstrap.instance.status_publisher import StatusPublisher
 from bootstrap.layout import backed_up as wanted
 from bootstrap.settings import PrepConfig
 from scripts.synthetic_imagenet import Generated
-from tests.fixtures.ec2_world import instance_with_data_volume
-from tests.fixtures.imds import Identity, ImdsStub
+from tests.fixtures.deployment import Account, Names, default_bucket
+from tests.fixtures.ec2_world import World, instance_with_data_volume
+from tests.fixtures.imds import Identity, ImdsStub, instance_env
 from tests.fixtures.strict_aws import available_volume
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
@@ -270,55 +273,80 @@ def test_status_publisher_outlives_an_unreadable_status_file(tmp_path: Path) -> 
     assert json.loads(ssm.get_parameter(Name="/t/torn")["Parameter"]["Value"]) == {"stage": "pack", "state": "done"}
 
 
+def _instance_config(world: World, account: Account, tmp: Path, **settings: Any) -> Path:
+    """The download instance's config.json as its user data writes it, with the simulated instance's paths."""
+    config = {**account.deployment.download_config(world.names), "data_dir": str(world.mount),
+              "sys_root": str(world.roots.sys_root), "dev_root": str(world.roots.dev_root),
+              "snapshot_poll_seconds": 0.2, **settings}  # fmt: skip
+    path = tmp / "config.json"
+    path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return path
+
+
+def _on_instance(stage: str, world: World, config: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m bootstrap STAGE`` as the unit runs it: no region or keys, the download role from IMDSv2."""
+    return subprocess.run([sys.executable, "-m", "bootstrap", stage, "--config", str(config)], capture_output=True,
+                          text=True, env=instance_env(world.imds_endpoint, tmp), cwd=tmp, timeout=300,
+                          check=False)  # fmt: skip
+
+
 @pytest.mark.root
 @pytest.mark.parametrize("style", ["nvme", "xen"])
-def test_snapshot_of_the_loop_backed_volume(style: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with instance_with_data_volume(tmp_path, style) as world:
-        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", world.imds_endpoint)
-        engine = Engine(PrepConfig(data_dir=world.mount, sys_root=world.roots.sys_root, dev_root=world.roots.dev_root,
-                                   pipeline=f"pipe-{style}"))  # fmt: skip
-        engine.markers.mark("backup", {"manifest_sha256": "cd" * 32})
-        info = engine.snapshot()
+def test_snapshot_of_the_loop_backed_volume(style: str, tmp_path: Path, account: Account) -> None:
+    with instance_with_data_volume(tmp_path, style, account, Names(f"pipe-{style}")) as world:
+        Markers(world.mount / ".state").mark("backup", {"manifest_sha256": "cd" * 32})
+        done = _on_instance("snapshot", world, _instance_config(world, account, tmp_path), tmp_path)
+        assert done.returncode == 0, done.stderr
         (world.mount / "still-writable").write_text("thawed")  # would hang if left frozen
-    snap = client("ec2").describe_snapshots(SnapshotIds=[info["snapshot_id"]])["Snapshots"][0]
+    snaps = client("ec2").describe_snapshots(Filters=[{"Name": "volume-id", "Values": [world.volume_id]}])["Snapshots"]
+    (snap,) = [s for s in snaps if any(t["Key"] == TAG_PIPELINE for t in s.get("Tags", []))]
     tags = {t["Key"]: t["Value"] for t in snap["Tags"]}
-    assert snap["VolumeId"] == world.volume_id and info["volume_size_gib"] == 1000
+    assert snap["VolumeSize"] == 1000
     assert tags[TAG_PIPELINE] == f"pipe-{style}" and tags[TAG_INSTANCE] == world.instance_id
 
 
 @pytest.mark.root
-def test_snapshot_refuses_when_no_attached_volume_backs_the_mount(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with instance_with_data_volume(tmp_path, "nvme") as world:
-        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", world.imds_endpoint)
+def test_snapshot_refuses_when_no_attached_volume_backs_the_mount(tmp_path: Path, account: Account) -> None:
+    with instance_with_data_volume(tmp_path, "nvme", account, Names("pipe-nobacking")) as world:
         shutil.rmtree(world.roots.sys_root)  # the device can no longer be matched to the volume
-        engine = Engine(PrepConfig(data_dir=world.mount, sys_root=world.roots.sys_root, dev_root=tmp_path / "nodev"))
-        engine.markers.mark("backup", {"manifest_sha256": "cd" * 32})
-        with pytest.raises(SnapshotError, match=r"no EBS volume attached to i-.* backs"):
-            engine.snapshot()
+        Markers(world.mount / ".state").mark("backup", {"manifest_sha256": "cd" * 32})
+        config = _instance_config(world, account, tmp_path, dev_root=str(tmp_path / "nodev"))
+        done = _on_instance("snapshot", world, config, tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert re.search(r"no EBS volume attached to i-.* backs", done.stderr), done.stderr
 
 
 @pytest.mark.root
-def test_whole_run_from_archives_to_published_snapshot(
-    archives: Generated, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_whole_run_from_archives_to_published_snapshot(archives: Generated, tmp_path: Path, account: Account) -> None:
+    """The unit's ``run`` with the config the user data writes, every call authorized against the download role."""
+    names = Names("whole-run")
+    name = bucket(default_bucket(names.pipeline))  # the storage stack's bucket for this pipeline
     ssm = client("ssm")
-    name = bucket("bk-whole-run")
-    with instance_with_data_volume(tmp_path, "xen", size_mib=64) as world:
-        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", world.imds_endpoint)
-        config = PrepConfig(data_dir=world.mount, source=str(archives.root), dataset_table=archives.table,
-                            max_failure_rate=0.2, bucket=name, prefix="imagenet", snapshot_parameter="/pipe/snapshot",
-                            status_parameter="/pipe/status", status_interval=0.2, sys_root=world.roots.sys_root,
-                            dev_root=world.roots.dev_root)  # fmt: skip
-        summary = Engine(config).run()
-        published = json.loads(ssm.get_parameter(Name="/pipe/snapshot")["Parameter"]["Value"])
-        status = json.loads(ssm.get_parameter(Name="/pipe/status")["Parameter"]["Value"])
-        again = Engine(config).run()
+    with instance_with_data_volume(tmp_path, "xen", account, names, size_mib=64) as world:
+        heartbeat_alarm = _heartbeat_alarm(names.pipeline)
+        config = _instance_config(world, account, tmp_path, source=str(archives.root),
+                                  dataset_table=str(archives.table), max_failure_rate=0.2, source_secret=None,
+                                  status_interval=0.2)  # fmt: skip
+        first = _on_instance("run", world, config, tmp_path)
+        assert first.returncode == 0, first.stderr
+        published = json.loads(ssm.get_parameter(Name="/whole-run/snapshot")["Parameter"]["Value"])
+        status = json.loads(ssm.get_parameter(Name="/whole-run/status")["Parameter"]["Value"])
+        again = _on_instance("run", world, config, tmp_path)
     assert published["snapshot_id"].startswith("snap-") and published["source_instance_id"] == world.instance_id
     assert published["images"] == {"val": 24, "train": 46} and published["manifest"].startswith(f"s3://{name}/")
     assert status["state"] == "done"
-    assert again == summary
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    alarm = client("cloudwatch").describe_alarms(AlarmNames=[heartbeat_alarm])["MetricAlarms"][0]
+    assert alarm["ActionsEnabled"] is True  # the run re-armed it
+
+
+def _heartbeat_alarm(pipeline: str) -> str:
+    """The download stack's heartbeat alarm, disarmed as a finished run leaves it."""
+    name, (namespace, metric, _) = heartbeat_alarm_name(pipeline), heartbeat_metric(pipeline)
+    client("cloudwatch").put_metric_alarm(AlarmName=name, MetricName=metric, Namespace=namespace, Statistic="Sum",
+                                          Period=600, EvaluationPeriods=3, Threshold=1,
+                                          ComparisonOperator="LessThanThreshold", ActionsEnabled=False)  # fmt: skip
+    return name
 
 
 def test_a_failed_snapshot_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
