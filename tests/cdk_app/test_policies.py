@@ -11,25 +11,15 @@ below with the reason; anything else fails.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import pytest
 
 from tests.fixtures.cdk_synth import Synthesized, synth
-from tests.fixtures.cfn import render
+from tests.fixtures.deployment import resolved
 
-ACCOUNT, REGION = "123456789012", "us-east-1"
 Finding = tuple[str, str, str, str]
 """(policy logical id, parliament issue, action or detail, the detail as JSON)."""
-ARN_OF = {  # what GetAtt .Arn of a logical id of this type looks like
-    "AWS::Logs::LogGroup": "arn:aws:logs:{region}:{account}:log-group:{name}:*",
-    "AWS::IAM::Role": "arn:aws:iam::{account}:role/{name}",
-    "AWS::SNS::Topic": "arn:aws:sns:{region}:{account}:{name}",
-    "AWS::S3::Bucket": "arn:aws:s3:::{name}",
-    "AWS::Lambda::Function": "arn:aws:lambda:{region}:{account}:function:{name}",
-}
-REF_OF = {"AWS::EC2::Volume": "vol-0123456789abcdef0", "AWS::EC2::Instance": "i-0123456789abcdef0"}
 ACKNOWLEDGED = {
     # (policy's logical-id prefix, parliament issue, action or detail) -> why it stays
     ("DownloadRole", "RESOURCE_MISMATCH", "ec2:CreateSnapshot"): "CreateSnapshot needs the volume and the new "
@@ -40,6 +30,10 @@ ACKNOWLEDGED = {
     ("GpuRole", "RESOURCE_MISMATCH", "ec2:AttachVolume"): "the same: the instance by its GPU-role tag, the "
     "volume by the pipeline tag",
     ("GpuRole", "RESOURCE_MISMATCH", "ec2:DetachVolume"): "the same as AttachVolume",
+    ("GpuRole", "RESOURCE_MISMATCH", "ec2:ModifyInstanceAttribute"): "the same: the instance by its GPU-role tag, "
+    "the volume whose DeleteOnTermination it changes by the pipeline tag",
+    ("SnapshotTeardownRole", "RESOURCE_MISMATCH", "ec2:ModifyInstanceAttribute"): "the same: the download "
+    "instance and its data volume, each by the pipeline tag",
     ("GpuRole", "RESOURCE_STAR", "kms:"): "the account's default EBS key is not known at deploy "
     "time; kms:ViaService limits every use to EC2 in the region",
 }
@@ -50,31 +44,6 @@ def default(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
     return synth(tmp_path_factory.mktemp("cdk-policies"))
 
 
-def _plausible(text: str, template: dict[str, Any]) -> str:
-    def value(match: re.Match[str]) -> str:
-        name, _, attribute = match.group(1).partition(".")
-        pseudo = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
-                  "AWS::URLSuffix": "amazonaws.com"}  # fmt: skip
-        if name in pseudo:
-            return pseudo[name]
-        kind = template["Resources"].get(name, {}).get("Type", "")
-        if attribute == "Arn" and kind in ARN_OF:
-            return ARN_OF[kind].format(region=REGION, account=ACCOUNT, name=name.lower())
-        return REF_OF.get(kind, name.lower())
-
-    return re.sub(r"\$\{([^}]+)\}", value, text)
-
-
-def _resolved(value: Any, template: dict[str, Any]) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and next(iter(value)).startswith(("Fn::", "Ref")):
-            return _plausible(render(value), template)
-        return {k: _resolved(v, template) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolved(v, template) for v in value]
-    return _plausible(value, template) if isinstance(value, str) else value
-
-
 def _findings(default: Synthesized) -> list[Finding]:
     from parliament import analyze_policy_string
 
@@ -83,7 +52,7 @@ def _findings(default: Synthesized) -> list[Finding]:
         for logical_id, resource in t["Resources"].items():
             if resource["Type"] != "AWS::IAM::Policy":
                 continue
-            document = _resolved(resource["Properties"]["PolicyDocument"], t)
+            document = resolved(resource["Properties"]["PolicyDocument"], t)
             for finding in analyze_policy_string(json.dumps(document)).findings:
                 details = finding.detail if isinstance(finding.detail, list) else [finding.detail]
                 for detail in details:
