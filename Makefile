@@ -4,6 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3
 VENV := .venv
+CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' '.ci/run' 2>/dev/null)
 # command:package; only the packages whose command is missing are installed
@@ -24,6 +25,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt bootstrap/requirements
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	touch $@
 
+# checkov pins an older boto3 than ours, so it lives in a venv of its own
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q -r requirements-checkov.txt
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -41,7 +48,7 @@ system-deps:
 	  else echo "missing Debian packages; run: sudo apt-get install$$missing"; exit 1; fi; \
 	fi
 
-deps: system-deps $(VENV)/.installed node_modules/.installed
+deps: system-deps $(VENV)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed
 
 lint: deps
 	$(VENV)/bin/ruff check .
@@ -62,4 +69,4 @@ bench: deps
 	$(PY) -m bench.run
 
 clean:
-	rm -rf cdk.out demo-output bench/work .mypy_cache .ruff_cache .pytest_cache
+	rm -rf cdk.out demo-output $(CHECKOV_VENV) bench/work .mypy_cache .ruff_cache .pytest_cache

@@ -16,6 +16,7 @@ import pytest
 
 from scripts.synthetic_imagenet import Generated, Spec, generate
 from tests.fixtures.aws_emulator import FAKE_ENV, emulated_aws
+from tests.fixtures.cdk_synth import Synthesized, synth
 from tests.fixtures.deployment import Account, Deployment
 from tests.fixtures.strict_aws import StrictAws
 
@@ -74,6 +75,12 @@ def strict_aws() -> Iterator[StrictAws]:
 @pytest.fixture(scope="session")
 def aws_endpoint(strict_aws: StrictAws) -> str:
     return strict_aws.endpoint
+
+
+@pytest.fixture(scope="session")
+def default_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    """The app from cdk.json's context alone, synthesized with cdk-nag, as ``cdk synth`` would."""
+    return synth(tmp_path_factory.mktemp("cdk-default"))
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ from bootstrap.contract.names import (
 from cdk_app.constructs.alerts import alerts_topic, notify
 from cdk_app.constructs.bootstrap_code import BootstrapCode, write_json
 from cdk_app.constructs.grants import allow, instance_role
+from cdk_app.constructs.log_group import log_group
 from cdk_app.constructs.nag import accept_fixed_availability_zone, acknowledge, spelled
 
 VOLUME_TYPES = {
@@ -107,9 +108,7 @@ class DownloadInstance(Construct):
             removal_policy=cdk.RemovalPolicy.RETAIN if settings.keep_volume else cdk.RemovalPolicy.DESTROY,
         )
         cdk.Tags.of(self.volume).add(tags.DATA_VOLUME, settings.pipeline)
-        self.log_group = logs.LogGroup(
-            self, "Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=cdk.RemovalPolicy.DESTROY
-        )
+        self.log_group = log_group(self, "Logs", logs.RetentionDays.THREE_MONTHS)
         alerts = alerts_topic(self, settings.pipeline)
         self.errors_alarm = self._alarm_on_errors(settings.pipeline, alerts)
         self.heartbeat_alarm = self._alarm_on_silence(settings.pipeline, alerts)

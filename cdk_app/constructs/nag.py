@@ -1,8 +1,9 @@
-"""cdk-nag acknowledgements, kept next to the construct they excuse, each with its reason.
+"""cdk-nag, checkov and cfn-lint acknowledgements, kept next to the construct they excuse, each with its reason.
 
 cdk-nag 3 matches acknowledgements exactly, so a rule that reports findings
 (IAM4, IAM5) is acknowledged finding by finding: a new wildcard added later
-is an error until someone writes down why it is acceptable.
+is an error until someone writes down why it is acceptable.  checkov reads
+its skips from the resource's ``checkov`` metadata, where the reason is kept.
 """
 
 from __future__ import annotations
@@ -35,3 +36,11 @@ def accept_fixed_availability_zone(construct: IConstruct, reason: str) -> None:
     resource = construct.node.default_child
     assert isinstance(resource, cdk.CfnResource)
     resource.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3010"]}})
+
+
+def accept_checkov(construct: IConstruct, check: str, reason: str) -> None:
+    """Skip checkov's ``check`` (``CKV_AWS_…``) on ``construct``'s resource, with the reason in the template."""
+    resource = construct.node.default_child if not isinstance(construct, cdk.CfnResource) else construct
+    assert isinstance(resource, cdk.CfnResource)
+    skips = list((resource.get_metadata("checkov") or {}).get("skip", []))
+    resource.add_metadata("checkov", {"skip": [*skips, {"id": check, "comment": reason}]})

@@ -7,11 +7,11 @@ nothing from outside.  Operators connect with SSM Session Manager, not SSH.
 
 from __future__ import annotations
 
-import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from cdk_app.constructs.log_group import log_group
 from cdk_app.constructs.nag import accept_fixed_availability_zone
 
 
@@ -32,9 +32,7 @@ class Network(Construct):
                 # nothing is launched into the default group; restricting it would cost a custom-resource Lambda
                 restrict_default_security_group=False,
             )
-            flow_logs = logs.LogGroup(
-                self, "FlowLogs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=cdk.RemovalPolicy.DESTROY
-            )
+            flow_logs = log_group(self, "FlowLogs", logs.RetentionDays.ONE_MONTH)
             vpc.add_flow_log(
                 "FlowLog",
                 destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),

@@ -27,7 +27,8 @@ from bootstrap.contract import tags
 from bootstrap.contract.names import heartbeat_alarm
 from cdk_app.constructs.alerts import notify
 from cdk_app.constructs.grants import allow
-from cdk_app.constructs.nag import acknowledge, spelled
+from cdk_app.constructs.log_group import log_group
+from cdk_app.constructs.nag import accept_checkov, acknowledge, spelled
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -37,6 +38,17 @@ SNAPSHOT_EVENTS = {
     "detail": {"event": ["createSnapshot"], "result": ["succeeded", "failed"]},
 }
 DESCRIBE_REASON = "EC2 Describe* calls do not support resource-level permissions."
+FUNCTION_CHECKS = {
+    "CKV_AWS_116": "A failed invocation is retried by EventBridge and raises the TeardownFailed alarm, and the "
+    "scheduled sweep repeats the work; a dead-letter queue would hold events nobody replays.",
+    "CKV_AWS_117": "The functions call only EC2, SSM and CloudWatch APIs; inside a VPC they would need a NAT "
+    "gateway or interface endpoints, which cost more than the whole pipeline.",
+    "CKV_AWS_115": "Reserved concurrency is taken from the account's pool, and a new account's limit of 10 leaves "
+    "none to reserve (the deployment would fail); the functions are idempotent when they overlap.",
+    "CKV_AWS_173": "The variables are tag keys, parameter and alarm names, no secrets; Lambda encrypts them at rest "
+    "with its service key.",
+}
+"""checkov's Lambda checks, and why each is accepted for the teardown and janitor functions."""
 
 
 TEARDOWN_TAGS = ("PIPELINE", "INSTANCE", "SCHEDULED", "DATASET", "MANIFEST", "MANIFEST_URL", "IMAGES", "BYTES")
@@ -63,9 +75,7 @@ class _Function(Construct):
         self, scope: Construct, id: str, *, module: str, description: str, environment: dict[str, str]
     ) -> None:
         super().__init__(scope, id)
-        self.log_group = logs.LogGroup(
-            self, "Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=cdk.RemovalPolicy.DESTROY
-        )
+        self.log_group = log_group(self, "Logs", logs.RetentionDays.THREE_MONTHS)
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
         self.function = lambda_.Function(
             self,
@@ -81,6 +91,8 @@ class _Function(Construct):
             log_group=self.log_group,
         )
         self.log_group.grant_write(self.role)
+        for check, reason in FUNCTION_CHECKS.items():
+            accept_checkov(self.function, check, reason)
         # The function refers to its role by GetAtt already; CDK's DependsOn on the role too is what cfn-lint
         # flags (W3005), so depend on the role's policy alone: the function must not run before it exists.
         function, policy = self.function.node.default_child, self.role.node.find_child("DefaultPolicy")

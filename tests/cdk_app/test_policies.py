@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.cdk_synth import Synthesized, synth
+from tests.fixtures.cdk_synth import Synthesized
 from tests.fixtures.deployment import resolved
 
 Finding = tuple[str, str, str, str]
@@ -39,16 +39,11 @@ ACKNOWLEDGED = {
 }
 
 
-@pytest.fixture(scope="module")
-def default(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
-    return synth(tmp_path_factory.mktemp("cdk-policies"))
-
-
-def _findings(default: Synthesized) -> list[Finding]:
+def _findings(default_synth: Synthesized) -> list[Finding]:
     from parliament import analyze_policy_string
 
     found = []
-    for t in default.templates.values():
+    for t in default_synth.templates.values():
         for logical_id, resource in t["Resources"].items():
             if resource["Type"] != "AWS::IAM::Policy":
                 continue
@@ -66,14 +61,14 @@ def _matches(key: tuple[str, str, str], finding: Finding) -> bool:
     return finding[0].startswith(prefix) and finding[1] == issue and finding[2].startswith(subject)
 
 
-def test_every_policy_passes_parliament_or_is_acknowledged_with_a_reason(default: Synthesized) -> None:
-    unexplained = [f for f in _findings(default) if not any(_matches(key, f) for key in ACKNOWLEDGED)]
+def test_every_policy_passes_parliament_or_is_acknowledged_with_a_reason(default_synth: Synthesized) -> None:
+    unexplained = [f for f in _findings(default_synth) if not any(_matches(key, f) for key in ACKNOWLEDGED)]
     assert not unexplained, "\n".join(" ".join(f) for f in unexplained)
 
 
-def test_acknowledgements_are_still_needed(default: Synthesized) -> None:
+def test_acknowledgements_are_still_needed(default_synth: Synthesized) -> None:
     """A fixed finding's acknowledgement goes too, so the list never hides a new finding of the same kind."""
-    found = _findings(default)
+    found = _findings(default_synth)
     stale = [key for key in ACKNOWLEDGED if not any(_matches(key, f) for f in found)]
     assert not stale, stale
 
