@@ -32,6 +32,8 @@ def build(app: cdk.App, config: StagingConfig) -> dict[str, cdk.Stack]:
         app,
         f"{prefix}-network",
         vpc_id=config.vpc_id,
+        subnet_type=config.subnet_type,
+        vpc_endpoints=config.vpc_endpoints,
         env=env,
         description=f"{prefix}: VPC and security groups (long-lived)",
     )

@@ -67,6 +67,10 @@ class StagingConfig:
     """Keep the data volume when the snapshot has completed (the instance is terminated either way)."""
     vpc_id: str | None = None
     """Use this VPC (looked up at synth, cached in cdk.context.json) instead of creating a small public one."""
+    subnet_type: str = "public"
+    """With vpc_id: its public subnets (the instances get public addresses) or its private ones (through its NAT)."""
+    vpc_endpoints: bool = True
+    """In private subnets: endpoints for S3 (gateway) and the AWS APIs the instances call (interface)."""
     # -- what the engine does (bootstrap keys) -------------------------------------------
     # (their defaults and ranges are the engine's: bootstrap.settings)
     resize: int = settings.default("resize")
@@ -141,6 +145,9 @@ class StagingConfig:
         need("data_volume_gib", low <= self.data_volume_gib <= high,
              f"{self.data_volume_type} volumes are {low}-{high} GiB; ImageNet needs about 400")  # fmt: skip
         need("vpc_id", self.vpc_id is None or bool(_VPC_ID.match(self.vpc_id)), "like vpc-0123456789abcdef0")
+        need("subnet_type", self.subnet_type in ("public", "private"), "public or private")
+        need("subnet_type", self.subnet_type == "public" or self.vpc_id is not None,
+             "private subnets need an existing VPC (vpc_id); the VPC this app makes has public ones only")  # fmt: skip
 
     def _fleet_problems(self, need: _Need) -> None:
         need("gpu_instance_types", bool(self.gpu_instance_types) and all(_INSTANCE_TYPE.match(t) for t in

@@ -39,7 +39,7 @@ class DownloadStack(cdk.Stack):
             keep_volume=config.keep_data_volume,
             engine=config.engine,
             pin_ami=not cdk.Token.is_unresolved(self.account),
-            public_ip=config.vpc_id is not None,
+            public_ip=config.vpc_id is not None and config.subnet_type == "public",
         )
         source = urlsplit(config.source)
         targets = DownloadTargets(

@@ -11,9 +11,10 @@ from cdk_app.constructs.network import Network
 
 
 class NetworkStack(cdk.Stack):
-    def __init__(self, scope: Construct, id: str, *, vpc_id: str | None, **kwargs: Any) -> None:
+    def __init__(self, scope: Construct, id: str, *, vpc_id: str | None, subnet_type: str = "public",
+                 vpc_endpoints: bool = True, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(scope, id, **kwargs)
-        self.network = Network(self, "Network", vpc_id=vpc_id)
+        self.network = Network(self, "Network", vpc_id=vpc_id, subnet_type=subnet_type, vpc_endpoints=vpc_endpoints)
         cdk.CfnOutput(
             self,
             "SubnetIds",

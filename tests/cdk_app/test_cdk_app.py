@@ -278,6 +278,18 @@ LOOKED_UP_VPC = {  # what `cdk synth` with credentials caches in cdk.context.jso
              "routeTableId": "rtb-0bbbbbbbbbbbbbbbb"}]}]},
     "vpc_id": "vpc-0123456789abcdef0",
 }  # fmt: skip
+
+
+def _looked_up(*groups: tuple[str, str, str]) -> dict[str, Any]:
+    """LOOKED_UP_VPC with other subnet groups: (name, type, first CIDR digit)."""
+    key = next(iter(LOOKED_UP_VPC))
+    subnet_groups = [{"name": name, "type": kind, "subnets": [
+        {"subnetId": f"subnet-0{digit}{az[-1]}{'0' * 14}", "cidr": f"10.1.{digit}{i}.0/24",
+         "availabilityZone": az, "routeTableId": f"rtb-0{digit}{az[-1]}{'0' * 14}"}
+        for i, az in enumerate(("us-east-1b", "us-east-1c"))]} for name, kind, digit in groups]  # fmt: skip
+    return {**LOOKED_UP_VPC, key: {**LOOKED_UP_VPC[key], "subnetGroups": subnet_groups}}
+
+
 LOOKED_UP_AZS = {"availability-zones:account=123456789012:region=us-east-1": ["us-east-1a", "us-east-1b"]}
 
 
@@ -299,6 +311,37 @@ def test_an_account_specific_synth_puts_volume_and_instance_in_one_literal_az(
     lint = subprocess.run([str(VENV_BIN / "cfn-lint"), "--", *map(str, tmp_path.glob("*.template.json"))],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert (lint.returncode, lint.stdout) == (0, "")
+
+
+def test_private_subnets_get_endpoints_and_no_public_address(tmp_path: Path) -> None:
+    """An existing VPC's private subnets (behind its NAT): the AWS APIs through endpoints, no public address."""
+    lookups = _looked_up(("Public", "Public", "1"), ("Private", "Private", "2"))
+    synthesized = synth(tmp_path, **ACCOUNT_CONTEXT, **lookups, subnet_type="private")
+    network, download = synthesized.templates["network"], synthesized.templates["download"]
+    endpoints = resources(network, "AWS::EC2::VPCEndpoint").values()
+    services = {render(e["Properties"]["ServiceName"]).split(".")[-1]: e["Properties"] for e in endpoints}
+    assert set(services) == {"s3", "ec2", "ssm", "ssmmessages", "ec2messages", "secretsmanager", "monitoring", "logs"}
+    assert services["s3"]["VpcEndpointType"] == "Gateway"
+    assert sorted(services["s3"]["RouteTableIds"]) == ["rtb-02b00000000000000", "rtb-02c00000000000000"]
+    assert all(p["PrivateDnsEnabled"] for name, p in services.items() if name != "s3")
+    instance = one(download, "AWS::EC2::Instance")
+    assert instance["SubnetId"].startswith("subnet-02") and "NetworkInterfaces" not in instance
+    outputs = synthesized.templates["network"]["Outputs"]["SubnetIds"]["Value"]
+    assert outputs == "subnet-02b00000000000000,subnet-02c00000000000000"  # launch-fleet's subnets: private too
+    lint = subprocess.run([str(VENV_BIN / "cfn-lint"), "--", *map(str, tmp_path.glob("*.template.json"))],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert (lint.returncode, lint.stdout) == (0, "")
+
+
+def test_isolated_subnets_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    lookups = _looked_up(("Isolated", "Isolated", "3"))
+    with pytest.raises(ConfigError, match=r"only isolated subnets; the instances need a route to the internet"):
+        synth(tmp_path, **ACCOUNT_CONTEXT, **lookups, subnet_type="private")
+
+
+def test_private_subnets_need_an_existing_vpc() -> None:
+    with pytest.raises(ConfigError, match="private subnets need an existing VPC"):
+        StagingConfig(subnet_type="private")
 
 
 # -- storage --------------------------------------------------------------------------
