@@ -102,3 +102,46 @@ def test_stacks_deploy_to_the_emulator(tmp_path: Path) -> None:
     (instance,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
     assert instance["State"]["Name"] == "terminated"
     # (moto keeps a stack's volumes on delete; the template's DeletionPolicy is checked in test_cdk_app)
+
+
+def test_a_redeploy_with_new_settings_updates_the_download_instance_in_place(tmp_path: Path) -> None:
+    """Defect 5: a changed user data (new settings, a new bootstrap/) must not replace the instance, whose
+    replacement would be created while the old one holds the data volume ("volume in use").
+
+    An account-specific synth, as ``cdk deploy`` makes it, pins the AL2023 image in the context; the second
+    synth changes a setting, so the user data differs while every logical id stays.  moto then updates the
+    stack without creating another instance (it also drops the instance from the stack's outputs on update,
+    a moto gap; the instance is found by its stack tag instead).
+    """
+    pipeline, ssm, ec2, cfn = "cfn-redeploy", client("ssm"), client("ec2"), client("cloudformation")
+    image = ssm.get_parameter(Name=AL2023_PARAMETER)["Parameter"]["Value"]
+    context = {"account": ACCOUNT, "region": REGION, "gpu_ami_parameter": f"/{pipeline}/dlami",
+               f"ssm:account={ACCOUNT}:parameterName={AL2023_PARAMETER}:region={REGION}": image,
+               f"availability-zones:account={ACCOUNT}:region={REGION}": ["us-east-1a", "us-east-1b"]}  # fmt: skip
+    for name, value in (("/cdk-bootstrap/hnb659fds/version", "30"), (f"/{pipeline}/dlami", image)):
+        ssm.put_parameter(Name=name, Value=value, Type="String", Overwrite=True)
+    first = synth(tmp_path / "first", name=pipeline, **context)
+    second = synth(tmp_path / "second", name=pipeline, resize=128, **context)
+    before, after = first.templates["download"]["Resources"], second.templates["download"]["Resources"]
+    assert set(before) == set(after)  # same logical ids: nothing is replaced by a new id
+    instance_id = next(k for k, v in before.items() if v["Type"] == "AWS::EC2::Instance")
+    assert before[instance_id]["Properties"]["UserData"] != after[instance_id]["Properties"]["UserData"]
+    assert before[instance_id]["Properties"]["ImageId"] == image  # pinned: a newer image changes nothing
+    publish_assets(second.outdir, client("s3"), ACCOUNT, REGION)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # moto's "no CloudFormation support" for alarms, policies, DLM
+        for role in ("network", "storage", "download"):
+            cfn.create_stack(StackName=f"{pipeline}-{role}", TemplateBody=json.dumps(for_moto(first.templates[role])),
+                             Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])  # fmt: skip
+        stack = f"{pipeline}-download"
+        outputs = {
+            o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]
+        }
+        cfn.update_stack(StackName=stack, TemplateBody=json.dumps(for_moto(second.templates["download"])),
+                         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])  # fmt: skip
+    assert cfn.describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"] == "UPDATE_COMPLETE"
+    found = ec2.describe_instances(Filters=[{"Name": "tag:aws:cloudformation:stack-name", "Values": [stack]}])
+    instances = [(i["InstanceId"], i["State"]["Name"]) for r in found["Reservations"] for i in r["Instances"]]
+    assert instances == [(outputs["InstanceId"], "running")]  # updated in place: no second instance
+    (volume,) = ec2.describe_volumes(VolumeIds=[outputs["DataVolumeId"]])["Volumes"]
+    assert [a["InstanceId"] for a in volume["Attachments"]] == [outputs["InstanceId"]]
