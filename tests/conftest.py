@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 from scripts.synthetic_imagenet import Generated, Spec, generate
-from tests.fixtures.aws_emulator import FAKE_ENV, emulated_aws
+from tests.fixtures.aws_emulator import FAKE_ENV, NO_REGION, emulated_aws
 from tests.fixtures.cdk_synth import Synthesized, synth
 from tests.fixtures.deployment import Account, Deployment
 from tests.fixtures.strict_aws import StrictAws
 
-for _key, _value in FAKE_ENV.items():  # no test may ever find real credentials
-    os.environ[_key] = _value
-for _key in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+for _key in ("AWS_PROFILE", *NO_REGION):  # no region either: code that needs one must find it itself
     os.environ.pop(_key, None)
+for _key, _value in FAKE_ENV.items():  # no test may ever find real credentials or configuration
+    os.environ[_key] = _value
 
 IS_ROOT = os.geteuid() == 0
 _skipped: list[str] = []

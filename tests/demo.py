@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.cli import configure_logging
-from bootstrap.common.aws import client
 from bootstrap.contract.names import DEFAULT_PIPELINE, heartbeat_metric, snapshot_parameter, status_parameter
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.engine import Engine
 from bootstrap.settings import load_config
 from cdk_app.summary import render as describe_assembly
 from scripts.synthetic_imagenet import Spec, generate
-from tests.fixtures.aws_emulator import emulated_aws
+from tests.fixtures.aws_emulator import client, emulated_aws
 from tests.fixtures.cdk_synth import cli_synth
 from tests.fixtures.deployment import Account, Deployment, Names, default_bucket
 from tests.fixtures.ec2_world import World, gpu_instance, instance_with_data_volume

@@ -26,7 +26,8 @@ class AwsError(BootstrapError):
 
 
 _SDK_ADVICE = {
-    "NoRegionError": "no AWS region: set 'region' in the config (or AWS_REGION)",
+    "NoRegionError": "no AWS region: give --region (or 'region' in the config file), or set AWS_DEFAULT_REGION "
+    "(aws configure)",
     "NoCredentialsError": "no AWS credentials: on an instance check its instance profile; elsewhere configure "
     "credentials (aws configure, AWS_PROFILE)",
     "EndpointConnectionError": "cannot reach the AWS endpoint: check the network route (public IP, NAT or VPC "
@@ -44,7 +45,7 @@ def client(service: str, *, region: str | None = None) -> Any:
 
 
 def resolve_region(configured: str | None, from_instance: Callable[[], str]) -> str:
-    """The region every client gets: the configured one, else the SDK's (AWS_REGION, ~/.aws/config), else the
+    """The region every client gets: the configured one, else the SDK's (AWS_DEFAULT_REGION, ~/.aws/config), else the
     instance's own from IMDS. boto3 never asks IMDS for the region itself (boto/boto3#375)."""
     if configured:
         return configured

@@ -57,7 +57,7 @@ TEARDOWN_TAGS = ("PIPELINE", "INSTANCE", "SCHEDULED", "DATASET", "MANIFEST", "MA
 
 def teardown_environment(pipeline: str, snapshot_parameter: str, keep_volume: bool, metric_namespace: str
                          ) -> dict[str, str]:  # fmt: skip
-    """The teardown function's environment (Lambda adds AWS_REGION)."""
+    """The teardown function's environment (Lambda adds AWS_REGION and the role's credentials)."""
     return {
         "PIPELINE": pipeline,
         "SNAPSHOT_PARAMETER": snapshot_parameter,

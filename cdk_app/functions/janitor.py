@@ -20,14 +20,12 @@ log = logging.getLogger()
 log.setLevel(logging.INFO)
 
 
-def handler(event: dict[str, Any] | None = None, context: Any = None, *, ec2: Any = None,
-            env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def handler(event: dict[str, Any] | None = None, context: Any = None) -> dict[str, Any]:
     """Lambda entry point: the pipeline and tag keys come from the function's environment."""
-    env = dict(os.environ) if env is None else env
-    if ec2 is None:
-        import boto3
+    import boto3
 
-        ec2 = boto3.client("ec2")
+    env = os.environ
+    ec2 = boto3.client("ec2", region_name=env["AWS_REGION"])  # Lambda's; boto3 reads only AWS_DEFAULT_REGION
     return sweep_volumes(ec2, pipeline=env["PIPELINE"], tag_pipeline=env["TAG_PIPELINE"], tag_owner=env["TAG_OWNER"])
 
 

@@ -43,17 +43,19 @@ def resource_id(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
-def _client(service: str, given: Any) -> Any:
+def client(service: str) -> Any:
+    """A client in the function's own region (Lambda's AWS_REGION; boto3 itself reads only AWS_DEFAULT_REGION)."""
     import boto3
 
-    return given if given is not None else boto3.client(service)  # Lambda sets AWS_REGION
+    return boto3.client(service, region_name=os.environ["AWS_REGION"])
 
 
-def handler(event: dict[str, Any], context: Any = None, *, ec2: Any = None, ssm: Any = None, cloudwatch: Any = None,
-            env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Lambda entry point: a snapshot event, or the schedule's sweep."""
-    env = dict(os.environ) if env is None else env
-    ec2, ssm, cloudwatch = _client("ec2", ec2), _client("ssm", ssm), _client("cloudwatch", cloudwatch)
+    return on_event(event, client("ec2"), client("ssm"), client("cloudwatch"), dict(os.environ))
+
+
+def on_event(event: dict[str, Any], ec2: Any, ssm: Any, cloudwatch: Any, env: dict[str, str]) -> dict[str, Any]:
     if event.get("detail-type") == "Scheduled Event":
         return {"action": "swept", "finished": sweep(ec2, ssm, cloudwatch, env)}
     detail = event.get("detail", {})

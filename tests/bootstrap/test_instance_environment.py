@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.common.aws import client
 from scripts.synthetic_imagenet import DEVKIT, TRAIN, VAL, Generated
+from tests.fixtures.aws_emulator import client
 from tests.fixtures.deployment import Deployment, Names
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 from tests.fixtures.imds import Identity, ImdsStub, instance_env
@@ -112,3 +112,13 @@ def test_no_credentials_is_one_line_that_says_what_to_do(tmp_path: Path) -> None
 @pytest.mark.parametrize("variable", ["AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID"])
 def test_the_instance_environment_holds_no_region_and_no_keys(variable: str, tmp_path: Path) -> None:
     assert variable not in instance_env("http://127.0.0.1:9", tmp_path)
+
+
+def test_the_tests_themselves_run_with_no_region() -> None:
+    """In-process code under test cannot lean on a region from the environment either."""
+    from botocore.exceptions import NoRegionError
+
+    from bootstrap.common import aws
+
+    with pytest.raises(NoRegionError):
+        aws.client("ec2")

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from bootstrap.common.aws import client
 from bootstrap.contract import tags
 from bootstrap.contract.parameters import published_snapshot
 from cdk_app.config import AL2023_PARAMETER
 from scripts.cli import run as scripts_run
+from tests.fixtures.aws_emulator import client
 from tests.fixtures.cdk_synth import synth
 from tests.fixtures.cfn import publish_assets
 
@@ -96,7 +96,10 @@ def test_stacks_deploy_to_the_emulator(tmp_path: Path) -> None:
     assert any("EBS Snapshot Notification" in r.get("EventPattern", "") for r in rules)
 
     # `scripts teardown download --destroy-stack`: the operator's way to remove the download side whole
-    assert scripts_run(["teardown", "download", "--pipeline", PIPELINE, "--destroy-stack", "--force"]) == 0
+    assert (
+        scripts_run(["teardown", "download", "--pipeline", PIPELINE, "--region", REGION, "--destroy-stack", "--force"])
+        == 0
+    )
     assert f"{PIPELINE}-download" not in {s["StackName"] for s in cfn.list_stacks(
         StackStatusFilter=["CREATE_COMPLETE"])["StackSummaries"]}  # fmt: skip
     (instance,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from bootstrap.common.aws import client
 from bootstrap.contract import tags
 from bootstrap.instance.snapshot import SnapshotRequest, snapshot_tags
+from tests.fixtures.aws_emulator import client
 from tests.fixtures.deployment import Deployment, Names
 from tests.fixtures.ec2_world import launch_instance
 from tests.fixtures.lambda_runtime import invoke

@@ -10,7 +10,6 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
-from bootstrap.common.aws import client
 from bootstrap.common.errors import BootstrapError
 from bootstrap.contract import tags
 from bootstrap.contract.parameters import NOT_PUBLISHED, NOT_STARTED
@@ -19,6 +18,7 @@ from scripts.cli import run as scripts_run
 from scripts.copy_snapshot import copy_snapshot
 from scripts.launch import launch_fleet
 from scripts.teardown import teardown_download, teardown_fleet
+from tests.fixtures.aws_emulator import client
 from tests.fixtures.ec2_world import AL2023
 from tests.fixtures.strict_aws import attached, available_volume, completed_snapshot
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.common.aws import client
 from bootstrap.contract import tags
 from scripts.cli import build_parser
 from scripts.cli import run as scripts_run
 from scripts.common import deployed_config
 from scripts.plan import PlanInputs, load_prices, plan
 from scripts.status import gather, render
+from tests.fixtures.aws_emulator import client
 from tests.fixtures.paths import GOLDEN
 from tests.fixtures.strict_aws import available_volume, completed_snapshot
 
@@ -100,3 +100,12 @@ def test_defaults_follow_the_deployed_cdk_context(tmp_path: Path, monkeypatch: p
     (tmp_path / "cdk.json").write_text(json.dumps({"context": {"data_volume_gib": 5}}))
     assert scripts_run(["status"]) == 2
     assert "cdk.json: context key 'data_volume_gib'" in capsys.readouterr().err
+
+
+def test_no_region_is_one_line_that_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], aws_endpoint: str
+) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION")  # a laptop with credentials but no `aws configure` region
+    assert scripts_run(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "no AWS region: give --region" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -166,7 +166,7 @@ def test_kill_9_then_resume_skips_finished_ranges(blob: tuple[Path, ArchiveSpec]
 
 
 def test_s3_source(blob: tuple[Path, ArchiveSpec], tmp_path: Path, aws_endpoint: str) -> None:
-    from bootstrap.common.aws import client
+    from tests.fixtures.aws_emulator import client
 
     root, spec = blob
     s3 = client("s3")

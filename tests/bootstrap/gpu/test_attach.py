@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from bootstrap.cli import run as cli_run
-from bootstrap.common.aws import client
 from bootstrap.common.devices import mounted_device
 from bootstrap.common.imds import InstanceIdentity
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.gpu.attach import Attacher, AttachError, AttachOptions, free_device_name, volume_request
 from bootstrap.instance.snapshot import TAG_PIPELINE
+from tests.fixtures.aws_emulator import client
 from tests.fixtures.deployment import Account
 from tests.fixtures.ec2_world import gpu_instance, launch_instance
 from tests.fixtures.imds import Identity, ImdsStub

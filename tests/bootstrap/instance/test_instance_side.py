@@ -18,7 +18,6 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from bootstrap.common.aws import client
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds, InstanceIdentity
 from bootstrap.common.state import Markers, atomic_write_json
@@ -40,6 +39,7 @@ from bootstrap.instance.status_publisher import StatusPublisher
 from bootstrap.layout import backed_up as wanted
 from bootstrap.settings import PrepConfig
 from scripts.synthetic_imagenet import Generated
+from tests.fixtures.aws_emulator import client
 from tests.fixtures.deployment import Account, Names, default_bucket
 from tests.fixtures.ec2_world import World, instance_with_data_volume
 from tests.fixtures.imds import Identity, ImdsStub, instance_env
@@ -129,7 +129,7 @@ def test_missing_bucket_and_access_denied_say_what_is_wrong(tmp_path: Path) -> N
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from bootstrap.common.aws import client
+from tests.fixtures.aws_emulator import client
 from bootstrap.instance.backup import Backup, BackupOptions
 Backup(Path(sys.argv[1]), client("s3"), BackupOptions(sys.argv[2])).run()
 """
