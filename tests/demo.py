@@ -36,7 +36,7 @@ from bootstrap.engine import Engine
 from bootstrap.settings import load_config
 from cdk_app.summary import render as describe_assembly
 from scripts.synthetic_imagenet import Spec, generate
-from tests.fixtures.aws_emulator import client, emulated_aws
+from tests.fixtures.aws_emulator import REGION, client, emulated_aws
 from tests.fixtures.cdk_synth import cli_synth
 from tests.fixtures.deployment import Account, Deployment, Names, default_bucket
 from tests.fixtures.ec2_world import World, gpu_instance, instance_with_data_volume
@@ -237,7 +237,7 @@ def main() -> int:
                 print(f"  backup manifest:            {published['manifest']}")
                 print(f"  live status in {STATUS_PARAMETER}: stage {status['stage']}, state {status['state']}")
                 print("  $ python -m scripts status   # what the operator sees from a laptop")
-                subprocess.run([sys.executable, "-m", "scripts", "status", "--pipeline", PIPELINE,
+                subprocess.run([sys.executable, "-m", "scripts", "status", "--pipeline", PIPELINE, "--region", REGION,
                                 "--status-parameter", STATUS_PARAMETER, "--snapshot-parameter", SNAPSHOT_PARAMETER],
                                check=True)  # fmt: skip
             print(f"  contact sheets copied to:   {out}/contact_sheet_{{train,val}}.png")
