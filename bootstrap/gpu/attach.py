@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootstrap.common.aws import error_code
 from bootstrap.common.commands import Runner, run_command
 from bootstrap.common.devices import DeviceRoots, add_fstab_entry, find_device, mounted_device
+from bootstrap.common.ebs import Ebs
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import InstanceIdentity
 from bootstrap.contract.names import DATA_DIR, READY_MARKER
@@ -43,7 +43,6 @@ from bootstrap.contract.tags import PIPELINE as TAG_PIPELINE
 from bootstrap.contract.tags import READY as TAG_READY
 
 log = logging.getLogger(__name__)
-DEVICE_NAMES = [f"/dev/sd{c}" for c in "fghijklmnop"]
 
 
 class AttachError(BootstrapError):
@@ -70,14 +69,6 @@ class AttachOptions:
 
 
 # -- pure decisions ---------------------------------------------------------------
-
-
-def free_device_name(mappings: list[dict[str, Any]]) -> str:
-    used = {m["DeviceName"] for m in mappings}
-    for name in DEVICE_NAMES:
-        if name not in used and name.replace("/dev/sd", "/dev/xvd") not in used:
-            return name
-    raise AttachError("no free device name between /dev/sdf and /dev/sdp on this instance")
 
 
 def volume_request(snapshot_id: str, identity: InstanceIdentity, opts: AttachOptions) -> dict[str, Any]:
@@ -111,47 +102,10 @@ class Attacher:
         self.ec2, self.ssm, self.identity, self.opts = ec2, ssm, identity, opts
         self.run, self.sleep = run, sleep
         self.step = "start"
+        self.ebs = Ebs(ec2, identity.instance_id, opts.timeout_seconds, opts.poll_seconds, sleep, self._at)
 
-    def _wait(self, what: str, check: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + self.opts.timeout_seconds
-        while True:
-            result = check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AttachError(f"timed out after {self.opts.timeout_seconds:.0f}s waiting for {what}")
-            self.sleep(self.opts.poll_seconds)
-
-    def _volume(self, volume_id: str) -> dict[str, Any]:
-        """The volume as EC2 describes it; ``{}`` while EC2 does not know it yet (right after CreateVolume)."""
-        try:
-            return dict(self.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0])
-        except Exception as e:
-            if error_code(e) == "InvalidVolume.NotFound":  # eventual consistency: "not yet", not "gone"
-                return {}
-            raise
-
-    def _attachment_state(self, volume_id: str) -> str:
-        attachments = self._volume(volume_id).get("Attachments", [])
-        ours = [a for a in attachments if a["InstanceId"] == self.identity.instance_id]
-        return str(ours[0]["State"]) if ours else ""
-
-    def _mapped(self, device_name: str) -> bool:
-        """The attachment shows in the instance's block-device mappings (only then can its flags change)."""
-        instance = self.ec2.describe_instances(InstanceIds=[self.identity.instance_id])
-        mappings = instance["Reservations"][0]["Instances"][0].get("BlockDeviceMappings", [])
-        return any(m["DeviceName"] == device_name for m in mappings)
-
-    def _delete_on_termination(self, volume_id: str, device_name: str) -> bool:
-        """Set the flag; False while EC2 still says the device is not mapped (retried until the timeout)."""
-        try:
-            self.ec2.modify_instance_attribute(InstanceId=self.identity.instance_id, BlockDeviceMappings=[
-                {"DeviceName": device_name, "Ebs": {"VolumeId": volume_id, "DeleteOnTermination": True}}])  # fmt: skip
-        except Exception as e:
-            if error_code(e) == "InvalidInstanceAttributeValue":
-                return False
-            raise
-        return True
+    def _at(self, step: str) -> None:
+        self.step = step
 
     def own_attached_volume(self) -> dict[str, Any] | None:
         volumes = self.ec2.describe_volumes(Filters=[
@@ -193,44 +147,17 @@ class Attacher:
         volume_id = str(self.ec2.create_volume(**volume_request(snapshot_id, self.identity, self.opts))["VolumeId"])
         log.info("attach: created %s from %s in %s", volume_id, snapshot_id, self.identity.availability_zone)
         try:
-            self.step = "wait for the volume to be available"
-            self._wait(f"{volume_id} to be available", lambda: self._volume(volume_id).get("State") == "available")
-            self.step = "attach volume"
-            instance = self.ec2.describe_instances(InstanceIds=[self.identity.instance_id])
-            mappings = instance["Reservations"][0]["Instances"][0].get("BlockDeviceMappings", [])
-            device_name = free_device_name(mappings)
-            self.ec2.attach_volume(VolumeId=volume_id, InstanceId=self.identity.instance_id, Device=device_name)
-            # ModifyInstanceAttribute changes only devices that are attached and mapped, and AttachVolume
-            # returns while the attachment is still "attaching" (EC2 API reference).
-            self.step = "wait for the attachment"
-            self._wait(f"{volume_id} to be attached", lambda: self._attachment_state(volume_id) == "attached")
-            self._wait(f"{device_name} in the block-device mappings", lambda: self._mapped(device_name))
-            self.step = "set DeleteOnTermination"
-            self._wait("DeleteOnTermination to take", lambda: self._delete_on_termination(volume_id, device_name))
-            return volume_id, device_name
+            self.ebs.wait_available(volume_id)
+            return volume_id, self.ebs.attach(volume_id)
         except Exception:
-            self.delete(volume_id)
+            self.ebs.remove_quietly(volume_id, "the failure")
             raise
-
-    def delete(self, volume_id: str) -> None:
-        """Detach if needed and delete; best effort, logged, never masks the original error."""
-        try:
-            attachments = self._volume(volume_id).get("Attachments", [])
-            for attachment in attachments:
-                self.ec2.detach_volume(VolumeId=volume_id, InstanceId=attachment["InstanceId"],
-                                       Device=attachment["Device"], Force=True)  # fmt: skip
-            if attachments:
-                self._wait(f"{volume_id} to detach", lambda: self._volume(volume_id).get("State") == "available")
-            self.ec2.delete_volume(VolumeId=volume_id)
-            log.info("attach: deleted %s after the failure", volume_id)
-        except Exception as e:
-            log.error("attach: could not delete %s (%s); the janitor will remove it", volume_id, e)
 
     def mount(self, volume_id: str, device_name: str) -> Path:
         self.step = "wait for the volume to be in use"
-        self._wait(f"{volume_id} to be attached", lambda: self._attachment_state(volume_id) == "attached")
+        self.ebs.wait(f"{volume_id} to be attached", lambda: self.ebs.attachment_state(volume_id) == "attached")
         self.step = "find the block device"
-        device = self._wait(
+        device = self.ebs.wait(
             f"the block device of {volume_id}", lambda: find_device(volume_id, device_name, self.opts.roots)
         )
         self.step = "mount"
@@ -273,7 +200,7 @@ class Attacher:
             self.signal_ready(volume_id)
         except Exception as e:
             if created:
-                self.delete(created)
+                self.ebs.remove_quietly(created, "the failure")
             message = str(e) if isinstance(e, BootstrapError) else f"{type(e).__name__}: {e}"
             if self.opts.shutdown_on_failure:
                 log.error("attach failed at '%s'; shutting the instance down", self.step)

@@ -15,9 +15,10 @@ import pytest
 
 from bootstrap.cli import run as cli_run
 from bootstrap.common.devices import mounted_device
+from bootstrap.common.ebs import free_device_name
 from bootstrap.common.imds import InstanceIdentity
 from bootstrap.contract.tags import OWNER as TAG_OWNER
-from bootstrap.gpu.attach import Attacher, AttachError, AttachOptions, free_device_name, volume_request
+from bootstrap.gpu.attach import Attacher, AttachError, AttachOptions, volume_request
 from bootstrap.instance.snapshot import TAG_PIPELINE
 from tests.fixtures.aws_emulator import client
 from tests.fixtures.deployment import Account
