@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from bootstrap.common.devices import DeviceRoots
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import Imds
 from bootstrap.contract import names
+from bootstrap.gpu import initialization, read_bench
 from bootstrap.gpu.attach import Attacher, AttachOptions
 from bootstrap.settings import add_flags
 
@@ -35,11 +36,14 @@ STAGES = {
     "verify": "re-read every record, check offsets, labels and counts, decode a sample",
     "inspect": "write a contact-sheet PNG of random records with their class names",
     "backup": "sync the data directory to S3 (incremental, checksummed); --verify compares S3 with the manifest",
-    "snapshot": "freeze the data filesystem, snapshot its EBS volume with tags, wait until complete",
+    "snapshot": "copy the packed data to a volume of its own size and snapshot it with the dataset's tags "
+    "(dataset_snapshot=work-volume: the whole data volume), wait until complete",
     "publish": "write the snapshot id and dataset facts to the snapshot SSM parameter",
     "status": "print the status file of the data directory",
     "mount-data": "on the download instance: find the data volume by id, format it if blank, mount it at data_dir",
     "attach": "on a GPU instance: create the dataset volume from the snapshot, attach it, mount it read-only",
+    "watch-initialization": "on a GPU instance: wait until the dataset volume is fully initialized, and record it",
+    "bench-read": "read a split's records from the mounted dataset, in file order and at random: records/s, MiB/s",
 }
 
 
@@ -64,7 +68,20 @@ def _attach_args(parser: argparse.ArgumentParser) -> None:
     add("--volume-type", default=default["volume_type"])
     add("--iops", type=int, help="provisioned IOPS (gp3: 3000-80000)")
     add("--throughput", type=int, help="MiB/s (gp3: 125-2000)")
-    add("--initialization-rate", type=int, help="MiB/s (100-300) at which EBS fetches the snapshot's blocks")
+    add(
+        "--initialization-rate",
+        type=_rate,
+        default="auto",
+        metavar="auto|off|100-300",
+        help="MiB/s at which EBS loads every block of the snapshot; auto (default): the lowest that initializes "
+        "the volume within 4 minutes; off: lazy loading on first read",
+    )
+    add(
+        "--no-watch-initialization",
+        dest="watch_initialization",
+        action="store_false",
+        help="do not start the watcher that records when the volume is fully initialized",
+    )
     add("--prewarm", action="store_true", help="read the whole volume once in the background")
     add("--shutdown-on-failure", action="store_true", help="shut the instance down when the volume fails")
     add("--timeout", type=float, default=default["timeout_seconds"], help="seconds to wait for each step")
@@ -75,12 +92,61 @@ def _attach_args(parser: argparse.ArgumentParser) -> None:
     add("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _rate(text: str) -> str | int:
+    if text in ("auto", "off"):
+        return text
+    try:
+        rate = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: auto, off or 100-300 (MiB/s)") from None
+    if not 100 <= rate <= 300:
+        raise argparse.ArgumentTypeError(f"{rate}: EBS initializes at 100-300 MiB/s")
+    return rate
+
+
 def attach(args: argparse.Namespace) -> dict[str, Any]:
     identity = Imds().identity()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttachOptions) if hasattr(args, f.name)}
+    rate = given.pop("initialization_rate")
+    given["initialization_rate"] = rate if isinstance(rate, int) else None
+    if rate == "off":
+        given["initialize_within"] = None
     opts = AttachOptions(**given, timeout_seconds=args.timeout, roots=DeviceRoots(args.sys_root, args.dev_root))
     ec2, ssm = aws.client("ec2", region=identity.region), aws.client("ssm", region=identity.region)
     return Attacher(ec2, ssm, identity, opts).attach()
+
+
+def _watch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--volume-id", required=True)
+    parser.add_argument("--ready-marker", type=Path, default=Path(names.READY_MARKER))
+    parser.add_argument("--poll", type=float, default=30.0, help="seconds between checks (default 30)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _bench_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recordio", type=Path, default=Path(names.DATA_DIR) / "recordio",
+                        help="the RecordIO folder of the mounted dataset (default /data/recordio)")  # fmt: skip
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per order (default 10)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def watch_initialization(args: argparse.Namespace) -> dict[str, Any]:
+    identity = Imds().identity()
+    ec2 = aws.client("ec2", region=identity.region)
+    return initialization.watch(ec2, args.volume_id, identity.instance_id, args.ready_marker, poll_seconds=args.poll)
+
+
+def bench_read(args: argparse.Namespace) -> dict[str, Any]:
+    return read_bench.bench_read(args.recordio, args.split, args.seconds)
+
+
+GPU_COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "attach": attach,
+    "watch-initialization": watch_initialization,
+    "bench-read": bench_read,
+}
+"""The GPU instance's commands: boto3 and the standard library only."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in STAGES.items():
         stage = sub.add_parser(name, help=help_text, description=help_text)
-        (_attach_args if name == "attach" else _flag_args)(stage)
+        {"attach": _attach_args, "watch-initialization": _watch_args, "bench-read": _bench_args}.get(
+            name, _flag_args)(stage)  # fmt: skip
     return parser
 
 
@@ -114,8 +181,8 @@ def run(argv: Sequence[str]) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        if args.stage == "attach":
-            print(json.dumps(attach(args), indent=2))
+        if args.stage in GPU_COMMANDS:
+            print(json.dumps(GPU_COMMANDS[args.stage](args), indent=2))
         else:
             _engine_stage(args)
         return 0

@@ -6,7 +6,8 @@
         .state/fetch-NAME.done      an archive's verified size and MD5
       recordio/                     what training reads: .rec/.idx/.lst, synsets.txt, failures, contact sheets
       imagenet/train|val/WNID/      the class tree (keep_tree)
-      .state/                       stage markers (NAME.done), classes.json, snapshot.json, backup journal
+      .state/                       stage markers (NAME.done), classes.json, snapshot.json, backup journal,
+                                    manifest.json, the dataset volume's record and copy journal
         pack-SPLIT/                 a split being packed: checkpoint, scatter buckets, outputs in the making
       status.json                   the live status the operator and SSM see
 
@@ -131,6 +132,21 @@ class DataLayout:
     @property
     def backup_journal(self) -> Path:
         return self.state / "backup.jsonl"
+
+    @property
+    def local_manifest(self) -> Path:
+        """The backup manifest as written to S3 (the published volume's files are checked against it)."""
+        return self.state / MANIFEST
+
+    @property
+    def publish_record(self) -> Path:
+        """The dataset volume being published: its client token, id, filesystem, snapshot."""
+        return self.state / "publish-volume.json"
+
+    @property
+    def publish_journal(self) -> Path:
+        """One line per file copied to the dataset volume and verified."""
+        return self.state / "publish-copied.jsonl"
 
     @property
     def status(self) -> Path:

@@ -105,6 +105,12 @@ class PrepConfig:
     status_interval: float = knob(30.0, "seconds between status copies to SSM", above=0, flag=False)
     heartbeat_alarm: str | None = knob(None, "the alarm on the run's heartbeat; no heartbeat when unset", flag=False)
     snapshot_poll_seconds: float = knob(15.0, "seconds between checks of a pending snapshot", above=0, flag=False)
+    dataset_snapshot: str = knob("packed", "what GPU instances restore: the packed data on a volume of its own size "
+                                 "(packed), or the whole work volume with the archives (work-volume)",
+                                 choices=("packed", "work-volume"))  # fmt: skip
+    publish_tree: bool = knob(False, "also publish the class tree (keep_tree) on the dataset volume")
+    publish_mount: Path = knob(Path(names.PUBLISH_MOUNT), "where the dataset volume is mounted while it is filled",
+                               flag=False)  # fmt: skip
     data_volume_id: str | None = knob(None, "mount-data: the EBS volume id of the data volume")
     data_device: str = knob(names.DATA_DEVICE, "the data volume's device name (Xen; Nitro uses the serial)", flag=False)
     sys_root: Path = knob(Path("/sys"), "where sysfs is (tests point it elsewhere)", flag=False)

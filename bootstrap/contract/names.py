@@ -26,6 +26,8 @@ DATA_DIR = "/data"
 DATA_DEVICE = "/dev/sdf"
 """The device name the download instance's data volume is attached as."""
 READY_MARKER = "/run/imagenet-staging/dataset-ready"
+PUBLISH_MOUNT = "/run/imagenet-staging/publish"
+"""On the download instance: where the dataset volume is mounted while the packed data is copied onto it."""
 """Written on a GPU instance once its dataset is mounted."""
 
 # -- parameters and metrics ------------------------------------------------------------

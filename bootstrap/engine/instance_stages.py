@@ -9,9 +9,11 @@ from typing import Any
 
 from bootstrap.common.errors import BootstrapError, ConfigError
 from bootstrap.common.imds import Imds
+from bootstrap.contract import tags
 from bootstrap.engine.context import StageContext
 from bootstrap.engine.options import backup_options, device_roots
 from bootstrap.instance.backup import Backup, BackupError
+from bootstrap.instance.dataset_volume import DatasetVolumePublisher, PublishOptions
 from bootstrap.instance.heartbeat import Heartbeat
 from bootstrap.instance.snapshot import SnapshotRequest, find_data_volume, publish, take_snapshot
 from bootstrap.instance.status_publisher import StatusPublisher
@@ -59,6 +61,8 @@ def backup(ctx: StageContext, verify_only: bool = False) -> dict[str, Any]:
 
 
 def snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any]:
+    """The snapshot GPU instances restore: of a right-sized dataset volume (packed), or of the work volume."""
+
     def body() -> dict[str, Any]:
         done = ctx.markers.info("snapshot")
         if done:
@@ -69,16 +73,28 @@ def snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any]:
             raise BootstrapError("the data is not backed up yet: run the backup stage first")
         identity = Imds().identity()
         ec2 = ctx.client("ec2")
-        volume = find_data_volume(ec2, identity, ctx.paths.root, device_roots(ctx.config))
+        work = find_data_volume(ec2, identity, ctx.paths.root, device_roots(ctx.config))
         request = SnapshotRequest(ctx.config.pipeline, ctx.dataset.name, backed_up["manifest_sha256"],
-                                  backed_up.get("manifest", ""), images, backed_up.get("bytes", 0))  # fmt: skip
-        snap = take_snapshot(ec2, identity, volume, request, mount_point=ctx.paths.root,
-                             state_path=ctx.paths.snapshot_record, status=ctx.status,
-                             poll_seconds=ctx.config.snapshot_poll_seconds)  # fmt: skip
+                                  backed_up.get("manifest", ""), images, backed_up.get("bytes", 0),
+                                  extra_tags={tags.WORK_VOLUME: work.volume_id})  # fmt: skip
+        poll = ctx.config.snapshot_poll_seconds
+        if ctx.config.dataset_snapshot == "packed":
+            opts = PublishOptions(ctx.config.publish_mount, ctx.config.publish_tree, device_roots(ctx.config),
+                                  poll_seconds=min(poll, 2.0))  # fmt: skip
+            publisher = DatasetVolumePublisher(ec2, identity, ctx.paths, request, opts, status=ctx.status)
+            snap, plan = publisher.publish(poll_seconds=poll)
+            volume_id, size_gib = snap["VolumeId"], plan.size_gib
+        else:
+            snap = take_snapshot(ec2, identity, work, request, mount_point=ctx.paths.root,
+                                 state_path=ctx.paths.snapshot_record, status=ctx.status,
+                                 poll_seconds=poll)  # fmt: skip
+            volume_id, size_gib = work.volume_id, work.size_gib
         info = {
             "snapshot_id": snap["SnapshotId"],
-            "volume_id": volume.volume_id,
-            "volume_size_gib": volume.size_gib,
+            "volume_id": volume_id,
+            "volume_size_gib": size_gib,
+            "contents": ctx.config.dataset_snapshot,
+            "work_volume_id": work.volume_id,
             "region": identity.region,
             "source_instance_id": identity.instance_id,
             "started": str(snap.get("StartTime", "")),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from bootstrap.contract.parameters import published_snapshot
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.contract.tags import PIPELINE as TAG_PIPELINE
 from bootstrap.contract.tags import READY as TAG_READY
+from bootstrap.gpu import initialization
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,11 @@ class AttachOptions:
     iops: int | None = None
     throughput: int | None = None
     initialization_rate: int | None = None
-    """MiB/s (100-300) at which EBS fetches the snapshot's blocks; None leaves lazy loading."""
+    """MiB/s (100-300) at which EBS fetches the snapshot's blocks; None: chosen from the snapshot's size."""
+    initialize_within: float | None = initialization.TARGET_SECONDS
+    """With no rate given, the lowest rate that initializes the volume this fast; None leaves lazy loading."""
+    watch_initialization: bool = True
+    """Record when the volume is fully initialized (a background watcher updates the marker and a tag)."""
     prewarm: bool = False
     shutdown_on_failure: bool = False
     timeout_seconds: float = 300.0
@@ -71,14 +77,23 @@ class AttachOptions:
 # -- pure decisions ---------------------------------------------------------------
 
 
-def volume_request(snapshot_id: str, identity: InstanceIdentity, opts: AttachOptions) -> dict[str, Any]:
+def initialization_rate(snapshot: dict[str, Any], opts: AttachOptions) -> int | None:
+    """The rate asked for, else the one that loads this snapshot's volume in time, else none (lazy loading)."""
+    if opts.initialization_rate:
+        return opts.initialization_rate
+    if opts.initialize_within:
+        return initialization.rate_for(int(snapshot["VolumeSize"]), opts.initialize_within)
+    return None
+
+
+def volume_request(snapshot: dict[str, Any], identity: InstanceIdentity, opts: AttachOptions) -> dict[str, Any]:
     tags = [
         {"Key": "Name", "Value": f"{opts.pipeline} dataset for {identity.instance_id}"},
         {"Key": TAG_PIPELINE, "Value": opts.pipeline},
         {"Key": TAG_OWNER, "Value": identity.instance_id},
     ]
     request: dict[str, Any] = {
-        "SnapshotId": snapshot_id,
+        "SnapshotId": snapshot["SnapshotId"],
         "AvailabilityZone": identity.availability_zone,
         "VolumeType": opts.volume_type,
         "Encrypted": True,
@@ -88,20 +103,28 @@ def volume_request(snapshot_id: str, identity: InstanceIdentity, opts: AttachOpt
         request["Iops"] = opts.iops
     if opts.throughput:
         request["Throughput"] = opts.throughput
-    if opts.initialization_rate:
-        request["VolumeInitializationRate"] = opts.initialization_rate
+    rate = initialization_rate(snapshot, opts)
+    if rate:
+        request["VolumeInitializationRate"] = rate
     return request
 
 
 # -- the agent ----------------------------------------------------------------------
 
 
+def detached(argv: list[str]) -> None:
+    """Start ``argv`` in its own session, so it outlives the agent (user data goes on to training)."""
+    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 class Attacher:
     def __init__(self, ec2: Any, ssm: Any, identity: InstanceIdentity, opts: AttachOptions, *,
-                 run: Runner = run_command, sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+                 run: Runner = run_command, sleep: Callable[[float], None] = time.sleep,
+                 spawn: Callable[[list[str]], Any] = detached) -> None:  # fmt: skip
         self.ec2, self.ssm, self.identity, self.opts = ec2, ssm, identity, opts
-        self.run, self.sleep = run, sleep
+        self.run, self.sleep, self.spawn = run, sleep, spawn
         self.step = "start"
+        self.initialization_rate: int | None = None
         self.ebs = Ebs(ec2, identity.instance_id, opts.timeout_seconds, opts.poll_seconds, sleep, self._at)
 
     def _at(self, step: str) -> None:
@@ -114,7 +137,8 @@ class Attacher:
             {"Name": f"tag:{TAG_PIPELINE}", "Values": [self.opts.pipeline]}])["Volumes"]  # fmt: skip
         return dict(volumes[0]) if volumes else None
 
-    def snapshot_id(self) -> str:
+    def snapshot(self) -> dict[str, Any]:
+        """The published (or newest tagged) snapshot, which must be ``completed``."""
         if self.opts.snapshot_parameter:
             try:
                 raw = self.ssm.get_parameter(Name=self.opts.snapshot_parameter)["Parameter"]["Value"]
@@ -134,18 +158,23 @@ class Attacher:
                 raise AttachError(f"no completed snapshot tagged {TAG_PIPELINE}={self.opts.pipeline}; "
                                   "has the download instance finished?")  # fmt: skip
             snapshot_id = str(max(snaps, key=lambda s: s["StartTime"])["SnapshotId"])
-        state = self.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
-        if state != "completed":
-            raise AttachError(f"snapshot {snapshot_id} is {state}, not completed; wait for it and boot again")
-        return snapshot_id
+        snapshot = dict(self.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0])
+        if snapshot["State"] != "completed":
+            raise AttachError(f"snapshot {snapshot_id} is {snapshot['State']}, not completed; wait for it and boot "
+                              "again")  # fmt: skip
+        return snapshot
 
     def attach_new(self) -> tuple[str, str]:
         """Create, attach and protect a volume; returns (volume id, attachment device name)."""
         self.step = "find snapshot"
-        snapshot_id = self.snapshot_id()
+        snapshot = self.snapshot()
         self.step = "create volume"
-        volume_id = str(self.ec2.create_volume(**volume_request(snapshot_id, self.identity, self.opts))["VolumeId"])
-        log.info("attach: created %s from %s in %s", volume_id, snapshot_id, self.identity.availability_zone)
+        request = volume_request(snapshot, self.identity, self.opts)
+        volume_id = str(self.ec2.create_volume(**request)["VolumeId"])
+        self.initialization_rate = request.get("VolumeInitializationRate")
+        log.info("attach: created %s (%d GiB) from %s in %s%s", volume_id, snapshot["VolumeSize"],
+                 snapshot["SnapshotId"], self.identity.availability_zone,
+                 f", initialized at {self.initialization_rate} MiB/s" if self.initialization_rate else "")  # fmt: skip
         try:
             self.ebs.wait_available(volume_id)
             return volume_id, self.ebs.attach(volume_id)
@@ -172,17 +201,19 @@ class Attacher:
             add_fstab_entry(self.opts.fstab, uuid, mp, fstype or "ext4",
                             options="ro,noatime,nofail,x-systemd.device-timeout=30s", passno=0)  # fmt: skip
         if self.opts.prewarm:
-            subprocess.Popen(["dd", f"if={device}", "of=/dev/null", "bs=1M"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            self.spawn(["dd", f"if={device}", "of=/dev/null", "bs=1M"])
         return Path(device)
 
     def signal_ready(self, volume_id: str) -> None:
         self.step = "signal readiness"
         self.opts.ready_marker.parent.mkdir(parents=True, exist_ok=True)
-        self.opts.ready_marker.write_text(
-            json.dumps({"volume_id": volume_id, "mount_point": str(self.opts.mount_point)})
-        )
+        marker = {"volume_id": volume_id, "mount_point": str(self.opts.mount_point),
+                  "initialization_rate": self.initialization_rate}  # fmt: skip
+        self.opts.ready_marker.write_text(json.dumps(marker))
         self.ec2.create_tags(Resources=[self.identity.instance_id], Tags=[{"Key": TAG_READY, "Value": volume_id}])
+        if self.opts.watch_initialization:
+            self.spawn([sys.executable, "-m", "bootstrap", "watch-initialization", "--volume-id", volume_id,
+                        "--ready-marker", str(self.opts.ready_marker)])  # fmt: skip
 
     def attach(self) -> dict[str, Any]:
         created: str | None = None

@@ -30,6 +30,7 @@ from typing import IO, Any
 from bootstrap.common.aws import aws_error, error_code
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.progress import Progress, StatusFile, human_bytes
+from bootstrap.common.state import atomic_write_bytes
 from bootstrap.layout import MANIFEST, DataLayout, backed_up
 from bootstrap.settings import default
 
@@ -265,6 +266,7 @@ class Backup:
                                ServerSideEncryption=self.opts.sse, ChecksumAlgorithm="SHA256")  # fmt: skip
         except Exception as e:
             raise _translate(e, self.opts, "writing the manifest") from None
+        atomic_write_bytes(DataLayout(self.data_dir).local_manifest, body)
         manifest["sha256"] = hashlib.sha256(body).hexdigest()
         manifest["sent"] = len(pending)
         return manifest

@@ -250,6 +250,25 @@ class DownloadInstance(Construct):
         allow(role, ["cloudwatch:EnableAlarmActions"], [alarm])
         allow(role, ["logs:DescribeLogStreams"], [self.log_group.log_group_arn])  # the CloudWatch agent checks first
 
+    def _grant_dataset_volume(self, stack: cdk.Stack, pipeline: str) -> tuple[str, str]:
+        """The right-sized volume the packed data is published on: created, attached to this instance,
+        snapshotted and deleted; never any other volume (the work volume carries no dataset-volume tag)."""
+        role = self.role
+        volumes = stack.format_arn(service="ec2", resource="volume", resource_name="*")
+        instances = stack.format_arn(service="ec2", resource="instance", resource_name="*")
+        dataset = {f"aws:ResourceTag/{tags.DATASET_VOLUME}": pipeline}
+        allow(role, ["ec2:CreateVolume"], [volumes], StringEquals={f"aws:RequestTag/{tags.DATASET_VOLUME}": pipeline})
+        allow(role, ["ec2:CreateTags"], [volumes], StringEquals={"ec2:CreateAction": "CreateVolume"})
+        allow(role, ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:ModifyInstanceAttribute", "ec2:CreateSnapshot",
+                     "ec2:DeleteVolume"], [volumes], StringEquals=dataset)  # fmt: skip
+        allow(role, ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:ModifyInstanceAttribute"], [instances],
+              StringEquals={f"aws:ResourceTag/{tags.PIPELINE}": pipeline,
+                            f"aws:ResourceTag/{tags.ROLE}": tags.DOWNLOAD})  # fmt: skip
+        # a customer-managed account-default EBS key: EC2 uses it on the role's behalf
+        allow(role, ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey"],
+              ["*"], StringEquals={"kms:ViaService": f"ec2.{stack.region}.amazonaws.com"})  # fmt: skip
+        return volumes, instances
+
     def _grant(self, stack: cdk.Stack, targets: DownloadTargets, pipeline: str) -> None:
         """Least privilege: its prefix, its parameters, snapshots of its own volume, its secret and logs."""
         role = self.role
@@ -296,10 +315,13 @@ class DownloadInstance(Construct):
         allow(role, ["ec2:CreateSnapshot"], [snapshots], StringEquals={f"aws:RequestTag/{tags.PIPELINE}": pipeline})
         allow(role, ["ec2:CreateTags"], [snapshots], StringEquals={"ec2:CreateAction": "CreateSnapshot"})
         self._grant_monitoring(stack, pipeline)
+        wildcards = (objects, snapshots, *self._grant_dataset_volume(stack, pipeline), *readable)
         acknowledge(
             role,
             "IAM5",
             "Objects are limited to the pipeline's prefix of its bucket (and the source prefix); EC2 Describe* "
-            "has no resource-level permissions; new snapshots must carry the pipeline tag.",
-            findings=["Resource::*", *(f"Resource::{spelled(self, arn)}" for arn in (objects, snapshots, *readable))],
+            "has no resource-level permissions; new snapshots must carry the pipeline tag; volumes may be created "
+            "only with the dataset-volume tag and attached, detached, snapshotted or deleted only with it, on the "
+            "pipeline's download instance; the default EBS key is used only through EC2.",
+            findings=["Resource::*", *(f"Resource::{spelled(self, arn)}" for arn in wildcards)],
         )

@@ -31,7 +31,8 @@ class FleetSettings:
     volume_type: str
     iops: int
     throughput: int
-    initialization_rate: int
+    initialization_rate: str
+    """auto, off, or MiB/s (python -m bootstrap attach --initialization-rate)."""
     asg: bool
 
 
@@ -46,7 +47,7 @@ def attach_command(s: FleetSettings) -> str:
     ]
     if s.volume_type == "gp3":
         args += [f"--iops {s.iops}", f"--throughput {s.throughput}"]
-    if s.initialization_rate:
+    if s.initialization_rate != "auto":
         args.append(f"--initialization-rate {s.initialization_rate}")
     return f"cd {HOME} && {PYTHON} -m bootstrap attach {' '.join(args)}"
 
@@ -126,7 +127,8 @@ class GpuLaunchTemplate(Construct):
             ["ssm:GetParameter"],
             [stack.format_arn(service="ssm", resource="parameter", resource_name=s.snapshot_parameter.lstrip("/"))],
         )
-        allow(self.role, ["ec2:DescribeSnapshots", "ec2:DescribeVolumes", "ec2:DescribeInstances"], ["*"])
+        allow(self.role, ["ec2:DescribeSnapshots", "ec2:DescribeVolumes", "ec2:DescribeVolumeStatus",
+                          "ec2:DescribeInstances"], ["*"])  # fmt: skip
         allow(self.role, ["ec2:CreateVolume"], [snapshots], StringEquals={ours: s.pipeline})
         allow(self.role, ["ec2:CreateVolume"], [volumes], StringEquals={f"aws:RequestTag/{tags.PIPELINE}": s.pipeline})
         allow(self.role, ["ec2:CreateTags"], [volumes], StringEquals={"ec2:CreateAction": "CreateVolume"})

@@ -51,7 +51,17 @@ FUNCTION_CHECKS = {
 """checkov's Lambda checks, and why each is accepted for the teardown and janitor functions."""
 
 
-TEARDOWN_TAGS = ("PIPELINE", "INSTANCE", "SCHEDULED", "DATASET", "MANIFEST", "MANIFEST_URL", "IMAGES", "BYTES")
+TEARDOWN_TAGS = (
+    "PIPELINE",
+    "INSTANCE",
+    "SCHEDULED",
+    "DATASET",
+    "MANIFEST",
+    "MANIFEST_URL",
+    "IMAGES",
+    "BYTES",
+    "WORK_VOLUME",
+)
 """The tag keys the teardown function reads, passed as TAG_<name> (its code ships without bootstrap/)."""
 
 

@@ -21,8 +21,8 @@ snapshots of that volume.  ``failed``: keep the instance (its data is
 intact) and emit the ``SnapshotFailed`` metric that the stack's alarm watches.
 
 Environment: PIPELINE, SNAPSHOT_PARAMETER, TAG_PIPELINE, TAG_INSTANCE, TAG_SCHEDULED, TAG_DATASET, TAG_MANIFEST,
-TAG_MANIFEST_URL, TAG_IMAGES, TAG_BYTES, KEEP_VOLUME ("true"/"false"), METRIC_NAMESPACE, HEARTBEAT_ALARM;
-AWS_REGION (Lambda's own).
+TAG_MANIFEST_URL, TAG_IMAGES, TAG_BYTES, TAG_WORK_VOLUME, KEEP_VOLUME ("true"/"false"), METRIC_NAMESPACE,
+HEARTBEAT_ALARM; AWS_REGION (Lambda's own).
 """
 
 from __future__ import annotations
@@ -87,19 +87,26 @@ def _tags(resource: dict[str, Any]) -> dict[str, str]:
 def finish(ec2: Any, ssm: Any, cloudwatch: Any, snapshot: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     """A completed dataset snapshot: published first, then its instance terminated (with its volume)."""
     snapshot_id, instance_id = snapshot["SnapshotId"], _tags(snapshot)[env["TAG_INSTANCE"]]
+    work_volume = work_volume_of(snapshot, env)
     published_now = ensure_published(ssm, snapshot, env)
     keep = env.get("KEEP_VOLUME", "false").lower() == "true"
-    if not terminate_with_volume(ec2, instance_id, snapshot["VolumeId"], keep_volume=keep):
+    if not terminate_with_volume(ec2, instance_id, work_volume, keep_volume=keep):
         return {"action": "none", "reason": f"{instance_id} is already gone", "snapshot_id": snapshot_id,
                 "published_by_function": published_now}  # fmt: skip
-    scheduled = [] if keep else delete_scheduled_snapshots(ec2, snapshot["VolumeId"], env)
+    scheduled = [] if keep else delete_scheduled_snapshots(ec2, work_volume, env)
     if env.get("HEARTBEAT_ALARM"):  # the silence of a finished run is no alert; the next run re-arms it
         cloudwatch.disable_alarm_actions(AlarmNames=[env["HEARTBEAT_ALARM"]])
     log.info("snapshot %s completed: terminated %s, data volume %s %s, %d scheduled snapshots of it deleted",
-             snapshot_id, instance_id, snapshot["VolumeId"], "kept" if keep else "deleted with it",
+             snapshot_id, instance_id, work_volume, "kept" if keep else "deleted with it",
              len(scheduled))  # fmt: skip
     return {"action": "terminated", "instance_id": instance_id, "volume_deleted": not keep, "snapshot_id": snapshot_id,
             "scheduled_snapshots_deleted": scheduled, "published_by_function": published_now}  # fmt: skip
+
+
+def work_volume_of(snapshot: dict[str, Any], env: dict[str, str]) -> str:
+    """The download instance's data volume: named in the snapshot's tags (the snapshot itself may be of the
+    right-sized dataset volume the instance published on); else the snapshot's own source."""
+    return _tags(snapshot).get(env["TAG_WORK_VOLUME"]) or str(snapshot["VolumeId"])
 
 
 def published_record(snapshot: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:

@@ -501,7 +501,7 @@ def test_gpu_role_creates_attaches_and_deletes_only_what_it_should(default: Synt
 def test_gpu_user_data_runs_the_attach_agent(default: Synthesized, variant: Synthesized) -> None:
     script = user_data(default.templates["fleet"], "AWS::EC2::LaunchTemplate")
     check_golden("userdata-gpu.txt", shell=True, rendered=script)
-    for synthesized, initialization_rate in ((default, None), (variant, 200)):
+    for synthesized, initialization_rate in ((default, "auto"), (variant, 200)):
         line = user_data(synthesized.templates["fleet"], "AWS::EC2::LaunchTemplate").splitlines()[-1]
         argv = shlex.split(line.split("-m bootstrap ", 1)[1])
         args = build_parser().parse_args(argv)  # the flags exist: argparse would exit on an unknown one

@@ -67,6 +67,19 @@ def download_side(deployment: Deployment, pipeline: str) -> tuple[str, str, str]
     return instance, volume, snapshot
 
 
+def published_dataset(deployment: Deployment, pipeline: str) -> tuple[str, str, str]:
+    """The download side after the default publish: the snapshot is of the right-sized dataset volume, and names
+    the work volume in its tags: (instance, work volume, snapshot)."""
+    instance, work, _ = download_side(deployment, pipeline)
+    ec2 = client("ec2")
+    dataset = available_volume(ec2, AvailabilityZone="us-east-1a", Size=2, VolumeType="gp3", TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": tags.PIPELINE, "Value": pipeline},
+                                            {"Key": tags.DATASET_VOLUME, "Value": pipeline}]}])  # fmt: skip
+    spec = [{"ResourceType": "snapshot",
+             "Tags": [*_dataset_tags(pipeline, instance), {"Key": tags.WORK_VOLUME, "Value": work}]}]  # fmt: skip
+    return instance, work, completed_snapshot(ec2, VolumeId=dataset, TagSpecifications=spec)
+
+
 def event(snapshot: str, result: str = "succeeded", arn_style: int = 0) -> dict[str, Any]:
     arn = (f"arn:aws:ec2::us-east-1:snapshot/{snapshot}" if arn_style == 0
            else f"arn:aws:ec2:us-east-1::snapshot/{snapshot}")  # fmt: skip
@@ -106,6 +119,18 @@ def test_succeeded_terminates_the_instance_and_deletes_its_volume(
     assert not volume_exists(volume)
     again = functions(pipeline).teardown(event(snapshot))
     assert again["action"] == "none"  # redelivery: no error, no second action
+
+
+def test_a_snapshot_of_the_dataset_volume_takes_the_work_volume_with_the_instance(
+    deployment: Deployment, functions: Any
+) -> None:
+    pipeline = "td-packed"
+    instance, work, snapshot = published_dataset(deployment, pipeline)
+    heartbeat_alarm(pipeline)
+    result = functions(pipeline).teardown(event(snapshot))
+    assert result["action"] == "terminated" and state(instance) == "terminated" and not volume_exists(work)
+    published = json.loads(client("ssm").get_parameter(Name=f"/{pipeline}/snapshot")["Parameter"]["Value"])
+    assert published["snapshot_id"] == snapshot and published["volume_size_gib"] == 2
 
 
 def test_success_deletes_the_policys_scheduled_snapshots_of_that_volume_only(

@@ -17,7 +17,9 @@ from bootstrap.cli import run as cli_run
 from bootstrap.common.devices import mounted_device
 from bootstrap.common.ebs import free_device_name
 from bootstrap.common.imds import InstanceIdentity
+from bootstrap.contract import tags
 from bootstrap.contract.tags import OWNER as TAG_OWNER
+from bootstrap.gpu import initialization
 from bootstrap.gpu.attach import Attacher, AttachError, AttachOptions, volume_request
 from bootstrap.instance.snapshot import TAG_PIPELINE
 from tests.fixtures.aws_emulator import client
@@ -55,11 +57,21 @@ def unmount(path: Path) -> None:
 def test_pure_decisions() -> None:
     assert free_device_name([{"DeviceName": "/dev/xvda"}, {"DeviceName": "/dev/sdf"}]) == "/dev/sdg"
     assert free_device_name([{"DeviceName": "/dev/xvdf"}]) == "/dev/sdg"
-    request = volume_request("snap-1", InstanceIdentity("i-1", "us-west-2", "us-west-2c"),
-                             AttachOptions("p", iops=6000, throughput=500, initialization_rate=300))  # fmt: skip
+    snapshot, identity = {"SnapshotId": "snap-1", "VolumeSize": 50}, InstanceIdentity("i-1", "us-west-2", "us-west-2c")
+    request = volume_request(snapshot, identity, AttachOptions("p", iops=6000, throughput=500, initialization_rate=300))
     assert request["AvailabilityZone"] == "us-west-2c" and request["Encrypted"] and request["Iops"] == 6000
     assert {"Key": TAG_OWNER, "Value": "i-1"} in request["TagSpecifications"][0]["Tags"]
     assert request["VolumeInitializationRate"] == 300
+
+
+def test_the_initialization_rate_is_chosen_from_the_snapshot_size() -> None:
+    identity = InstanceIdentity("i-1", "us-west-2", "us-west-2c")
+    rate = {size: volume_request({"SnapshotId": "s", "VolumeSize": size}, identity, AttachOptions("p")).get(
+        "VolumeInitializationRate") for size in (2, 50, 70, 1000)}  # fmt: skip
+    assert rate == {2: 100, 50: 220, 70: 300, 1000: 300}  # 50 GiB x 1024 / 240 s = 213.3 -> 220 MiB/s
+    assert initialization.seconds_to_initialize(50, 220) < 240  # a right-sized ImageNet volume: under 4 minutes
+    lazy = AttachOptions("p", initialize_within=None)
+    assert "VolumeInitializationRate" not in volume_request({"SnapshotId": "s", "VolumeSize": 50}, identity, lazy)
 
 
 @pytest.fixture
@@ -247,3 +259,29 @@ def test_attach_needs_only_boto3() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.root
+def test_the_ready_marker_and_a_tag_record_when_the_volume_is_fully_initialized(
+    account: Account, tmp_path: Path, dataset_image: Callable[[str], str]
+) -> None:
+    pipeline = "gpu-hydrate"
+    published_snapshot(pipeline, f"/{pipeline}/snapshot")
+    with gpu_instance(tmp_path, pipeline, "us-east-1c", "nvme", [dataset_image("h")], account=account) as gpu:
+        spawned: list[list[str]] = []
+        opts = AttachOptions(**{**gpu.opts.__dict__, "watch_initialization": True})
+        result = Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, opts, spawn=spawned.append).attach()
+        try:
+            marker = json.loads(opts.ready_marker.read_text())
+            assert marker["initialization_rate"] == 100  # an 8 GiB snapshot: the lowest rate loads it in 82 s
+            (watcher,) = spawned
+            assert watcher[-5:] == ["watch-initialization", "--volume-id", result["volume_id"], "--ready-marker",
+                                    str(opts.ready_marker)]  # fmt: skip
+            initialization.watch(gpu.client("ec2"), result["volume_id"], gpu.instance_id, opts.ready_marker,
+                                 poll_seconds=0.1)  # fmt: skip
+        finally:
+            unmount(gpu.opts.mount_point)
+    marker = json.loads(opts.ready_marker.read_text())
+    assert marker["initialization_type"] == "provisioned-rate" and marker["initialized"].startswith("20")
+    instance = client("ec2").describe_instances(InstanceIds=[gpu.instance_id])["Reservations"][0]["Instances"][0]
+    assert {t["Key"]: t["Value"] for t in instance["Tags"]}[tags.INITIALIZED] == marker["initialized"]
