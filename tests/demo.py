@@ -255,15 +255,32 @@ def gpu_boots(out: Path, account: Account, *, have_volume: bool) -> int:
         print("  skipped: simulating the GPU's block device needs root (a loop device)")
         return 0
     with (
-        loop_attach(out / "instance" / "volume.img") as snapshot_device,
+        loop_attach(out / "instance" / "dataset-volume.img") as snapshot_device,  # what the published snapshot holds
         gpu_instance(out / "gpu", PIPELINE, "us-east-1d", "nvme", [snapshot_device], account=account) as gpu,
     ):
         print(f"  simulated g5.xlarge {gpu.instance_id} in {gpu.az}, tagged as the launch template tags it (Nitro: "
               "EBS volumes appear as NVMe devices); the GPU role's policy is enforced on its calls")  # fmt: skip
-        command = [sys.executable, "-m", "bootstrap", "attach", "--snapshot-parameter", SNAPSHOT_PARAMETER,
-                   "--pipeline", PIPELINE, "--mount-point", str(gpu.opts.mount_point),
-                   "--sys-root", str(gpu.opts.roots.sys_root), "--dev-root", str(gpu.opts.roots.dev_root),
-                   "--fstab", str(gpu.opts.fstab), "--ready-marker", str(gpu.opts.ready_marker)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "bootstrap",
+            "attach",
+            "--snapshot-parameter",
+            SNAPSHOT_PARAMETER,
+            "--pipeline",
+            PIPELINE,
+            "--mount-point",
+            str(gpu.opts.mount_point),
+            "--sys-root",
+            str(gpu.opts.roots.sys_root),
+            "--dev-root",
+            str(gpu.opts.roots.dev_root),
+            "--fstab",
+            str(gpu.opts.fstab),
+            "--ready-marker",
+            str(gpu.opts.ready_marker),
+            "--no-watch-initialization",
+        ]  # fmt: skip  (the demo watches in the foreground, below)
         print("  $ python -m bootstrap attach --snapshot-parameter " + SNAPSHOT_PARAMETER + " ...", flush=True)
         started = time.monotonic()
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False,
@@ -274,8 +291,28 @@ def gpu_boots(out: Path, account: Account, *, have_volume: bool) -> int:
         attached = json.loads(result.stdout)
         print(f"  {attached['volume_id']} mounted read-only at {attached['mount_point']} from {attached['device']} "
               f"in {time.monotonic() - started:.1f}s")  # fmt: skip
+        restored = client("ec2").describe_volumes(VolumeIds=[attached["volume_id"]])["Volumes"][0]
+        rate = json.loads(gpu.opts.ready_marker.read_text())["initialization_rate"]
+        print(f"  restored volume: {restored['Size']} GiB gp3 (the work volume is 1000 GiB), initialized at "
+              f"{rate} MiB/s")  # fmt: skip
         try:
+            on_gpu = ["--ready-marker", str(gpu.opts.ready_marker)]
+            watch = [sys.executable, "-m", "bootstrap", "watch-initialization", "--volume-id", attached["volume_id"],
+                     "--poll", "0.2", *on_gpu]  # fmt: skip
+            started = time.monotonic()
+            subprocess.run(watch, stdout=subprocess.DEVNULL, check=True, env=instance_env(gpu.imds_endpoint, out))
+            print(f"  $ python -m bootstrap watch-initialization ...: fully initialized after "
+                  f"{time.monotonic() - started:.1f}s (the emulator's; on AWS size x 1024 / rate seconds), recorded "
+                  "in the ready marker and the instance's tag")  # fmt: skip
             read_a_few_records(gpu.opts.mount_point / "recordio")
+            bench = [sys.executable, "-m", "bootstrap", "bench-read", "--recordio",
+                     str(gpu.opts.mount_point / "recordio"), "--seconds", "2"]  # fmt: skip
+            rates = json.loads(subprocess.run(bench, stdout=subprocess.PIPE, text=True, check=True).stdout)
+            measured = "; ".join(
+                f"{order} {rates[order]['records_per_s']:,.0f} records/s, {rates[order]['mib_per_s']:,.1f} MiB/s"
+                for order in ("sequential", "random")
+            )
+            print(f"  $ python -m bootstrap bench-read: {measured} (a loop device here; run it on the GPU instance)")
         finally:
             run("umount", str(gpu.opts.mount_point))
         ec2 = client("ec2")

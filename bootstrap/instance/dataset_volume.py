@@ -42,7 +42,7 @@ from bootstrap.common.devices import DeviceRoots, find_device, mounted_device, s
 from bootstrap.common.ebs import Ebs
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import InstanceIdentity
-from bootstrap.common.progress import Progress, StatusFile
+from bootstrap.common.progress import Progress, StatusFile, human_bytes
 from bootstrap.common.state import atomic_write_json, fsync_dir, read_json
 from bootstrap.contract import tags
 from bootstrap.instance.snapshot import SnapshotRequest, Volume, frozen, take_snapshot, wait_for_snapshot
@@ -88,18 +88,20 @@ def is_published(relpath: str, include_tree: bool) -> bool:
 
 
 def plan_publish(manifest: dict[str, Any], manifest_bytes: int, include_tree: bool) -> PublishPlan:
-    """The files to publish, from the backup manifest, and the volume that holds them.
-
-    Size: the data, plus 2% and a 4 KiB block per file for ext4's metadata and
-    the files' last blocks, plus 1 GiB for the journal and headroom, in whole GiB.
-    """
+    """The files to publish, from the backup manifest, and the volume that holds them (``volume_gib``)."""
     files = tuple(PublishedFile(e["relpath"], int(e["size"]), e["sha256"]) for e in manifest["files"]
                   if is_published(e["relpath"], include_tree))  # fmt: skip
-    directories = {str(Path(f.relpath).parent) for f in files}
-    inodes = len(files) + len(directories) + 1024
-    need = sum(f.size for f in files) + manifest_bytes
-    need += need // 50 + 4096 * (len(files) + len(directories)) + GIB
-    return PublishPlan(files, manifest_bytes, -(-need // GIB), inodes)
+    directories = len({str(Path(f.relpath).parent) for f in files})
+    data = sum(f.size for f in files) + manifest_bytes
+    return PublishPlan(files, manifest_bytes, volume_gib(data, len(files) + directories),
+                       len(files) + directories + 1024)  # fmt: skip
+
+
+def volume_gib(data_bytes: int, entries: int) -> int:
+    """The dataset volume for ``data_bytes`` in ``entries`` files and folders: the data, plus 2% and a 4 KiB
+    block per entry for ext4's metadata and the files' last blocks, plus 1 GiB for the journal, in whole GiB."""
+    need = data_bytes + data_bytes // 50 + 4096 * entries + GIB
+    return -(-need // GIB)
 
 
 def mkfs_command(device: Path, plan: PublishPlan) -> list[str]:
@@ -218,7 +220,7 @@ class DatasetVolumePublisher:
         volume_id = str(self.ec2.create_volume(**request)["VolumeId"])
         self._save(volume_id=volume_id, size_gib=plan.size_gib)
         log.info("publish: created %s (%d GiB gp3) for %s of data", volume_id, plan.size_gib,
-                 f"{plan.data_bytes / GIB:.1f} GiB")  # fmt: skip
+                 human_bytes(plan.data_bytes))  # fmt: skip
         return volume_id
 
     def _device(self, volume_id: str) -> Path:

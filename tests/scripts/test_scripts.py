@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -32,10 +33,39 @@ def test_plan_matches_a_hand_computed_case() -> None:
     assert rows["t2.large instance"].usd == pytest.approx(hours * 0.0928)
     assert rows["sc1 1000 GiB volume"].usd == pytest.approx(1000 * 0.015 * hours / 730)
     assert rows["S3 backup, per month"].usd == pytest.approx(125 * 0.0125)
-    assert rows["EBS snapshot, per month"].usd == pytest.approx(125 * 0.05)
-    # gp3 1000 GiB: $80 + 1000 extra IOPS x $0.005 + 125 extra MiB/s x $0.04 = $90/month, 10 h, 2 instances
-    assert rows["restored volume per GPU instance"].usd == pytest.approx(2 * 90 * 10 / 730)
+    # the published volume: 25e9 B + 2% + 4 KiB x 14 entries + 1 GiB = 24.75 GiB -> 25 GiB of gp3:
+    # $2 + 1000 extra IOPS x $0.005 + 125 extra MiB/s x $0.04 = $12/month, 10 h, 2 instances
+    assert rows["restored volume per GPU instance"].usd == pytest.approx(2 * 12 * 10 / 730)
+    assert rows["EBS snapshot, per month"].usd == pytest.approx(25 * 0.05)  # only the packed data is snapshotted
     assert rows["fast snapshot restore"].usd == pytest.approx(0.75)  # one-hour minimum
+    # the work volume instead: gp3 1000 GiB: $80 + $5 + $5 = $90/month
+    work = {r.item: r for r in plan(dataclasses.replace(inputs, dataset_snapshot="work-volume"), load_prices())}
+    assert work["restored volume per GPU instance"].usd == pytest.approx(2 * 90 * 10 / 730)
+    assert work["EBS snapshot, per month"].usd == pytest.approx(125 * 0.05)  # archives and packed data
+
+
+def test_plan_for_imagenet_on_the_defaults_restores_a_right_sized_volume() -> None:
+    rows = {r.item: r for r in plan(PlanInputs(), load_prices())}
+    # 40e9 B + 2% + 4 KiB x 14 + 1 GiB = 38.99 GiB -> 39 GiB; gp3 $0.08/GB-month x 39 = $3.12/month
+    restored = rows["restored volume per GPU instance"]
+    assert "39 GiB gp3" in restored.assumption and restored.usd == pytest.approx(3.12 * 24 / 730)
+    assert "$0.10 per GPU-day" in restored.assumption  # was $2.63 for the 1000 GiB work volume
+    # auto rate: 39 x 1024 / 240 s = 166.4 -> 170 MiB/s; 39 x 1024 / 170 = 235 s to every block
+    assert rows["restored volume fully initialized"].hours == pytest.approx(39 * 1024 / 170 / 3600)
+    assert rows["restored volume fully initialized"].hours * 3600 < 300
+
+
+def test_the_feed_rate_says_what_to_set_when_the_volume_would_starve_the_gpus() -> None:
+    starving = {r.item: r for r in plan(PlanInputs(gpu_instance_type="p4d.24xlarge"), load_prices())}
+    # 8 x 2470 img/s x 30,050 B/record = 566 MiB/s and 19,760 IOPS, over 125 MiB/s / 3000 IOPS
+    feed = starving["feed rate (p4d.24xlarge)"].assumption
+    assert "566 MiB/s" in feed and "19,760 IOPS" in feed
+    assert "restored_throughput=700 restored_iops=24000" in feed  # 566 x 1.2 -> 700; 19,760 x 1.2 -> 24,000
+    enough = {r.item: r for r in plan(PlanInputs(gpu_instance_type="p4d.24xlarge", restored_throughput=700,
+                                                 restored_iops=24000), load_prices())}  # fmt: skip
+    assert "keeps up" in enough["feed rate (p4d.24xlarge)"].assumption
+    unknown = {r.item: r for r in plan(PlanInputs(), load_prices())}["feed rate (g5.xlarge)"].assumption
+    assert "pass --images-per-gpu-s" in unknown
 
 
 def test_unlimited_credits_cost_surplus_but_pack_faster() -> None:
