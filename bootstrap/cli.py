@@ -83,6 +83,12 @@ def _attach_args(parser: argparse.ArgumentParser) -> None:
         help="do not start the watcher that records when the volume is fully initialized",
     )
     add("--prewarm", action="store_true", help="read the whole volume once in the background")
+    add(
+        "--local-nvme",
+        action="store_true",
+        help="copy the dataset to the instance-store NVMe disks (RAID 0 when "
+        "several) and serve it from there; the copy's time goes in the ready marker",
+    )
     add("--shutdown-on-failure", action="store_true", help="shut the instance down when the volume fails")
     add("--timeout", type=float, default=default["timeout_seconds"], help="seconds to wait for each step")
     add("--sys-root", type=Path, default=roots.sys_root, help=argparse.SUPPRESS)

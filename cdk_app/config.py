@@ -98,6 +98,8 @@ class StagingConfig:
     restored_initialization_rate: str = "auto"
     """EBS loads every block of the restored volume at this rate (MiB/s): auto picks one from the snapshot's size
     (fully initialized within 4 minutes where 300 MiB/s allows); off leaves lazy loading on first read."""
+    local_nvme: bool = False
+    """GPU instances copy the dataset to their instance-store NVMe disks at boot and read it from there."""
     alarm_email: str | None = None
     """Subscribe this address to the alerts topic (snapshot failed, teardown failed, errors on the instance)."""
     fleet_asg: bool = False

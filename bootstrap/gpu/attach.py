@@ -42,7 +42,7 @@ from bootstrap.contract.parameters import published_snapshot
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.contract.tags import PIPELINE as TAG_PIPELINE
 from bootstrap.contract.tags import READY as TAG_READY
-from bootstrap.gpu import initialization
+from bootstrap.gpu import initialization, local_nvme
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class AttachOptions:
     watch_initialization: bool = True
     """Record when the volume is fully initialized (a background watcher updates the marker and a tag)."""
     prewarm: bool = False
+    local_nvme: bool = False
+    """Copy the dataset to the instance-store NVMe disks (RAID 0 when several) and serve it from there."""
     shutdown_on_failure: bool = False
     timeout_seconds: float = 300.0
     poll_seconds: float = 2.0
@@ -125,6 +127,7 @@ class Attacher:
         self.run, self.sleep, self.spawn = run, sleep, spawn
         self.step = "start"
         self.initialization_rate: int | None = None
+        self.local: dict[str, Any] | None = None
         self.ebs = Ebs(ec2, identity.instance_id, opts.timeout_seconds, opts.poll_seconds, sleep, self._at)
 
     def _at(self, step: str) -> None:
@@ -192,6 +195,13 @@ class Attacher:
         self.step = "mount"
         mp = self.opts.mount_point
         mp.mkdir(parents=True, exist_ok=True)
+        if self.opts.local_nvme and mounted_device(mp) is None:
+            disks = local_nvme.instance_store_devices(self.opts.roots)
+            if disks:
+                self.step = "copy to the local NVMe disks"
+                self.local = local_nvme.serve_locally(Path(device), mp, disks, self.run)
+                return Path(device)  # no fstab entry: instance store is empty after a stop; the agent copies again
+            log.warning("attach: --local-nvme, but this instance has no instance-store disks; serving from EBS")
         if mounted_device(mp) is None:
             self.run(["mount", "-o", "ro,noatime", str(device), str(mp)])
         uuid = self.run(["blkid", "-s", "UUID", "-o", "value", str(device)]).strip()
@@ -208,7 +218,7 @@ class Attacher:
         self.step = "signal readiness"
         self.opts.ready_marker.parent.mkdir(parents=True, exist_ok=True)
         marker = {"volume_id": volume_id, "mount_point": str(self.opts.mount_point),
-                  "initialization_rate": self.initialization_rate}  # fmt: skip
+                  "initialization_rate": self.initialization_rate, "local_nvme": self.local}  # fmt: skip
         self.opts.ready_marker.write_text(json.dumps(marker))
         self.ec2.create_tags(Resources=[self.identity.instance_id], Tags=[{"Key": TAG_READY, "Value": volume_id}])
         if self.opts.watch_initialization:

@@ -33,6 +33,7 @@ class FleetSettings:
     throughput: int
     initialization_rate: str
     """auto, off, or MiB/s (python -m bootstrap attach --initialization-rate)."""
+    local_nvme: bool
     asg: bool
 
 
@@ -49,6 +50,8 @@ def attach_command(s: FleetSettings) -> str:
         args += [f"--iops {s.iops}", f"--throughput {s.throughput}"]
     if s.initialization_rate != "auto":
         args.append(f"--initialization-rate {s.initialization_rate}")
+    if s.local_nvme:
+        args.append("--local-nvme")
     return f"cd {HOME} && {PYTHON} -m bootstrap attach {' '.join(args)}"
 
 

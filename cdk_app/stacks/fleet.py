@@ -27,6 +27,7 @@ class FleetStack(cdk.Stack):
             iops=config.restored_iops,
             throughput=config.restored_throughput,
             initialization_rate=config.restored_initialization_rate,
+            local_nvme=config.local_nvme,
             asg=config.fleet_asg,
         )
         net = network.network

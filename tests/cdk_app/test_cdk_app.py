@@ -36,6 +36,8 @@ VARIANT = {
     "restored_iops": "6000",
     "restored_throughput": "500",
     "restored_initialization_rate": "200",
+    "local_nvme": "true",
+    "dataset_snapshot": "work-volume",
     "gpu_instance_types": "p4d.24xlarge,g5.12xlarge",
     "alarm_email": "ops@example.com",
 }
@@ -199,11 +201,17 @@ def test_nothing_accepts_inbound_traffic_from_outside(default: Synthesized) -> N
 def test_download_role_is_least_privilege(default: Synthesized) -> None:
     stmts = statements(default.templates["download"], "DownloadRole")
     (volume_id,) = resources(default.templates["download"], "AWS::EC2::Volume")
-    on_volume, on_snapshots = allowing(stmts, "ec2:CreateSnapshot")
+    on_volume, on_snapshots, on_dataset_volumes = allowing(stmts, "ec2:CreateSnapshot")
     assert volume_id in json.dumps(on_volume["Resource"]) and "Condition" not in on_volume
     assert on_snapshots["Condition"] == {"StringEquals": {f"aws:RequestTag/{tags.PIPELINE}": "imagenet-staging"}}
-    (tagging,) = allowing(stmts, "ec2:CreateTags")
-    assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "CreateSnapshot"}}
+    dataset_volume = {"StringEquals": {f"aws:ResourceTag/{tags.DATASET_VOLUME}": "imagenet-staging"}}
+    assert on_dataset_volumes["Condition"] == dataset_volume
+    assert {json.dumps(s["Condition"]) for s in allowing(stmts, "ec2:CreateTags")} == {
+        json.dumps({"StringEquals": {"ec2:CreateAction": action}}) for action in ("CreateSnapshot", "CreateVolume")}
+    (create,) = allowing(stmts, "ec2:CreateVolume")  # only the dataset volume it publishes on
+    assert create["Condition"] == {"StringEquals": {f"aws:RequestTag/{tags.DATASET_VOLUME}": "imagenet-staging"}}
+    (delete,) = allowing(stmts, "ec2:DeleteVolume")  # never its data volume: that one has no dataset-volume tag
+    assert delete["Condition"] == dataset_volume
     (writes,) = allowing(stmts, "s3:PutObject")
     assert render(writes["Resource"]).endswith(":s3:::imagenet-staging-${AWS::AccountId}-${AWS::Region}/imagenet/*")
     (listing,) = allowing(stmts, "s3:ListBucket")
@@ -214,7 +222,7 @@ def test_download_role_is_least_privilege(default: Synthesized) -> None:
         "parameter/imagenet-staging/status",
     ]
     granted = {a for s in stmts for a in actions(s)}
-    assert not granted & {"ec2:DeleteVolume", "ec2:TerminateInstances", "s3:DeleteObject"}
+    assert not granted & {"ec2:TerminateInstances", "s3:DeleteObject"}
     assert not [a for a in granted if a.endswith("*")]
     assert {a for s in stmts if s["Resource"] == "*" and "Condition" not in s for a in actions(s)} == {
         "ec2:DescribeVolumes",
@@ -510,6 +518,7 @@ def test_gpu_user_data_runs_the_attach_agent(default: Synthesized, variant: Synt
         assert (args.pipeline, str(args.mount_point), args.volume_type) == (config.name, "/data", "gp3")
         assert (args.iops, args.throughput) == (config.restored_iops, config.restored_throughput)
         assert args.initialization_rate == initialization_rate and args.shutdown_on_failure
+        assert args.local_nvme is (synthesized is variant)
 
 
 def test_launch_template_and_optional_group(default: Synthesized, variant: Synthesized) -> None:

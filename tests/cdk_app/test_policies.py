@@ -25,6 +25,12 @@ ACKNOWLEDGED = {
     ("DownloadRole", "RESOURCE_MISMATCH", "ec2:CreateSnapshot"): "CreateSnapshot needs the volume and the new "
     "snapshot; they are two statements on purpose (the volume by id, the snapshot by its request tag), and "
     "parliament judges each statement alone",
+    ("DownloadRole", "RESOURCE_MISMATCH", "ec2:AttachVolume"): "the dataset volume it publishes on is attached "
+    "to the instance: the instance by its download-role tag, the volume by its dataset-volume tag, two statements",
+    ("DownloadRole", "RESOURCE_MISMATCH", "ec2:DetachVolume"): "the same as AttachVolume",
+    ("DownloadRole", "RESOURCE_MISMATCH", "ec2:ModifyInstanceAttribute"): "the same: DeleteOnTermination on the "
+    "dataset volume, the instance and the volume each by its tag",
+    ("DownloadRole", "RESOURCE_STAR", "kms:"): "as for the GPU role: the account's default EBS key, through EC2 only",
     ("GpuRole", "RESOURCE_MISMATCH", "ec2:CreateVolume"): "the same: the source snapshot by the pipeline tag, "
     "the new volume by its request tag",
     ("GpuRole", "RESOURCE_MISMATCH", "ec2:AttachVolume"): "the same: the instance by its GPU-role tag, the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -14,19 +15,19 @@ from typing import Any
 import pytest
 
 from bootstrap.cli import run as cli_run
-from bootstrap.common.devices import mounted_device
+from bootstrap.common.devices import DeviceRoots, mounted_device
 from bootstrap.common.ebs import free_device_name
 from bootstrap.common.imds import InstanceIdentity
 from bootstrap.contract import tags
 from bootstrap.contract.tags import OWNER as TAG_OWNER
-from bootstrap.gpu import initialization
+from bootstrap.gpu import initialization, local_nvme
 from bootstrap.gpu.attach import Attacher, AttachError, AttachOptions, volume_request
 from bootstrap.instance.snapshot import TAG_PIPELINE
 from tests.fixtures.aws_emulator import client
 from tests.fixtures.deployment import Account
 from tests.fixtures.ec2_world import gpu_instance, launch_instance
 from tests.fixtures.imds import Identity, ImdsStub
-from tests.fixtures.loopdev import loop_image, run
+from tests.fixtures.loopdev import blank_loop, loop_image, run
 from tests.fixtures.strict_aws import available_volume, completed_snapshot
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
@@ -285,3 +286,54 @@ def test_the_ready_marker_and_a_tag_record_when_the_volume_is_fully_initialized(
     assert marker["initialization_type"] == "provisioned-rate" and marker["initialized"].startswith("20")
     instance = client("ec2").describe_instances(InstanceIds=[gpu.instance_id])["Reservations"][0]["Instances"][0]
     assert {t["Key"]: t["Value"] for t in instance["Tags"]}[tags.INITIALIZED] == marker["initialized"]
+
+
+def _instance_store(roots: DeviceRoots, name: str, target: str) -> None:
+    node = roots.sys_root / "block" / name / "device"
+    node.mkdir(parents=True)
+    (node / "model").write_text(local_nvme.INSTANCE_STORE_MODEL + "\n")
+    roots.dev_root.mkdir(parents=True, exist_ok=True)
+    (roots.dev_root / name).symlink_to(target)
+
+
+def test_instance_store_disks_are_found_by_model_and_striped_when_several(tmp_path: Path) -> None:
+    roots = DeviceRoots(tmp_path / "sys", tmp_path / "dev")
+    ebs = roots.sys_root / "block" / "nvme0n1" / "device"
+    ebs.mkdir(parents=True)
+    (ebs / "model").write_text("Amazon Elastic Block Store\n")
+    for name in ("nvme1n1", "nvme2n1"):
+        _instance_store(roots, name, "/dev/null")
+    disks = local_nvme.instance_store_devices(roots)
+    assert disks == [roots.dev_root / "nvme1n1", roots.dev_root / "nvme2n1"]
+    striped, target = local_nvme.prepare_commands(disks)
+    assert striped[0][:2] == ["mdadm", "--create"] and "--level=0" in striped[0] and "--raid-devices=2" in striped[0]
+    assert striped[1][0] == "mkfs.ext4" and striped[1][-1] == target == local_nvme.MD_DEVICE
+    single, target = local_nvme.prepare_commands(disks[:1])
+    assert [c[0] for c in single] == ["mkfs.ext4"] and target == str(disks[0])
+
+
+@pytest.mark.root
+def test_local_nvme_serves_a_copy_from_the_instance_store(
+    account: Account, tmp_path: Path, dataset_image: Callable[[str], str]
+) -> None:
+    pipeline = "gpu-local"
+    published_snapshot(pipeline, f"/{pipeline}/snapshot")
+    with (
+        blank_loop(tmp_path / "instance-store.img", 1) as store,
+        gpu_instance(
+            tmp_path, pipeline, "us-east-1c", "nvme", [dataset_image("local")], account=account, local_nvme=True
+        ) as gpu,  # fmt: skip
+    ):
+        _instance_store(gpu.opts.roots, "nvme9n1", store)
+        result = Attacher(gpu.client("ec2"), gpu.client("ssm"), gpu.identity, gpu.opts).attach()
+        try:
+            mounted = mounted_device(gpu.opts.mount_point)
+            assert mounted is not None and os.path.realpath(mounted) == os.path.realpath(store)  # not the EBS one
+            assert (gpu.opts.mount_point / "train.idx").read_text().endswith("# local\n")
+            with pytest.raises(OSError):
+                (gpu.opts.mount_point / "x").write_text("read-only")
+            marker = json.loads(gpu.opts.ready_marker.read_text())
+            assert marker["local_nvme"]["devices"] == [str(gpu.opts.roots.dev_root / "nvme9n1")]
+            assert marker["local_nvme"]["seconds"] >= 0 and marker["volume_id"] == result["volume_id"]
+        finally:
+            unmount(gpu.opts.mount_point)
