@@ -10,6 +10,9 @@
 3. Download vs ``curl -C -`` (one stream) and ``aria2c -x8`` against a local server
    that limits each connection's bandwidth.
 4. Peak RSS of the whole process tree of ``bootstrap run`` at two dataset sizes.
+5. Reading the packed train records back (``bootstrap bench-read``'s reader) from a
+   loop-mounted ext4, page cache dropped, in file order and at random by index; and
+   the packed bytes per record, which ``python -m scripts plan`` sizes volumes with.
 
 Each timing is the median of ``--runs`` runs.  Results go to bench/results.json and
 the table between the bench markers in README.md.
@@ -214,6 +217,40 @@ def bench_pack(src: Path, runs: int) -> dict[str, Any]:
     }
 
 
+# -- 5. reading the records back ---------------------------------------------------------
+
+
+def bench_read(src: Path) -> dict[str, Any]:
+    from bootstrap.gpu.read_bench import read_rate
+
+    data = WORK / "ours-pack"
+    if not (data / "recordio" / "train.rec").exists():
+        fresh_fetched(data, src)
+        subprocess.run(bootstrap_cmd("pack", data, src), check=True, stderr=subprocess.DEVNULL)
+    rec, idx = data / "recordio" / "train.rec", data / "recordio" / "train.idx"
+    records = len(idx.read_text().splitlines())
+    result: dict[str, Any] = {"records": records, "bytes_per_record": round(rec.stat().st_size / records)}
+    if os.geteuid() != 0:
+        return {**result, "skipped": "needs root for the loop-mounted filesystem"}
+    image, mount = WORK / "read.img", WORK / "read-mnt"
+    with open(image, "wb") as f:
+        f.truncate(rec.stat().st_size * 2 + (64 << 20))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    mount.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        shutil.copy(rec, mount / rec.name)
+        shutil.copy(idx, mount / idx.name)
+        for order in ("sequential", "random"):
+            drop_caches()
+            rate = read_rate(mount / rec.name, mount / idx.name, order, seconds=60)
+            result[order] = {"records_per_s": round(rate.records_per_s), "mib_per_s": round(rate.mib_per_s, 1)}
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        image.unlink()
+    return result
+
+
 # -- 2. end to end -------------------------------------------------------------------------
 
 
@@ -370,14 +407,23 @@ def table(results: dict[str, Any]) -> str:
          f"+{(rss[counts[-1]] - rss[counts[0]]) / mib:.0f} MiB for {int(counts[-1]) // int(counts[0])}x the images "
          "(allocator, not per-image state); target < 1.5 GiB"),
     ]  # fmt: skip
+    if "sequential" in results.get("read", {}):
+        r = results["read"]
+        rows.append(("Read the train records back (loop-mounted ext4, cold cache)",
+                     f"in file order {r['sequential']['records_per_s']:,} records/s, "
+                     f"{r['sequential']['mib_per_s']} MiB/s; at random {r['random']['records_per_s']:,} records/s, "
+                     f"{r['random']['mib_per_s']} MiB/s", f"{r['bytes_per_record']:,} bytes per record",
+                     "the local disk; on a GPU instance run `python -m bootstrap bench-read`"))  # fmt: skip
     machine = results["machine"]
+    dates = [results[k].get("measured", results.get("date", "")) for k in ("pack", "end_to_end", "download", "memory",
+                                                                          "read") if k in results]  # fmt: skip
     lines = [
-        f"Measured {results['date']} on {machine['cpus']} CPUs ({machine['cpu']}), {p['images']} ImageNet-sized "
-        f"images (most ~500x375, a tail to 4000x3000); medians of {results['runs']} runs. `make bench` to reproduce.",
+        f"Measured on {machine['cpus']} CPUs ({machine['cpu']}), {p['images']} ImageNet-sized images (most "
+        f"~500x375, a tail to 4000x3000); medians of {results['runs']} runs. `make bench` to reproduce.",
         "",
-        "| benchmark | ours | reference | result |",
-        "|---|---|---|---|",
-        *[f"| {a} | {b} | {c} | {d_} |" for a, b, c, d_ in rows],
+        "| benchmark | ours | reference | result | measured |",
+        "|---|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d_} | {date} |" for (a, b, c, d_), date in zip(rows, dates, strict=True)],
     ]
     return "\n".join(lines)
 
@@ -405,7 +451,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--download-mib", type=int, default=256)
     parser.add_argument("--rate-mib", type=float, default=8.0)
-    parser.add_argument("--only", choices=("pack", "end_to_end", "download", "memory"), action="append")
+    parser.add_argument("--only", choices=("pack", "end_to_end", "download", "memory", "read"), action="append")
     parser.add_argument("--report", action="store_true", help="only render the table from bench/results.json")
     args = parser.parse_args()
     if args.report:
@@ -424,15 +470,16 @@ def main() -> None:
         "end_to_end": lambda: bench_end_to_end(src, args.runs),
         "download": lambda: bench_download(args.runs, args.download_mib, args.rate_mib),
         "memory": lambda: bench_memory([100, 400, 1600], args.runs),
+        "read": lambda: bench_read(src),
     }
     for name, step in steps.items():
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        results[name] = step()
+        results[name] = {**step(), "measured": time.strftime("%Y-%m-%d")}
         print(json.dumps(results[name], indent=2), flush=True)
     machine = {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()}
-    results.update(date=time.strftime("%Y-%m-%d"), runs=args.runs, machine=machine)
+    results.update(runs=args.runs, machine=machine)
     results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     if all(k in results for k in steps):
         text = table(results)
