@@ -207,7 +207,8 @@ def test_download_role_is_least_privilege(default: Synthesized) -> None:
     dataset_volume = {"StringEquals": {f"aws:ResourceTag/{tags.DATASET_VOLUME}": "imagenet-staging"}}
     assert on_dataset_volumes["Condition"] == dataset_volume
     assert {json.dumps(s["Condition"]) for s in allowing(stmts, "ec2:CreateTags")} == {
-        json.dumps({"StringEquals": {"ec2:CreateAction": action}}) for action in ("CreateSnapshot", "CreateVolume")}
+        json.dumps({"StringEquals": {"ec2:CreateAction": action}}) for action in ("CreateSnapshot", "CreateVolume")
+    }
     (create,) = allowing(stmts, "ec2:CreateVolume")  # only the dataset volume it publishes on
     assert create["Condition"] == {"StringEquals": {f"aws:RequestTag/{tags.DATASET_VOLUME}": "imagenet-staging"}}
     (delete,) = allowing(stmts, "ec2:DeleteVolume")  # never its data volume: that one has no dataset-volume tag

@@ -293,9 +293,11 @@ def _on_instance(stage: str, world: World, config: Path, tmp: Path) -> subproces
 @pytest.mark.root
 @pytest.mark.parametrize("style", ["nvme", "xen"])
 def test_snapshot_of_the_loop_backed_volume(style: str, tmp_path: Path, account: Account) -> None:
+    """dataset_snapshot=work-volume: the whole data volume is the snapshot (test_dataset_volume: the default)."""
     with instance_with_data_volume(tmp_path, style, account, Names(f"pipe-{style}")) as world:
         Markers(world.mount / ".state").mark("backup", {"manifest_sha256": "cd" * 32})
-        done = _on_instance("snapshot", world, _instance_config(world, account, tmp_path), tmp_path)
+        config = _instance_config(world, account, tmp_path, dataset_snapshot="work-volume")
+        done = _on_instance("snapshot", world, config, tmp_path)
         assert done.returncode == 0, done.stderr
         (world.mount / "still-writable").write_text("thawed")  # would hang if left frozen
     snaps = client("ec2").describe_snapshots(Filters=[{"Name": "volume-id", "Values": [world.volume_id]}])["Snapshots"]
@@ -357,7 +359,8 @@ def test_a_failed_snapshot_publishes_nothing(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr("bootstrap.engine.instance_stages.find_data_volume", lambda *a, **k: VOLUME)
     with ImdsStub(Identity("i-0fail", "us-east-1a")) as imds:
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
-        engine = Engine(PrepConfig(data_dir=tmp_path, snapshot_parameter="/fail/snapshot"))
+        engine = Engine(PrepConfig(data_dir=tmp_path, snapshot_parameter="/fail/snapshot",
+                                   dataset_snapshot="work-volume"))  # fmt: skip
         engine.markers.mark("backup", {"manifest_sha256": "ef" * 32, "manifest": "s3://b/m", "bytes": 1})
         with pytest.raises(SnapshotError):
             engine.snapshot()
