@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from bootstrap.common import aws
 from bootstrap.common.aws import aws_error
 from bootstrap.common.devices import DeviceRoots
-from bootstrap.common.errors import BootstrapError
+from bootstrap.common.errors import BootstrapError, ConfigError
 from bootstrap.common.imds import Imds
 from bootstrap.contract import names
 from bootstrap.gpu import initialization, read_bench
@@ -53,6 +54,18 @@ def _flag_args(parser: argparse.ArgumentParser) -> None:
     add_flags(parser)
     add = parser.add_argument
     add("--verify", action="store_true", help="backup: compare S3 with the manifest instead of uploading")
+    add(
+        "--rebuild-from",
+        choices=STAGE_ORDER,
+        help="do this stage and every later one again (after a change of settings, which is refused otherwise)",
+    )
+    add("--force", action="store_true", help="rebuild from wherever the settings changed, instead of refusing")
+    add(
+        "--read-only",
+        action="store_true",
+        help="verify: write nothing, not even the verify marker (and take no "
+        "lock): for a read-only /data, or while a run writes",
+    )
     add("--json", action="store_true", help="print the result as JSON")
     add("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -168,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NOT_CONFIG = {"stage", "config", "json", "verbose", "verify"}
+_NOT_CONFIG = {"stage", "config", "json", "verbose", "verify", "rebuild_from", "force", "read_only"}
+STAGE_ORDER = ("fetch", "organise", "pack", "verify", "inspect", "backup", "snapshot", "publish")
 
 
 def configure_logging(verbose: bool) -> None:
@@ -198,6 +212,14 @@ def run(argv: Sequence[str]) -> int:
     except (ClientError, BotoCoreError) as e:  # one line that says what to fix, never a traceback
         log.error("%s", aws_error(getattr(e, "operation_name", "AWS"), e))
         return 1
+    except OSError as e:  # a full, read-only or foreign filesystem outside any stage (the lock, the first write)
+        from bootstrap.common.storage import storage_error
+
+        mapped = storage_error(e)
+        if mapped is None:
+            raise
+        log.error("%s", mapped)
+        return mapped.exit_code
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to resume")
         return 130
@@ -205,20 +227,30 @@ def run(argv: Sequence[str]) -> int:
 
 def _engine_stage(args: argparse.Namespace) -> None:
     # imported here so that `attach` runs on a GPU instance with nothing but boto3 installed
-    from bootstrap.common.state import read_json
+    from bootstrap.common.lock import DataDirLock
+    from bootstrap.common.state import read_state
     from bootstrap.engine import Engine, describe
     from bootstrap.settings import load_config
 
     config = load_config(args.config, {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
+    root = config.paths.root
     if args.stage == "status":
-        status = read_json(config.paths.status)
-        print(json.dumps(status, indent=2) if status else f"no status yet at {config.paths.status}")
+        status = read_state(config.paths.status)
+        print(
+            json.dumps(status, indent=2) if isinstance(status, dict) else f"no readable status at {config.paths.status}"
+        )
         return
-    engine = Engine(config)
-    if args.stage == "backup" and args.verify:
-        result: Any = engine.backup(verify_only=True)
-    else:
-        result = getattr(engine, args.stage.replace("-", "_"))()
+    if args.stage == "verify" and (args.read_only or not os.access(root, os.W_OK)):
+        if not root.is_dir():
+            raise ConfigError(f"{root} does not exist: point --data-dir at the data directory")
+        Engine(config, read_only=True).verify()
+        return
+    with DataDirLock(root):
+        engine = Engine(config, force=args.force, rebuild_from=args.rebuild_from)
+        if args.stage == "backup" and args.verify:
+            result: Any = engine.backup(verify_only=True)
+        else:
+            result = getattr(engine, args.stage.replace("-", "_"))()
     if args.stage == "run":
         print(describe(result))
     elif (args.json or args.stage == "mount-data") and result is not None:

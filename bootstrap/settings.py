@@ -199,3 +199,11 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> PrepConfig:
     values = {key: _coerce(key, value) for key, value in (_read_file(path) if path else {}).items()}
     values.update({key: _coerce(key, value) for key, value in overrides.items() if value is not None})
     return PrepConfig(**values)
+
+
+def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+    """``key old -> new`` for each setting that changed since ``recorded`` (a record that predates them: none)."""
+    if not isinstance(recorded, Mapping):
+        return []
+    return [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in current.items()
+            if key in recorded and recorded[key] != value]  # fmt: skip

@@ -35,7 +35,21 @@ class VerifyError(BootstrapError):
     """Packed output does not pass verification."""
 
 
-class DiskFullError(BootstrapError):
-    """The output filesystem ran out of space."""
+class StorageError(BootstrapError):
+    """The data directory cannot be written: full, read-only, or not ours. A person must fix it; not retried."""
 
     exit_code = 3
+
+
+class DiskFullError(StorageError):
+    """The output filesystem ran out of space."""
+
+
+class BusyError(BootstrapError):
+    """Another process is writing to the same data directory."""
+
+    exit_code = 4
+
+
+class SettingsChangedError(ConfigError):
+    """What a finished (or half-done) stage made was made with other settings than these."""

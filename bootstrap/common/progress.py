@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from bootstrap.common.state import atomic_write_json, read_json
+from bootstrap.common.state import atomic_write_json, read_state
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class StatusFile:
         if self.path is None:
             return
         try:
-            status = read_json(self.path) or {}
+            status = read_state(self.path) or {}
             status.update(fields, updated_at=time.time())
             atomic_write_json(self.path, status)
         except (OSError, ValueError) as e:  # a full disk must not hide the error that filled it

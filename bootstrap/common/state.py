@@ -9,11 +9,14 @@ redoes or resumes that piece).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from bootstrap.common.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -29,11 +32,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a half-written temporary behind
+        raise
     fsync_dir(path.parent)
 
 
@@ -59,6 +66,18 @@ def read_json_file(path: Path, what: str) -> Any:
         raise ConfigError(f"{what} {path} is not valid JSON: {e}") from None
 
 
+def read_state(path: Path) -> Any:
+    """A state file's JSON value; ``None`` when it is missing or unreadable (a crash or a hand edit), with a warning
+    naming it: state is a record of work done, so losing it means redoing that work, never a traceback."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
+        log.warning("%s is unreadable (%s); treating what it recorded as not done", path, e)
+        return None
+
+
 class Markers:
     """Done-markers for named steps, kept in one directory."""
 
@@ -69,10 +88,15 @@ class Markers:
         return self.root / f"{name}.done"
 
     def is_done(self, name: str) -> bool:
-        return self._path(name).exists()
+        return self.info(name) is not None
 
     def info(self, name: str) -> Any:
-        return read_json(self._path(name))
+        """The marker's record; ``None`` when absent or unreadable (then it is redone), or not a JSON object."""
+        value = read_state(self._path(name))
+        if value is not None and not isinstance(value, dict):
+            log.warning("%s does not hold a record; treating it as not done", self._path(name))
+            return None
+        return value
 
     def mark(self, name: str, info: Any = None) -> None:
         atomic_write_json(self._path(name), info if info is not None else {})

@@ -22,7 +22,7 @@ from typing import Any
 
 from bootstrap.dataset.devkit import Devkit
 from bootstrap.engine import data_stages, instance_stages
-from bootstrap.engine.context import SPLITS, StageContext
+from bootstrap.engine.context import SPLITS, STAGE_MARKERS, StageContext
 from bootstrap.layout import pack_marker
 from bootstrap.pack.packer import PackReport
 from bootstrap.settings import PrepConfig
@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 class Engine:
     """The stages as methods, for the CLI and tests; each is a plain function of a ``StageContext``."""
 
-    def __init__(self, config: PrepConfig) -> None:
-        self.ctx = StageContext.of(config)
+    def __init__(self, config: PrepConfig, *, force: bool = False, rebuild_from: str | None = None,
+                 read_only: bool = False) -> None:  # fmt: skip
+        self.ctx = StageContext.of(config, force=force, read_only=read_only)
+        if rebuild_from is not None:
+            log.info("rebuilding from %s: its marker and every later one are cleared", rebuild_from)
+            self.ctx.rebuild_from(rebuild_from)
         self.config, self.paths, self.markers, self.status = config, self.ctx.paths, self.ctx.markers, self.ctx.status
 
     def mount_data(self) -> dict[str, Any]:
@@ -49,8 +53,9 @@ class Engine:
     def pack(self) -> dict[str, PackReport]:
         return data_stages.pack(self.ctx)
 
-    def verify(self) -> None:
-        data_stages.verify(self.ctx)
+    def verify(self, again: bool = True) -> None:
+        """Asked for by name, verify reads everything again; as part of ``run`` only when something changed."""
+        data_stages.verify(self.ctx, again=again)
 
     def inspect(self) -> list[Path]:
         return data_stages.inspect(self.ctx)
@@ -69,15 +74,14 @@ class Engine:
         return {split: v["packed"] for split, v in self.summary()["splits"].items()}
 
     def run(self) -> dict[str, Any]:
-        """Every stage this configuration asks for, each skipped when already done."""
-        if self.markers.is_done("run"):
-            log.info("everything is already done (%s); nothing to do", self.markers.root / "run.done")
-            return self.summary()
+        """Every stage this configuration asks for, each skipped while its marker still holds (``done``)."""
+        if all(self.ctx.done(marker, stage) is not None for marker, stage in self.wanted()):
+            log.info("everything is already done (%s); nothing to do", self.paths.root)
         with instance_stages.status_publisher(self.ctx), instance_stages.heartbeat(self.ctx):
             self.fetch()
             self.organise()
             self.pack()
-            self.verify()
+            self.verify(again=False)
             self.inspect()
             if self.config.bucket:
                 self.backup()
@@ -89,15 +93,22 @@ class Engine:
             self.status.update(stage="run", state="done")
         return summary
 
+    def wanted(self) -> list[tuple[str, str]]:
+        """(marker, stage) of everything ``run`` does with this configuration."""
+        stages = ["fetch", "organise", "pack", "verify", "inspect"]
+        stages += ["backup"] if self.config.bucket else []
+        stages += ["snapshot", "publish"] if self.config.snapshot_parameter else []
+        return [(marker, stage) for stage in stages for marker in STAGE_MARKERS[stage]]
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"data_dir": str(self.paths.root), "recordio": str(self.paths.recordio), "splits": {}}
         for stage in ("backup", "publish"):
-            info = self.markers.info(stage)
-            if info:
+            info = self.ctx.done(stage, stage)
+            if info is not None:
                 out[stage] = info
         for split in SPLITS:
-            info = self.markers.info(pack_marker(split))
-            if info:
+            info = self.ctx.done(pack_marker(split), "pack")
+            if info is not None:
                 out["splits"][split] = {
                     "packed": info["packed"],
                     "failed": info["failed"],

@@ -1,24 +1,42 @@
-"""What every stage works with: the settings, the data volume's layout, the dataset, markers and status."""
+"""What every stage works with: the settings, the data volume's layout, the dataset, markers and status.
+
+A stage's marker is trusted only while it holds (``done``): made with the
+settings in force now (else refused, or cleared with ``--rebuild-from`` /
+``--force``), and its outputs still as they were made (else the stage and
+everything after it is redone, saying which file changed).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bootstrap.common import aws
 from bootstrap.common.aws import resolve_region
-from bootstrap.common.errors import ArchiveError, BootstrapError
+from bootstrap.common.errors import ArchiveError, BootstrapError, SettingsChangedError
 from bootstrap.common.imds import Imds
 from bootstrap.common.progress import StatusFile
 from bootstrap.common.state import Markers
+from bootstrap.common.storage import storage_error
 from bootstrap.dataset.archives import DatasetSpec, load_dataset
-from bootstrap.layout import DataLayout
-from bootstrap.settings import PrepConfig
+from bootstrap.engine.bindings import STAGES, bound_settings, changed_outputs, fingerprints
+from bootstrap.layout import DataLayout, fetch_marker, pack_marker
+from bootstrap.settings import PrepConfig, differences
 
 T = TypeVar("T")
+log = logging.getLogger("bootstrap.engine")
 SPLITS = ("val", "train")
+
+
+RECORD_KEYS = ("settings", "fingerprints")
+"""What ``record`` adds to a stage's own information (not part of what it reports)."""
+STAGE_MARKERS = {"fetch": ("fetch",), "organise": ("organise",), "pack": tuple(pack_marker(s) for s in SPLITS),
+                 "verify": ("verify",), "inspect": ("inspect",), "backup": ("backup",), "snapshot": ("snapshot",),
+                 "publish": ("publish",)}  # fmt: skip
 
 
 @dataclass
@@ -28,12 +46,69 @@ class StageContext:
     dataset: DatasetSpec
     markers: Markers
     status: StatusFile
+    force: bool = False
+    """Rebuild from the first stage whose settings changed, instead of refusing."""
+    read_only: bool = False
+    """Write nothing (a read-only /data, or a look while another process writes): no markers, no status."""
     _region: str | None = None
 
     @classmethod
-    def of(cls, config: PrepConfig) -> StageContext:
+    def of(cls, config: PrepConfig, *, force: bool = False, read_only: bool = False) -> StageContext:
         paths = config.paths
-        return cls(config, paths, load_dataset(config.dataset_table), Markers(paths.state), StatusFile(paths.status))
+        status = StatusFile(None if read_only else paths.status)
+        return cls(config, paths, load_dataset(config.dataset_table), Markers(paths.state), status, force,
+                   read_only)  # fmt: skip
+
+    # -- markers bound to their settings and outputs ---------------------------------------
+
+    def bound(self, stage: str) -> dict[str, Any]:
+        return bound_settings(self.config, self.dataset, stage)
+
+    def record(self, marker: str, stage: str, info: dict[str, Any], outputs: Iterable[Path] = ()) -> None:
+        """Mark ``marker`` done, with the settings that shaped it and its outputs' fingerprints."""
+        if self.read_only:
+            return
+        record = {**info, "settings": self.bound(stage), "fingerprints": fingerprints(self.paths.root, outputs)}
+        self.markers.mark(marker, record)
+
+    def done(self, marker: str, stage: str) -> dict[str, Any] | None:
+        """``marker``'s record if it still holds; ``None`` when it must be (re)done."""
+        info = self.markers.info(marker)
+        if info is None:
+            return None
+        changed = differences(info.get("settings"), self.bound(stage))
+        if changed and not self.force:
+            raise SettingsChangedError(
+                f"{marker}: what is in {self.paths.root} was made with other settings ({'; '.join(changed)}). Run "
+                f"again with --rebuild-from {stage} to rebuild it and everything after it with these settings "
+                "(--force: from wherever settings changed), or go back to the settings it was made with"
+            )
+        if changed:
+            log.warning("%s: settings changed (%s); rebuilding from %s", marker, "; ".join(changed), stage)
+            self.rebuild_from(stage)
+            return None
+        broken = changed_outputs(self.paths.root, info.get("fingerprints"))
+        if broken:
+            log.warning("%s: %s changed since it was made (%s); doing %s again", marker,
+                        "its output" if len(broken) == 1 else "its outputs", "; ".join(broken), stage)  # fmt: skip
+            self.rebuild_from(stage, broken)
+            return None
+        return {k: v for k, v in info.items() if k not in RECORD_KEYS}
+
+    def rebuild_from(self, stage: str, broken: Iterable[str] = ()) -> None:
+        """Forget ``stage`` and every stage after it, so they are done again (the outputs are rewritten then)."""
+        if self.read_only:
+            return
+        for later in STAGES[STAGES.index(stage) :]:
+            for marker in (*STAGE_MARKERS[later], "run"):
+                self.markers.clear(marker)
+            if later == "pack":
+                for split in SPLITS:
+                    shutil.rmtree(self.paths.work(split), ignore_errors=True)
+        if stage == "fetch":  # only the archives that changed are fetched again
+            archive_markers = Markers(self.paths.archive_dir.markers)
+            for relpath in broken:
+                archive_markers.clear(fetch_marker(Path(relpath.split(":")[0]).name))
 
     def region(self) -> str:
         """The configured region, else the SDK's, else the instance's (looked up once)."""
@@ -55,11 +130,20 @@ class StageContext:
         return path
 
     def stage(self, name: str, body: Callable[[], T]) -> T:
-        """Run ``body`` as stage ``name``: the status says running, then done or failed with the error."""
-        self.paths.root.mkdir(parents=True, exist_ok=True)
+        """Run ``body`` as stage ``name``: the status says running, then done or failed with the error.
+
+        A full, read-only or foreign filesystem anywhere in the stage becomes one ``StorageError`` naming the
+        path (exit 3: a person must act), recorded as the status's last error.
+        """
         self.status.update(stage=name, state="running", last_error=None)
         try:
             result = body()
+        except OSError as e:
+            mapped = storage_error(e, f"running {name}")
+            if mapped is None:
+                raise
+            self.status.update(stage=name, state="failed", last_error=str(mapped))
+            raise mapped from None
         except BootstrapError as e:
             self.status.update(stage=name, state="failed", last_error=str(e))
             raise

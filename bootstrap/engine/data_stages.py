@@ -12,10 +12,11 @@ import logging
 import os
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bootstrap.common.aws import secret_string
 from bootstrap.common.errors import ArchiveError, BootstrapError, ConfigError
-from bootstrap.common.state import atomic_write_bytes, atomic_write_json, read_json
+from bootstrap.common.state import atomic_write_bytes, atomic_write_json, read_state
 from bootstrap.dataset.devkit import Devkit, SynsetClass, read_devkit
 from bootstrap.dataset.streams import StreamFactory, train_stream, val_stream
 from bootstrap.engine.context import SPLITS, StageContext
@@ -33,6 +34,10 @@ log = logging.getLogger("bootstrap.engine")
 
 
 def fetch(ctx: StageContext) -> None:
+    if ctx.done("fetch", "fetch") is not None:
+        log.info("fetch: every archive is here and verified")
+        return
+
     def body() -> None:
         config = ctx.config
         if not config.source:
@@ -41,17 +46,20 @@ def fetch(ctx: StageContext) -> None:
             config.source_secret, fetch_secret=lambda name: secret_string(name, ctx.client("secretsmanager"))
         )
         source = open_source(config.source, credentials, s3=lambda: ctx.client("s3"))
-        fetch_all(source, ctx.dataset, ctx.paths.archives, fetch_options(config), status=ctx.status)
-        ctx.markers.mark("fetch", {a.role: a.md5 for a in ctx.dataset.archives.values()})
+        paths = fetch_all(source, ctx.dataset, ctx.paths.archives, fetch_options(config), status=ctx.status)
+        ctx.record("fetch", "fetch", {a.role: a.md5 for a in ctx.dataset.archives.values()}, paths.values())
 
     ctx.stage("fetch", body)
 
 
 def load_classes(ctx: StageContext) -> Devkit:
     """The classes in sorted-WNID order and the validation labels: saved by organise, else read from the devkit."""
-    saved = read_json(ctx.paths.classes)
-    if ctx.markers.is_done("organise") and saved:
-        return Devkit([SynsetClass(**c) for c in saved["classes"]], saved["val_wnids"])
+    saved = read_state(ctx.paths.classes) if ctx.done("organise", "organise") is not None else None
+    try:
+        if saved is not None:
+            return Devkit([SynsetClass(**c) for c in saved["classes"]], list(saved["val_wnids"]))
+    except (KeyError, TypeError) as e:
+        log.warning("%s is not a class table (%s); reading the devkit again", ctx.paths.classes, e)
     devkit = read_devkit(ctx.require_archive("devkit"))
     expected_classes, expected_val = ctx.dataset.classes, ctx.dataset.val_images
     if expected_classes is not None and len(devkit.classes) != expected_classes:
@@ -68,7 +76,8 @@ def load_classes(ctx: StageContext) -> Devkit:
     atomic_write_bytes(ctx.paths.synsets, synsets.encode())
     classes = [dataclasses.asdict(c) for c in devkit.classes]
     atomic_write_json(ctx.paths.classes, {"classes": classes, "val_wnids": devkit.val_wnids})
-    ctx.markers.mark("organise", {"classes": len(devkit.classes), "val": len(devkit.val_wnids)})
+    ctx.record("organise", "organise", {"classes": len(devkit.classes), "val": len(devkit.val_wnids)},
+               [ctx.paths.classes, ctx.paths.synsets])  # fmt: skip
     log.info("organise: %d classes, %d validation labels", len(devkit.classes), len(devkit.val_wnids))
     return devkit
 
@@ -93,33 +102,56 @@ def pack(ctx: StageContext) -> dict[str, PackReport]:
                 expected = ctx.dataset.val_images
             job = SplitJob(split, stream, os.path.getsize(path), expected, ctx.paths.recordio,
                            ctx.paths.pack_work(split), pack_options(ctx.config, split), ctx.status,
-                           TreeWriter(ctx.paths.tree / split) if ctx.config.keep_tree else None)  # fmt: skip
-            reports[split] = pack_split(job, ctx.markers)
+                           TreeWriter(ctx.paths.tree / split) if ctx.config.keep_tree else None,
+                           settings=ctx.bound("pack"), rebuild=ctx.force)  # fmt: skip
+            done = ctx.done(pack_marker(split), "pack")
+            reports[split] = pack_split(job, PackReport(**_report_fields(done)) if done is not None else None,
+                                        partial(_record_pack, ctx))  # fmt: skip
         return reports
 
     return ctx.stage("pack", body)
 
 
+def _report_fields(info: dict[str, Any]) -> dict[str, Any]:
+    return {f.name: info[f.name] for f in dataclasses.fields(PackReport) if f.name in info}
+
+
+def _record_pack(ctx: StageContext, report: PackReport) -> None:
+    outputs = [ctx.paths.recordio / name for name in (*report.outputs, report.failures_file)]
+    ctx.record(pack_marker(report.split), "pack", dataclasses.asdict(report), outputs)
+
+
 def pack_report(ctx: StageContext, split: str) -> PackReport:
-    info = ctx.markers.info(pack_marker(split))
+    info = ctx.done(pack_marker(split), "pack")
     if info is None:
         raise BootstrapError(f"{split} is not packed yet: run the pack stage first")
-    return PackReport(**info)
+    return PackReport(**_report_fields(info))
 
 
-def verify(ctx: StageContext) -> None:
+def verify(ctx: StageContext, *, again: bool = False) -> None:
+    """Verify the packed output, unless it was verified and has not changed since (``again``: regardless)."""
+    if not again and ctx.done("verify", "verify") is not None:
+        log.info("verify: the packed output was verified and has not changed since")
+        return
+
     def body() -> None:
         classes = len(load_classes(ctx).classes)
+        verified = []
         for split in SPLITS:
+            report = pack_report(ctx, split)
             verify_split(ctx.paths.recordio, split, parts=ctx.config.parts, classes=classes,
-                         expected=pack_report(ctx, split).packed, sample_every=ctx.config.sample_every,
+                         expected=report.packed, sample_every=ctx.config.sample_every,
                          status=ctx.status)  # fmt: skip
-        ctx.markers.mark("verify")
+            verified += [ctx.paths.recordio / name for name in report.outputs]
+        ctx.record("verify", "verify", {}, verified)
 
     ctx.stage("verify", body)
 
 
 def inspect(ctx: StageContext) -> list[Path]:
+    if ctx.done("inspect", "inspect") is not None:
+        return [ctx.paths.contact_sheet(split) for split in SPLITS]
+
     def body() -> list[Path]:
         names = [c.words.split(",")[0] for c in load_classes(ctx).classes]
         sheets = []
@@ -130,6 +162,7 @@ def inspect(ctx: StageContext) -> list[Path]:
             shown = contact_sheet(ctx.paths.recordio / first.rec, ctx.paths.recordio / first.idx, names, out)
             log.info("inspect: %s shows %d random %s records with their class names", out, shown, split)
             sheets.append(out)
+        ctx.record("inspect", "inspect", {}, sheets)
         return sheets
 
     return ctx.stage("inspect", body)

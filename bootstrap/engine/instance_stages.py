@@ -36,6 +36,11 @@ def mount_data(ctx: StageContext) -> dict[str, Any]:
 def backup(ctx: StageContext, verify_only: bool = False) -> dict[str, Any]:
     """Sync the data directory to S3 (incremental), or with ``verify_only`` compare S3 with the manifest."""
 
+    if not verify_only and (done := ctx.done("backup", "backup")) is not None:
+        log.info("backup: s3://%s/%s holds everything (run `backup` to sync changes)", ctx.config.bucket,
+                 ctx.config.prefix)  # fmt: skip
+        return done
+
     def body() -> dict[str, Any]:
         opts = backup_options(ctx.config)
         job = Backup(ctx.paths.root, ctx.client("s3"), opts, ctx.status)
@@ -54,7 +59,7 @@ def backup(ctx: StageContext, verify_only: bool = False) -> dict[str, Any]:
             "files": len(manifest["files"]),
             "bytes": manifest["total_bytes"],
         }
-        ctx.markers.mark("backup", info)
+        ctx.record("backup", "backup", info, [ctx.paths.local_manifest])
         return info
 
     return ctx.stage("backup", body)
@@ -64,11 +69,11 @@ def snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any]:
     """The snapshot GPU instances restore: of a right-sized dataset volume (packed), or of the work volume."""
 
     def body() -> dict[str, Any]:
-        done = ctx.markers.info("snapshot")
-        if done:
+        done = ctx.done("snapshot", "snapshot")
+        if done is not None:
             log.info("snapshot: %s already completed", done["snapshot_id"])
-            return dict(done)
-        backed_up = ctx.markers.info("backup")
+            return done
+        backed_up = ctx.done("backup", "backup")
         if backed_up is None:
             raise BootstrapError("the data is not backed up yet: run the backup stage first")
         identity = Imds().identity()
@@ -99,18 +104,22 @@ def snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any]:
             "source_instance_id": identity.instance_id,
             "started": str(snap.get("StartTime", "")),
         }
-        ctx.markers.mark("snapshot", info)
+        ctx.record("snapshot", "snapshot", info)
         return info
 
     return ctx.stage("snapshot", body)
 
 
 def publish_snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any]:
+    if (done := ctx.done("publish", "publish")) is not None:
+        log.info("publish: %s is published in %s", done["snapshot_id"], ctx.config.snapshot_parameter)
+        return done
+
     def body() -> dict[str, Any]:
         parameter = ctx.config.snapshot_parameter
         if not parameter:
             raise ConfigError("no snapshot_parameter configured: set it to publish the snapshot id")
-        snap, backed_up = ctx.markers.info("snapshot"), ctx.markers.info("backup")
+        snap, backed_up = ctx.done("snapshot", "snapshot"), ctx.done("backup", "backup")
         if snap is None or backed_up is None:
             raise BootstrapError("nothing to publish yet: run the backup and snapshot stages first")
         info = {
@@ -123,7 +132,7 @@ def publish_snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any
             "published": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         publish(ctx.client("ssm"), parameter, info)
-        ctx.markers.mark("publish", info)
+        ctx.record("publish", "publish", info)
         log.info("publish: %s -> %s", info["snapshot_id"], parameter)
         return info
 

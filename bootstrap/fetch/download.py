@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bootstrap.common.errors import ChecksumError, DiskFullError, FetchError
 from bootstrap.common.progress import Progress, StatusFile, human_bytes
-from bootstrap.common.state import Markers, atomic_write_json, read_json
+from bootstrap.common.state import Markers, atomic_write_json, read_state
 from bootstrap.dataset.archives import ArchiveSpec, DatasetSpec
 from bootstrap.fetch.sources import RemoteFile, Source, TransientError
 from bootstrap.layout import ArchiveDir, fetch_marker
@@ -89,7 +89,7 @@ class _Download:
         self.source, self.spec, self.size, self.ranges, self.opts = source, spec, size, ranges, opts
         self.part = ArchiveDir(dest).partial(spec.name)
         self.state_path = ArchiveDir(dest).partial_state(spec.name)
-        state = read_json(self.state_path)
+        state = read_state(self.state_path)
         resumable = bool(state) and state.get("size") == size and self.part.exists()
         if resumable and ranges:
             self.chunk = state["chunk"]  # keep the layout of the ranges already on disk

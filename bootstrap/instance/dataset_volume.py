@@ -43,7 +43,7 @@ from bootstrap.common.ebs import Ebs
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import InstanceIdentity
 from bootstrap.common.progress import Progress, StatusFile, human_bytes
-from bootstrap.common.state import atomic_write_json, fsync_dir, read_json
+from bootstrap.common.state import atomic_write_json, fsync_dir, read_state
 from bootstrap.contract import tags
 from bootstrap.instance.snapshot import SnapshotRequest, Volume, frozen, take_snapshot, wait_for_snapshot
 from bootstrap.instance.volume import thaw
@@ -181,7 +181,7 @@ class DatasetVolumePublisher:
     # -- the record of what this run has done (survives kill -9) --------------------------
 
     def _state(self) -> dict[str, Any]:
-        return dict(read_json(self.paths.publish_record) or {})
+        return dict(read_state(self.paths.publish_record) or {})
 
     def _save(self, **changes: Any) -> dict[str, Any]:
         state = {**self._state(), **changes}

@@ -29,7 +29,7 @@ from bootstrap.common.devices import DeviceRoots, find_device, mount_source, sam
 from bootstrap.common.errors import BootstrapError
 from bootstrap.common.imds import InstanceIdentity
 from bootstrap.common.progress import Progress, StatusFile
-from bootstrap.common.state import atomic_write_json, read_json
+from bootstrap.common.state import atomic_write_json, read_state
 from bootstrap.contract import tags
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _others_pending(ec2: Any, volume_id: str) -> list[str]:
 
 def _recorded(ec2: Any, state_path: Path, volume: Volume) -> str | None:
     """The snapshot an earlier run started, unless it ended in ``error`` (then a new one is taken)."""
-    recorded = read_json(state_path)
+    recorded = read_state(state_path)
     snapshot_id = recorded.get("snapshot_id") if recorded and recorded.get("volume_id") == volume.volume_id else None
     if snapshot_id and (_describe(ec2, snapshot_id) or {}).get("State") == "error":
         log.warning("snapshot: %s ended in state 'error'; taking a new one", snapshot_id)

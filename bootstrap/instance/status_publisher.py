@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.common.periodic import Periodic
-from bootstrap.common.state import read_json
+from bootstrap.common.state import read_state
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class StatusPublisher(Periodic):
     def publish(self) -> bool:
         """Publish the current status if it changed; True when a PutParameter was made."""
         try:
-            status = read_json(self.status_path)
+            status = read_state(self.status_path)
         except (OSError, ValueError) as e:  # e.g. a file edited by hand; the next tick tries again
             log.warning("could not read the status file %s: %s", self.status_path, e)
             return False

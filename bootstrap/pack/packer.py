@@ -31,15 +31,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bootstrap.common.errors import ArchiveError, DiskFullError, PackError
+from bootstrap.common.errors import ArchiveError, DiskFullError, PackError, SettingsChangedError
 from bootstrap.common.progress import Progress, StatusFile, human_bytes
-from bootstrap.common.state import Markers, atomic_write_json, read_json
+from bootstrap.common.state import atomic_write_json, read_state
 from bootstrap.dataset.streams import END, Cursor, Item, StreamFactory
-from bootstrap.layout import PackWorkDir, bucket_file, pack_marker
+from bootstrap.layout import PackWorkDir, bucket_file
 from bootstrap.pack.imaging import ImageError, ImageOptions, transcode
 from bootstrap.pack.plan import bucket_count, failure_rate_exceeded, shuffle_bucket
 from bootstrap.pack.sinks import BucketWriter, FailureLog, RecordSink, move_into, read_bucket
-from bootstrap.settings import default
+from bootstrap.settings import default, differences
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ class _PassOne:
                 "packed": 0,
                 "failed": 0,
                 "buckets": packer.buckets,
+                "settings": packer.settings,
             }
             sink_state, failures_len = None, None
         else:
@@ -260,6 +261,10 @@ class SplitJob:
     status: StatusFile | None = None
     on_image: Callable[[Item], None] | None = None
     """Sees every image the archive holds, in order (the class-tree output)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """What shapes the output (recorded in the checkpoint: a resume with others is refused)."""
+    rebuild: bool = False
+    """A checkpoint made with other settings is thrown away instead of refused."""
 
 
 class _SplitPacker:
@@ -267,6 +272,7 @@ class _SplitPacker:
         self.split, self.stream, self.expected = job.split, job.stream, job.expected
         self.out_dir, self.work, self.opts = job.out_dir, job.work, job.opts
         self.status, self.on_image = job.status, job.on_image
+        self.settings, self.rebuild = job.settings, job.rebuild
         self.buckets = bucket_count(job.estimated_bytes, job.opts.bucket_bytes) if job.opts.shuffle else 0
         self.last_checkpoint = time.monotonic()
 
@@ -311,9 +317,29 @@ class _SplitPacker:
         progress.finish()
         return {**state, "sink": state["out"]}
 
+    def _checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from: none when there is none or it is unreadable; refused when it was made with
+        other settings (unless rebuilding)."""
+        state = read_state(self.work.checkpoint)
+        if state is not None and not _resumable(state):
+            log.warning("%s: %s is not a checkpoint this version wrote; packing the split again", self.split,
+                        self.work.checkpoint)  # fmt: skip
+            return None
+        changed = differences(state.get("settings") if state else None, self.settings)
+        if changed and not self.rebuild:
+            raise SettingsChangedError(
+                f"{self.split}: a pack made with other settings is half done in {self.work.root} "
+                f"({'; '.join(changed)}); run again with --rebuild-from pack to start it over with these "
+                "settings, or go back to the ones it was started with"
+            )
+        if changed:
+            log.warning("%s: starting over with the new settings (%s)", self.split, "; ".join(changed))
+            return None
+        return dict(state) if state is not None else None
+
     def run(self) -> PackReport:
         start = time.monotonic()
-        state = read_json(self.work.checkpoint)
+        state = self._checkpoint()
         if state is None or (state["phase"] == 1 and (state["cursor"] or {}).get("offset") != END):
             state = self.pass_one(state)
         if state["phase"] != "finishing":
@@ -331,13 +357,19 @@ class _SplitPacker:
         )
 
 
-def pack_split(job: SplitJob, markers: Markers) -> PackReport:
-    """Pack ``job.split`` unless already done; then apply the failure threshold to its report."""
+_PHASE_KEYS = {1: ("cursor", "packed", "failed", "buckets"), 2: ("next_bucket", "out", "packed", "failed"),
+               "finishing": ("outputs", "packed", "failed")}  # fmt: skip
+
+
+def _resumable(state: Any) -> bool:
+    return isinstance(state, dict) and all(k in state for k in _PHASE_KEYS.get(state.get("phase"), ("?",)))
+
+
+def pack_split(job: SplitJob, done: PackReport | None, record: Callable[[PackReport], None]) -> PackReport:
+    """Pack ``job.split`` unless ``done``; ``record`` it once packed; then apply the failure threshold."""
     split, work, opts, out_dir = job.split, job.work, job.opts, job.out_dir
-    marker = pack_marker(split)
-    info = markers.info(marker)
-    if info is not None:
-        report = PackReport(**info)
+    if done is not None:
+        report = done
         log.info("%s: already packed (%d images, %d failed)", split, report.packed, report.failed)
     else:
         try:
@@ -350,7 +382,7 @@ def pack_split(job: SplitJob, markers: Markers) -> PackReport:
                     "free space or grow the volume and run again: packing resumes from its last checkpoint"
                 ) from None
             raise
-        markers.mark(marker, asdict(report))
+        record(report)
         shutil.rmtree(work.root, ignore_errors=True)
         log.info("%s: packed %d images (%d failed) in %.1fs", split, report.packed, report.failed, report.seconds)
     if failure_rate_exceeded(report.failed, report.total, opts.max_failure_rate):
