@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bootstrap import layout
 from bootstrap.common import aws
 from bootstrap.common.aws import aws_error
 from bootstrap.common.devices import DeviceRoots
@@ -30,7 +31,7 @@ from bootstrap.settings import add_flags
 log = logging.getLogger("bootstrap")
 
 STAGES = {
-    "run": "every stage in order: fetch, organise, pack, verify, inspect",
+    "run": "every stage in order: fetch, organise, pack, verify, inspect, then backup, snapshot, publish when set",
     "fetch": "download the archives (parallel ranges, resumable) and check size and MD5",
     "organise": "read the devkit: classes in sorted-WNID order, validation labels, synsets.txt",
     "pack": "one pass over each archive into .rec/.idx/.lst (+ class folders with --keep-tree)",
@@ -56,7 +57,7 @@ def _flag_args(parser: argparse.ArgumentParser) -> None:
     add("--verify", action="store_true", help="backup: compare S3 with the manifest instead of uploading")
     add(
         "--rebuild-from",
-        choices=STAGE_ORDER,
+        choices=layout.STAGES,
         help="do this stage and every later one again (after a change of settings, which is refused otherwise)",
     )
     add("--force", action="store_true", help="rebuild from wherever the settings changed, instead of refusing")
@@ -182,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _NOT_CONFIG = {"stage", "config", "json", "verbose", "verify", "rebuild_from", "force", "read_only"}
-STAGE_ORDER = ("fetch", "organise", "pack", "verify", "inspect", "backup", "snapshot", "publish")
 
 
 def configure_logging(verbose: bool) -> None:

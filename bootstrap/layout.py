@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+STAGES = ("fetch", "organise", "pack", "verify", "inspect", "backup", "snapshot", "publish")
+"""The stages of a run, in order; each marks itself done in ``.state/NAME.done``."""
 MANIFEST = "manifest.json"
 """The backup's manifest, last object written under the backup prefix."""
 BACKED_UP_DIRS = ("archives", "recordio", "imagenet")
@@ -151,6 +153,11 @@ class DataLayout:
     @property
     def status(self) -> Path:
         return self.root / "status.json"
+
+    @property
+    def reserve(self) -> Path:
+        """A little space kept aside, given up when the disk fills so the status can still say why."""
+        return self.state / ".reserve"
 
     def work(self, split: str) -> Path:
         return self.state / pack_marker(split)

@@ -160,7 +160,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = _kind(name)
-            parser.add_argument(flag, type=kind, choices=spec.choices, help=text)
+            parser.add_argument(flag, type=_path_flag if kind is Path else kind, choices=spec.choices, help=text)
+
+
+def _path_flag(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a directory or file")
+    return Path(text)
 
 
 def _kind(key: str) -> type:
@@ -175,6 +181,8 @@ def _coerce(key: str, value: Any) -> Any:
         return None
     expected = _kind(key)
     if expected is Path:
+        if not isinstance(value, str | Path) or not str(value).strip():
+            raise ConfigError(f"config key {key!r} must be a non-empty path, got {value!r}")
         return Path(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

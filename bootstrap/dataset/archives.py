@@ -66,7 +66,7 @@ def _archive_from_json(role: str, raw: Any, where: str) -> ArchiveSpec:
         raise ConfigError(f"{where}: archives.{role}.name must be a plain file name, got {name!r}")
     if not _MD5.match(md5):
         raise ConfigError(f"{where}: archives.{role}.md5 must be 32 hex digits, got {md5!r}")
-    if size is not None and (not isinstance(size, int) or size <= 0):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
         raise ConfigError(f"{where}: archives.{role}.size must be a positive integer, got {size!r}")
     return ArchiveSpec(role, name, md5, size)
 
@@ -79,10 +79,13 @@ def dataset_from_dict(raw: Any, where: str = "dataset table") -> DatasetSpec:
         raise ConfigError(f"{where}: archives lacks {', '.join(missing)}; all of {', '.join(ROLES)} are needed")
     archives = {role: _archive_from_json(role, raw["archives"][role], where) for role in ROLES}
     counts = raw.get("counts", {})
+    if not isinstance(counts, dict):
+        raise ConfigError(f"{where}: counts must be an object like {{\"train\": 1281167, \"val\": 50000, "
+                          f"\"classes\": 1000}}, got {counts!r}")  # fmt: skip
 
     def count(key: str) -> int | None:
         value = counts.get(key)
-        if value is not None and (not isinstance(value, int) or value <= 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ConfigError(f"{where}: counts.{key} must be a positive integer, got {value!r}")
         return value
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.dataset.archives import DatasetSpec, dataset_to_dict
+from bootstrap.layout import STAGES
 from bootstrap.settings import PrepConfig
 
-STAGES = ("fetch", "organise", "pack", "verify", "inspect", "backup", "snapshot", "publish")
 PACK_SETTINGS = ("resize", "center_crop", "quality", "encoding", "color", "pass_through", "upscale", "seed",
                  "shuffle_train", "shuffle_val", "parts", "keep_tree")  # fmt: skip
 OWN_SETTINGS: dict[str, tuple[str, ...]] = {

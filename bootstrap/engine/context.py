@@ -9,6 +9,7 @@ everything after it is redone, saying which file changed).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from bootstrap.common.progress import StatusFile
 from bootstrap.common.state import Markers
 from bootstrap.common.storage import storage_error
 from bootstrap.dataset.archives import DatasetSpec, load_dataset
-from bootstrap.engine.bindings import STAGES, bound_settings, changed_outputs, fingerprints
-from bootstrap.layout import DataLayout, fetch_marker, pack_marker
+from bootstrap.engine.bindings import bound_settings, changed_outputs, fingerprints
+from bootstrap.layout import STAGES, DataLayout, fetch_marker, pack_marker
 from bootstrap.settings import PrepConfig, differences
 
 T = TypeVar("T")
@@ -32,6 +33,7 @@ log = logging.getLogger("bootstrap.engine")
 SPLITS = ("val", "train")
 
 
+RESERVE_BYTES = 256 << 10
 RECORD_KEYS = ("settings", "fingerprints")
 """What ``record`` adds to a stage's own information (not part of what it reports)."""
 STAGE_MARKERS = {"fetch": ("fetch",), "organise": ("organise",), "pack": tuple(pack_marker(s) for s in SPLITS),
@@ -59,6 +61,16 @@ class StageContext:
         return cls(config, paths, load_dataset(config.dataset_table), Markers(paths.state), status, force,
                    read_only)  # fmt: skip
 
+    def _keep_reserve(self) -> None:
+        if self.read_only or self.paths.reserve.exists():
+            return
+        try:
+            self.paths.reserve.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.paths.reserve, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        except OSError:
+            self.paths.reserve.unlink(missing_ok=True)  # the disk is full already: the stage will say so
+
     # -- markers bound to their settings and outputs ---------------------------------------
 
     def bound(self, stage: str) -> dict[str, Any]:
@@ -71,8 +83,11 @@ class StageContext:
         record = {**info, "settings": self.bound(stage), "fingerprints": fingerprints(self.paths.root, outputs)}
         self.markers.mark(marker, record)
 
-    def done(self, marker: str, stage: str) -> dict[str, Any] | None:
-        """``marker``'s record if it still holds; ``None`` when it must be (re)done."""
+    def done(self, marker: str, stage: str, *, check_outputs: bool = True) -> dict[str, Any] | None:
+        """``marker``'s record if it still holds; ``None`` when it must be (re)done.
+
+        ``check_outputs=False`` trusts the outputs' fingerprints (verify reads every byte instead).
+        """
         info = self.markers.info(marker)
         if info is None:
             return None
@@ -87,7 +102,7 @@ class StageContext:
             log.warning("%s: settings changed (%s); rebuilding from %s", marker, "; ".join(changed), stage)
             self.rebuild_from(stage)
             return None
-        broken = changed_outputs(self.paths.root, info.get("fingerprints"))
+        broken = changed_outputs(self.paths.root, info.get("fingerprints")) if check_outputs else []
         if broken:
             log.warning("%s: %s changed since it was made (%s); doing %s again", marker,
                         "its output" if len(broken) == 1 else "its outputs", "; ".join(broken), stage)  # fmt: skip
@@ -136,12 +151,14 @@ class StageContext:
         path (exit 3: a person must act), recorded as the status's last error.
         """
         self.status.update(stage=name, state="running", last_error=None)
+        self._keep_reserve()
         try:
             result = body()
         except OSError as e:
             mapped = storage_error(e, f"running {name}")
             if mapped is None:
                 raise
+            self.paths.reserve.unlink(missing_ok=True)  # room to record why
             self.status.update(stage=name, state="failed", last_error=str(mapped))
             raise mapped from None
         except BootstrapError as e:

@@ -28,7 +28,7 @@ from bootstrap.pack.contact_sheet import contact_sheet
 from bootstrap.pack.packer import PackReport, SplitJob, pack_split
 from bootstrap.pack.plan import part_names
 from bootstrap.pack.tree import TreeWriter
-from bootstrap.pack.verify import verify_split
+from bootstrap.pack.verify import check_failures, verify_split
 
 log = logging.getLogger("bootstrap.engine")
 
@@ -121,8 +121,8 @@ def _record_pack(ctx: StageContext, report: PackReport) -> None:
     ctx.record(pack_marker(report.split), "pack", dataclasses.asdict(report), outputs)
 
 
-def pack_report(ctx: StageContext, split: str) -> PackReport:
-    info = ctx.done(pack_marker(split), "pack")
+def pack_report(ctx: StageContext, split: str, *, check_outputs: bool = True) -> PackReport:
+    info = ctx.done(pack_marker(split), "pack", check_outputs=check_outputs)
     if info is None:
         raise BootstrapError(f"{split} is not packed yet: run the pack stage first")
     return PackReport(**_report_fields(info))
@@ -138,10 +138,11 @@ def verify(ctx: StageContext, *, again: bool = False) -> None:
         classes = len(load_classes(ctx).classes)
         verified = []
         for split in SPLITS:
-            report = pack_report(ctx, split)
+            report = pack_report(ctx, split, check_outputs=False)  # verify reads every byte of them
             verify_split(ctx.paths.recordio, split, parts=ctx.config.parts, classes=classes,
                          expected=report.packed, sample_every=ctx.config.sample_every,
                          status=ctx.status)  # fmt: skip
+            check_failures(ctx.paths.recordio / report.failures_file, report.failed)
             verified += [ctx.paths.recordio / name for name in report.outputs]
         ctx.record("verify", "verify", {}, verified)
 

@@ -254,7 +254,7 @@ class DatasetVolumePublisher:
         copied, root = self._copied(), self.opts.mount_point
         todo = [f for f in plan.files
                 if copied.get(f.relpath) != f.sha256 or not (root / f.relpath).is_file()]  # fmt: skip
-        progress = Progress("publish: copy to the dataset volume", sum(f.size for f in todo), "B", status=self.status)
+        progress = Progress("snapshot: copy to the dataset volume", sum(f.size for f in todo), "B", status=self.status)
         for f in todo:
             progress.advance(copy_verified(self.paths.root / f.relpath, root / f.relpath, f.sha256))
             self._record_copied(f)
@@ -311,7 +311,8 @@ class DatasetVolumePublisher:
             volume = Volume(volume_id, device, plan.size_gib, self.identity.availability_zone)
             snap = take_snapshot(self.ec2, self.identity, volume, self.request, mount_point=self.opts.mount_point,
                                  state_path=self.paths.snapshot_record, status=self.status, sleep=self.sleep,
-                                 poll_seconds=poll_seconds, freeze=lambda mp: frozen(mp, self.run))  # fmt: skip
+                                 poll_seconds=poll_seconds, freeze=lambda mp: frozen(mp, self.run),
+                                 reuse_completed=True)  # fmt: skip
         except Exception as e:
             self._abandon()
             message = str(e) if isinstance(e, BootstrapError) else f"{type(e).__name__}: {e}"

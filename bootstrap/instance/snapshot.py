@@ -109,9 +109,11 @@ def frozen(mount_point: Path, run: Runner = run_command) -> Iterator[None]:
         run(["fsfreeze", "--unfreeze", str(mount_point)])
 
 
-def _pending_snapshot(ec2: Any, volume_id: str, pipeline: str) -> str | None:
+def _pending_snapshot(ec2: Any, volume_id: str, pipeline: str, states: tuple[str, ...] = ("pending",)) -> str | None:
+    """Ours (tagged with the pipeline) of this volume, in one of ``states``: a kill between CreateSnapshot and
+    recording it must not make a second one."""
     snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
-        {"Name": "volume-id", "Values": [volume_id]}, {"Name": "status", "Values": ["pending"]},
+        {"Name": "volume-id", "Values": [volume_id]}, {"Name": "status", "Values": list(states)},
         {"Name": f"tag:{TAG_PIPELINE}", "Values": [pipeline]}])["Snapshots"]  # fmt: skip
     return snapshots[0]["SnapshotId"] if snapshots else None
 
@@ -187,9 +189,15 @@ def take_snapshot(
     status: StatusFile | None = None,
     sleep: Callable[[float], None] = time.sleep,
     poll_seconds: float = 15.0,
+    reuse_completed: bool = False,
 ) -> dict[str, Any]:
-    """Create (or find) this pipeline's snapshot of ``volume`` and wait until it is complete."""
-    snapshot_id = _recorded(ec2, state_path, volume) or _pending_snapshot(ec2, volume.volume_id, request.pipeline)
+    """Create (or find) this pipeline's snapshot of ``volume`` and wait until it is complete.
+
+    ``reuse_completed``: a completed one of ours also counts (a volume made only to be snapshotted once).
+    """
+    states = ("pending", "completed") if reuse_completed else ("pending",)
+    snapshot_id = _recorded(ec2, state_path, volume) or _pending_snapshot(ec2, volume.volume_id, request.pipeline,
+                                                                          states)  # fmt: skip
     if snapshot_id:
         log.info("snapshot: waiting for %s, started earlier", snapshot_id)
     else:

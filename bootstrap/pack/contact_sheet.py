@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from bootstrap.common.errors import PackError
+from bootstrap.common.state import atomic_write_bytes
 from bootstrap.pack.recordio import read_record, unpack_image
 
 TILE = 160
@@ -70,6 +72,8 @@ def contact_sheet(
     blank = np.full_like(tiles[0], 255)
     tiles += [blank] * (-len(tiles) % columns)
     rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), np.vstack(rows))
+    ok, png = cv2.imencode(".png", np.vstack(rows))
+    if not ok:
+        raise PackError(f"could not encode the contact sheet {out}")
+    atomic_write_bytes(out, png.tobytes())  # cv2.imwrite would only return False on a full disk
     return len(chosen)

@@ -57,12 +57,18 @@ class PartNames:
     rec: str
     idx: str
     lst: str
+    crc: str
+    """One CRC-32 per record (RecordIO has no field for one), so verify can check every record's bytes."""
+
+    @property
+    def files(self) -> tuple[str, str, str, str]:
+        return self.rec, self.idx, self.lst, self.crc
 
 
 def part_names(split: str, parts: int) -> list[PartNames]:
     """``train.rec`` … for one part; ``train_0.rec`` … ``train_{N-1}.rec`` for N parts."""
     stems = [split] if parts == 1 else [f"{split}_{i}" for i in range(parts)]
-    return [PartNames(f"{s}.rec", f"{s}.idx", f"{s}.lst") for s in stems]
+    return [PartNames(f"{s}.rec", f"{s}.idx", f"{s}.lst", f"{s}.crc") for s in stems]
 
 
 def global_idx_name(split: str) -> str:

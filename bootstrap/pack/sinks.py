@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -57,26 +58,31 @@ class _AppendFile:
 
 
 class RecordSink:
-    """The .rec, .idx and .lst of one split, as one file set or N round-robin parts."""
+    """The .rec, .idx, .lst and .crc of one split, as one file set or N round-robin parts."""
 
     def __init__(self, directory: Path, split: str, parts: int, state: dict[str, Any] | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory, self.split = directory, split
         self.names = part_names(split, parts)
-        lengths = state["lengths"] if state else [[0, 0, 0] for _ in self.names]
+        lengths = state["lengths"] if state else [[0, 0, 0, 0] for _ in self.names]
+        if any(len(lens) != 4 for lens in lengths) or len(lengths) != len(self.names):
+            raise PackError(f"{split}: the checkpoint was written by an older version or for another number of "
+                            "parts; run again with --rebuild-from pack")  # fmt: skip
         self.position = state["position"] if state else 0
         self._files = [
-            tuple(_AppendFile(directory / n, length) for n, length in zip((p.rec, p.idx, p.lst), lens, strict=True))
+            tuple(_AppendFile(directory / n, length) for n, length in zip(p.files, lens, strict=True))
             for p, lens in zip(self.names, lengths, strict=True)
         ]
 
     def add(self, item: Item) -> None:
         """Append a record holding ``item.data`` (the transcoded image)."""
-        rec, idx, lst = self._files[part_of(self.position, len(self._files))]
+        rec, idx, lst, crc = self._files[part_of(self.position, len(self._files))]
         offset = rec.length
-        rec.write(encode_record(pack_image(ImageHeader(0, float(item.label), item.id), item.data)))
+        payload = pack_image(ImageHeader(0, float(item.label), item.id), item.data)
+        rec.write(encode_record(payload))
         idx.write(format_idx_line(item.id, offset).encode())
         lst.write(format_lst_line(item.id, item.label, item.relpath).encode())
+        crc.write(f"{item.id}\t{zlib.crc32(payload):08x}\n".encode())
         self.position += 1
 
     def sync(self) -> dict[str, Any]:
@@ -88,7 +94,7 @@ class RecordSink:
         for files in self._files:
             for f in files:
                 f.close()
-        names = [n for p in self.names for n in (p.rec, p.idx, p.lst)]
+        names = [n for p in self.names for n in p.files]
         if len(self.names) > 1:
             base = 0
             with open(self.directory / global_idx_name(self.split), "w") as out:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bootstrap.settings import PrepConfig
 from tests.fixtures.paths import ROOT
 
 PROGRAMS = {"fetch", "pack", "instance", "gpu"}
@@ -103,3 +105,9 @@ def test_package_inits_import_nothing() -> None:
     """
     busy = [p for p in (ROOT / "bootstrap").rglob("__init__.py") if p.parent.name != "engine" and _imports_anything(p)]
     assert not busy, busy
+
+
+@pytest.mark.parametrize("key", sorted(f.name for f in dataclasses.fields(PrepConfig)))
+def test_readme_configuration_table_names_every_key(key: str) -> None:
+    table = (ROOT / "README.md").read_text().split("### Configuration", 1)[1].split("\n### ", 1)[0]
+    assert f"`{key}`" in table, f"README's configuration table does not say what {key} is"
