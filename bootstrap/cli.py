@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -17,12 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bootstrap import layout
+from bootstrap import __version__, layout
 from bootstrap.common import aws
-from bootstrap.common.aws import aws_error
+from bootstrap.common.argparsing import Parser, add_common, command_name, parse
 from bootstrap.common.devices import DeviceRoots
-from bootstrap.common.errors import BootstrapError, ConfigError
+from bootstrap.common.errors import ConfigError
+from bootstrap.common.failures import exit_code
 from bootstrap.common.imds import Imds
+from bootstrap.common.progress import BarSafeHandler
 from bootstrap.contract import names
 from bootstrap.gpu import initialization, read_bench
 from bootstrap.gpu.attach import Attacher, AttachOptions
@@ -49,26 +52,23 @@ STAGES = {
 }
 
 
-def _flag_args(parser: argparse.ArgumentParser) -> None:
-    """The engine's flags: one per setting (``bootstrap.settings``), then the per-invocation ones."""
+def _flag_args(parser: argparse.ArgumentParser, stage: str) -> None:
+    """An engine command's flags: the settings it uses (``bootstrap.settings``), then its per-invocation ones."""
     parser.add_argument("--config", type=Path, help="JSON config file (keys as these flags, with underscores)")
-    add_flags(parser)
+    add_flags(parser, stage)
     add = parser.add_argument
-    add("--verify", action="store_true", help="backup: compare S3 with the manifest instead of uploading")
-    add(
-        "--rebuild-from",
-        choices=layout.STAGES,
-        help="do this stage and every later one again (after a change of settings, which is refused otherwise)",
-    )
-    add("--force", action="store_true", help="rebuild from wherever the settings changed, instead of refusing")
-    add(
-        "--read-only",
-        action="store_true",
-        help="verify: write nothing, not even the verify marker (and take no "
-        "lock): for a read-only /data, or while a run writes",
-    )
-    add("--json", action="store_true", help="print the result as JSON")
-    add("-v", "--verbose", action="store_true", help="debug logging")
+    if stage == "backup":
+        add("--verify", action="store_true", help="compare S3 with the manifest instead of uploading")
+    if stage in ("run", *layout.STAGES):
+        add(
+            "--rebuild-from",
+            choices=layout.STAGES,
+            help="do this stage and every later one again (after a change of settings, which is refused otherwise)",
+        )
+        add("--force", action="store_true", help="rebuild from wherever the settings changed, instead of refusing")
+    if stage == "verify":
+        add("--read-only", action="store_true", help="write nothing, not even the verify marker (and take no "
+            "lock): for a read-only /data, or while a run writes")  # fmt: skip
 
 
 def _attach_args(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +109,6 @@ def _attach_args(parser: argparse.ArgumentParser) -> None:
     add("--dev-root", type=Path, default=roots.dev_root, help=argparse.SUPPRESS)
     add("--fstab", type=Path, default=default["fstab"], help=argparse.SUPPRESS)
     add("--ready-marker", type=Path, default=default["ready_marker"])
-    add("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def _rate(text: str) -> str | int:
@@ -140,7 +139,6 @@ def _watch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volume-id", required=True)
     parser.add_argument("--ready-marker", type=Path, default=Path(names.READY_MARKER))
     parser.add_argument("--poll", type=float, default=30.0, help="seconds between checks (default 30)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +146,6 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
                         help="the RecordIO folder of the mounted dataset (default /data/recordio)")  # fmt: skip
     parser.add_argument("--split", default="train")
     parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per order (default 10)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def watch_initialization(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,60 +166,63 @@ GPU_COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 """The GPU instance's commands: boto3 and the standard library only."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bootstrap",
-        description="Stage ImageNet-style archives as MXNet RecordIO: fetch, organise, pack, verify, inspect.",
+PROG = "python -m bootstrap"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=prog,
+        description="Stage ImageNet-style archives as MXNet RecordIO: fetch, organise, pack, verify, inspect, "
+        "then back up, snapshot and publish.",
+        epilog="exit codes: 0 done; 1 failed (run again to resume); 2 bad command line or configuration; "
+        "3 storage (full, read-only or not ours); 4 another run holds the data directory; 130 interrupted",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_common(parser, top=True)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    gpu_args = {"attach": _attach_args, "watch-initialization": _watch_args, "bench-read": _bench_args}
     for name, help_text in STAGES.items():
         stage = sub.add_parser(name, help=help_text, description=help_text)
-        {"attach": _attach_args, "watch-initialization": _watch_args, "bench-read": _bench_args}.get(
-            name, _flag_args)(stage)  # fmt: skip
+        if name in gpu_args:
+            gpu_args[name](stage)
+        else:
+            _flag_args(stage, name)
+        add_common(stage)
     return parser
 
 
 _NOT_CONFIG = {"stage", "config", "json", "verbose", "verify", "rebuild_from", "force", "read_only"}
+CREATES_DATA_DIR = ("run", "fetch", "mount-data")
+"""The commands that may start a data directory; the others refuse a missing one rather than create it."""
 
 
 def configure_logging(verbose: bool) -> None:
+    """Logs to stderr; on a terminal above the progress bar (when tqdm is installed: not on a GPU instance)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty() and importlib.util.find_spec("tqdm") is not None:
+        handler = BarSafeHandler(sys.stderr)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     for noisy in ("botocore", "urllib3", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+def run(argv: Sequence[str], prog: str = PROG) -> int:
+    args = parse(build_parser(prog), argv)
     configure_logging(args.verbose)
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         if args.stage in GPU_COMMANDS:
             print(json.dumps(GPU_COMMANDS[args.stage](args), indent=2))
         else:
             _engine_stage(args)
         return 0
-    except BootstrapError as e:
-        log.error("%s", e)
-        return e.exit_code
-    except (ClientError, BotoCoreError) as e:  # one line that says what to fix, never a traceback
-        log.error("%s", aws_error(getattr(e, "operation_name", "AWS"), e))
-        return 1
-    except OSError as e:  # a full, read-only or foreign filesystem outside any stage (the lock, the first write)
-        from bootstrap.common.storage import storage_error
-
-        mapped = storage_error(e)
-        if mapped is None:
+    except BaseException as e:
+        if isinstance(e, SystemExit):
             raise
-        log.error("%s", mapped)
-        return mapped.exit_code
-    except KeyboardInterrupt:
-        log.error("interrupted; run the same command again to resume")
-        return 130
+        return exit_code(e, log.error, verbose=args.verbose)
 
 
 def _engine_stage(args: argparse.Namespace) -> None:
@@ -230,10 +230,17 @@ def _engine_stage(args: argparse.Namespace) -> None:
     from bootstrap.common.lock import DataDirLock
     from bootstrap.common.state import read_state
     from bootstrap.engine import Engine, describe
+    from bootstrap.engine.context import made_with
     from bootstrap.settings import load_config
 
-    config = load_config(args.config, {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    config = load_config(args.config, given)
     root = config.paths.root
+    if args.stage not in CREATES_DATA_DIR and not root.is_dir():
+        raise ConfigError(f"{root} does not exist: point --data-dir (or data_dir in the config) at the data "
+                          "directory, or start one with run or fetch")  # fmt: skip
+    if args.stage not in ("run", "status", "mount-data"):  # one stage: what is not given, as the directory was made
+        config = load_config(args.config, given, made_with(config.paths))
     if args.stage == "status":
         status = read_state(config.paths.status)
         print(
@@ -241,13 +248,11 @@ def _engine_stage(args: argparse.Namespace) -> None:
         )
         return
     if args.stage == "verify" and (args.read_only or not os.access(root, os.W_OK)):
-        if not root.is_dir():
-            raise ConfigError(f"{root} does not exist: point --data-dir at the data directory")
         Engine(config, read_only=True).verify()
         return
     with DataDirLock(root):
-        engine = Engine(config, force=args.force, rebuild_from=args.rebuild_from)
-        if args.stage == "backup" and args.verify:
+        engine = Engine(config, force=getattr(args, "force", False), rebuild_from=getattr(args, "rebuild_from", None))
+        if getattr(args, "verify", False):
             result: Any = engine.backup(verify_only=True)
         else:
             result = getattr(engine, args.stage.replace("-", "_"))()
@@ -258,4 +263,4 @@ def _engine_stage(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(run(sys.argv[1:], command_name(PROG)))

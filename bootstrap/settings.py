@@ -1,7 +1,7 @@
 """The engine's settings: one schema, each knob defined once with its default, range and help.
 
-Everything else is derived from ``PrepConfig``'s fields: the engine's CLI flags
-(``add_flags``), the config-file loader (``load_config``: defaults, then a
+Everything else is derived from ``PrepConfig``'s fields: each command's CLI
+flags (``add_flags``: only the settings that command uses), the config-file loader (``load_config``: defaults, then a
 JSON file, then flags), and the CDK app's check of the ``engine`` dict it
 writes to the instance (``problems``).  Keys are the flag names with
 underscores.  An unknown key is an error, so a typo never silently falls back
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from bootstrap.common.errors import ConfigError
 from bootstrap.common.state import read_json_file
 from bootstrap.contract import names
-from bootstrap.layout import DataLayout
+from bootstrap.layout import STAGES, DataLayout
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class Knob:
     above: float | None = None
     """An exclusive lower bound."""
     choices: tuple[Any, ...] | None = None
-    flag: bool = True
-    """Also a command-line flag (the rest are set in the config file the CDK app writes)."""
+    stages: tuple[str, ...] = ()
+    """The commands that take it as a flag; none: set only in the config file (the CDK app writes it)."""
 
     def allows(self, value: Any) -> bool:
         if value is None:
@@ -53,9 +54,17 @@ class Knob:
             return f"one of {', '.join(map(str, self.choices))}"
         if self.above is not None:
             return f"more than {self.above:g}"
+        if self.low is None:
+            return "any value"
         if self.high is None:
             return f"at least {self.low:g}"
         return f"{self.low:g}-{self.high:g}"
+
+
+ENGINE = ("run", *STAGES, "status", "mount-data")
+"""The engine's commands that read this settings object (the GPU instance's commands have flags of their own)."""
+DATA = ("run", *STAGES)
+FETCH, PACK = ("run", "fetch"), ("run", "pack")
 
 
 def knob(default: Any, help: str, **limits: Any) -> Any:
@@ -64,58 +73,73 @@ def knob(default: Any, help: str, **limits: Any) -> Any:
 
 @dataclass(frozen=True)
 class PrepConfig:
-    data_dir: Path = knob(Path(names.DATA_DIR), "data volume mount point (default {default})")
-    source: str | None = knob(None, "https:// base URL, s3:// prefix or local directory with the archives")
-    source_secret: str | None = knob(None, "Secrets Manager secret holding the source credentials")
+    data_dir: Path = knob(Path(names.DATA_DIR), "the data directory: the data volume's mount point (default {default})",
+                          stages=ENGINE)  # fmt: skip
+    source: str | None = knob(None, "https:// base URL, s3:// prefix or local directory with the archives",
+                              stages=FETCH)  # fmt: skip
+    source_secret: str | None = knob(None, "Secrets Manager secret holding the source credentials", stages=FETCH)
     """The secret's value is JSON with the source credentials."""
-    dataset_table: Path | None = knob(None, "archive table JSON for another dataset (default: ILSVRC2012)")
-    connections: int = knob(8, "parallel connections per archive (default {default})", low=1)
-    chunk_mib: int = knob(64, "download range size in MiB (default {default})", low=1)
-    resize: int = knob(256, "short side in pixels, 0 keeps the size (default {default})", low=0, high=4096)
-    center_crop: bool = knob(False, "square centre crop")
-    quality: int = knob(90, "JPEG quality 1-100, or PNG compression 0-9 (default {default})", low=0, high=100)
-    encoding: str = knob(".jpg", "record image encoding (default {default})", choices=(".jpg", ".png"))
-    color: int = knob(1, "1 colour, 0 gray, -1 unchanged (default {default})", choices=(-1, 0, 1))
-    pass_through: bool = knob(False, "keep intact images as they are")
-    upscale: bool = knob(False, "enlarge images smaller than --resize")
-    workers: int = knob(0, "transcoding processes (default: one per CPU)", low=0)
-    parts: int = knob(1, "split each .rec into N parts with their own idx (default {default})", low=1, high=1024)
-    seed: int = knob(100, "shuffle seed (default {default}, as im2rec)")
-    shuffle_train: bool = knob(True, "shuffle train records")
-    shuffle_val: bool = knob(False, "shuffle val records")
-    keep_tree: bool = knob(False, "also write train/<wnid>/ folders")
+    dataset_table: Path | None = knob(None, "archive table JSON for another dataset (default: ILSVRC2012)",
+                                      stages=DATA)  # fmt: skip
+    connections: int = knob(8, "parallel connections per archive (default {default}; at least 1)", low=1,
+                            stages=FETCH)  # fmt: skip
+    chunk_mib: int = knob(64, "download range size in MiB (default {default}; at least 1)", low=1, stages=FETCH)
+    resize: int = knob(256, "short side in pixels, 0 keeps the size (default {default}; 0-4096)", low=0, high=4096,
+                       stages=PACK)  # fmt: skip
+    center_crop: bool = knob(False, "square centre crop (default: off)", stages=PACK)
+    quality: int = knob(90, "JPEG quality 1-100, or PNG compression 0-9 (default {default})", low=0, high=100,
+                        stages=PACK)  # fmt: skip
+    encoding: str = knob(".jpg", "record image encoding (default {default})", choices=(".jpg", ".png"), stages=PACK)
+    color: int = knob(1, "1 colour, 0 gray, -1 unchanged (default {default})", choices=(-1, 0, 1), stages=PACK)
+    pass_through: bool = knob(False, "keep intact images as they are (default: off)", stages=PACK)
+    upscale: bool = knob(False, "enlarge images smaller than --resize (default: off)", stages=PACK)
+    workers: int = knob(0, "transcoding processes (default 0: one per CPU)", low=0, stages=PACK)
+    parts: int = knob(1, "split each .rec into N parts with their own idx (default {default}; 1-1024)", low=1,
+                      high=1024, stages=PACK)  # fmt: skip
+    seed: int = knob(100, "shuffle seed (default {default}, as im2rec)", stages=PACK)
+    shuffle_train: bool = knob(True, "shuffle train records (default: on)", stages=PACK)
+    shuffle_val: bool = knob(False, "shuffle val records (default: off)", stages=PACK)
+    keep_tree: bool = knob(False, "also write train/<wnid>/ folders (default: off)", stages=PACK)
     max_failure_rate: float = knob(
-        0.001, "fail when more images than this fraction cannot be packed", low=0.0, high=1.0
-    )
-    checkpoint_seconds: float = knob(30.0, "how often packing checkpoints (default {default:g})", low=0)
-    bucket_mib: int = knob(128, "shuffle bucket size in MiB (memory bound of the shuffle)", low=1)
-    max_image_mib: int = knob(64, "refuse archive members larger than this (default {default})", low=1)
-    sample_every: int = knob(50, "verify decodes every Nth record (default {default})", low=1)
+        0.001, "fail when more than this fraction of images cannot be packed (default {default}; 0-1)", low=0.0,
+        high=1.0, stages=PACK,
+    )  # fmt: skip
+    checkpoint_seconds: float = knob(30.0, "how often packing checkpoints (default {default:g}; at least 0)", low=0,
+                                     stages=PACK)  # fmt: skip
+    bucket_mib: int = knob(128, "shuffle bucket size in MiB, the shuffle's memory bound (default {default})", low=1,
+                           stages=PACK)  # fmt: skip
+    max_image_mib: int = knob(64, "refuse archive members larger than this (default {default}; at least 1)", low=1,
+                              stages=PACK)  # fmt: skip
+    sample_every: int = knob(50, "decode every Nth record (default {default}; at least 1)", low=1,
+                             stages=("run", "verify"))  # fmt: skip
     # -- on the instance: backup, snapshot, publish, status --------------------------
-    pipeline: str = knob(names.DEFAULT_PIPELINE, "name in tags, so teardown and fleets find its resources", flag=False)
-    region: str | None = knob(None, "AWS region; by default the instance's own (IMDSv2)", flag=False)
-    bucket: str | None = knob(None, "S3 bucket for the backup")
-    prefix: str = knob("", "key prefix in the backup bucket")
-    storage_class: str = knob("STANDARD", "storage class of backed-up files", flag=False)
-    large_storage_class: str = knob("STANDARD_IA", "storage class of files of 1 GiB and more", flag=False)
-    sse: str = knob("AES256", "server-side encryption of the backup", choices=("AES256", "aws:kms"), flag=False)
-    kms_key_id: str | None = knob(None, "KMS key of the backup with sse aws:kms", flag=False)
-    snapshot_parameter: str | None = knob(None, "SSM parameter to publish the snapshot id to")
-    status_parameter: str | None = knob(None, "SSM parameter to copy the live status to")
-    status_interval: float = knob(30.0, "seconds between status copies to SSM", above=0, flag=False)
-    heartbeat_alarm: str | None = knob(None, "the alarm on the run's heartbeat; no heartbeat when unset", flag=False)
-    snapshot_poll_seconds: float = knob(15.0, "seconds between checks of a pending snapshot", above=0, flag=False)
+    pipeline: str = knob(names.DEFAULT_PIPELINE, "name in tags, so teardown and fleets find its resources")
+    region: str | None = knob(None, "AWS region; by default the instance's own (IMDSv2)")
+    bucket: str | None = knob(None, "S3 bucket for the backup (default: none, no backup)", stages=("run", "backup"))
+    prefix: str = knob("", "key prefix in the backup bucket (default: none)", stages=("run", "backup"))
+    storage_class: str = knob("STANDARD", "storage class of backed-up files")
+    large_storage_class: str = knob("STANDARD_IA", "storage class of files of 1 GiB and more")
+    sse: str = knob("AES256", "server-side encryption of the backup", choices=("AES256", "aws:kms"))
+    kms_key_id: str | None = knob(None, "KMS key of the backup with sse aws:kms")
+    snapshot_parameter: str | None = knob(None, "SSM parameter to publish the snapshot id to (default: none, "
+                                           "no snapshot)", stages=("run", "publish"))  # fmt: skip
+    status_parameter: str | None = knob(None, "SSM parameter to copy the live status to (default: none)",
+                                         stages=("run",))  # fmt: skip
+    status_interval: float = knob(30.0, "seconds between status copies to SSM", above=0)
+    heartbeat_alarm: str | None = knob(None, "the alarm on the run's heartbeat; no heartbeat when unset")
+    snapshot_poll_seconds: float = knob(15.0, "seconds between checks of a pending snapshot", above=0)
     dataset_snapshot: str = knob("packed", "what GPU instances restore: the packed data on a volume of its own size "
                                  "(packed), or the whole work volume with the archives (work-volume)",
-                                 choices=("packed", "work-volume"))  # fmt: skip
-    publish_tree: bool = knob(False, "also publish the class tree (keep_tree) on the dataset volume")
+                                 choices=("packed", "work-volume"), stages=("run", "snapshot"))  # fmt: skip
+    publish_tree: bool = knob(False, "also publish the class tree (keep_tree) on the dataset volume (default: off)",
+                              stages=("run", "snapshot"))  # fmt: skip
     publish_mount: Path = knob(Path(names.PUBLISH_MOUNT), "where the dataset volume is mounted while it is filled",
-                               flag=False)  # fmt: skip
-    data_volume_id: str | None = knob(None, "mount-data: the EBS volume id of the data volume")
-    data_device: str = knob(names.DATA_DEVICE, "the data volume's device name (Xen; Nitro uses the serial)", flag=False)
-    sys_root: Path = knob(Path("/sys"), "where sysfs is (tests point it elsewhere)", flag=False)
-    dev_root: Path = knob(Path("/dev"), "where device nodes are (tests point it elsewhere)", flag=False)
-    fstab: Path = knob(Path("/etc/fstab"), "the fstab mount-data adds the data volume to", flag=False)
+                               )  # fmt: skip
+    data_volume_id: str | None = knob(None, "the EBS volume id of the data volume", stages=("mount-data",))
+    data_device: str = knob(names.DATA_DEVICE, "the data volume's device name (Xen; Nitro uses the serial)")
+    sys_root: Path = knob(Path("/sys"), "where sysfs is (tests point it elsewhere)")
+    dev_root: Path = knob(Path("/dev"), "where device nodes are (tests point it elsewhere)")
+    fstab: Path = knob(Path("/etc/fstab"), "the fstab mount-data adds the data volume to")
 
     def __post_init__(self) -> None:
         bad = problems(dataclasses.asdict(self))
@@ -138,7 +162,7 @@ def default(key: str) -> Any:
 def problem(key: str, value: Any) -> str | None:
     """What is wrong with ``value`` for setting ``key``; ``None`` when it works. The CDK app checks its context so."""
     if key not in KNOBS:
-        return f"not an engine setting; valid ones are: {', '.join(sorted(KNOBS))}"
+        return f"not an engine setting{suggest(key, KNOBS)}"
     return None if KNOBS[key].allows(value) else f"must be {KNOBS[key].describe()}"
 
 
@@ -148,25 +172,49 @@ def problems(values: Mapping[str, Any]) -> list[str]:
             if (found := problem(key, value)) is not None]  # fmt: skip
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per knob marked ``flag``, in field order; a flag left out is ``None`` (not given)."""
-    for name, f in FIELDS.items():
-        spec = KNOBS[name]
-        if not spec.flag:
-            continue
+def suggest(word: str, known: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the closest of ``known``, else where the valid names are listed."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else "; the README's configuration table lists every key"
+
+
+def flag_keys(stage: str) -> list[str]:
+    """The settings ``stage`` takes as flags, in field order."""
+    return [name for name in FIELDS if stage in KNOBS[name].stages]
+
+
+def add_flags(parser: argparse.ArgumentParser, stage: str) -> None:
+    """One flag per setting ``stage`` uses; a flag left out is ``None`` (not given)."""
+    for name in flag_keys(stage):
+        f, spec = FIELDS[name], KNOBS[name]
         flag = "--" + name.replace("_", "-")
         text = spec.help.format(default=f.default)
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            kind = _kind(name)
-            parser.add_argument(flag, type=_path_flag if kind is Path else kind, choices=spec.choices, help=text)
+            parser.add_argument(flag, type=_flag_type(name), choices=spec.choices, help=text)
 
 
-def _path_flag(text: str) -> Path:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path; give a directory or file")
-    return Path(text)
+def _flag_type(key: str) -> Callable[[str], Any]:
+    """Parse a flag's text as its setting's type and check its range, so the message names both."""
+    kind, spec = _kind(key), KNOBS[key]
+
+    def parse(text: str) -> Any:
+        if kind is Path:
+            if not text.strip():
+                raise argparse.ArgumentTypeError("an empty path; give a directory or file")
+            return Path(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} ({spec.describe()})") from None
+        if spec.choices is None and not spec.allows(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {spec.describe()}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
 
 
 def _kind(key: str) -> type:
@@ -191,20 +239,23 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, every key a setting (a typo is named with the closest key)."""
     raw = read_json_file(path, "config file")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
-        valid = ", ".join(sorted(FIELDS))
-        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r}; valid keys are: {valid}")
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r}{suggest(unknown[0], FIELDS)}")
     return raw
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> PrepConfig:
-    """Defaults, then the JSON object in ``path``, then ``overrides`` (flags; ``None`` means not given)."""
-    values = {key: _coerce(key, value) for key, value in (_read_file(path) if path else {}).items()}
+def load_config(path: Path | None, overrides: Mapping[str, Any], inherited: Mapping[str, Any] | None = None
+                ) -> PrepConfig:  # fmt: skip
+    """Defaults, then ``inherited`` (what the data directory was made with), then the JSON object in ``path``, then
+    ``overrides`` (flags; ``None`` means not given)."""
+    values = {key: _coerce(key, value) for key, value in (inherited or {}).items() if key in FIELDS}
+    values.update({key: _coerce(key, value) for key, value in (read_config_file(path) if path else {}).items()})
     values.update({key: _coerce(key, value) for key, value in overrides.items() if value is not None})
     return PrepConfig(**values)
 

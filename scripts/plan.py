@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bootstrap.common.argparsing import number
 from bootstrap.gpu.initialization import rate_for, seconds_to_initialize
 from bootstrap.instance.dataset_volume import volume_gib
 from cdk_app.config import StagingConfig
+from scripts.instance_types import InstanceTable, InstanceType
 
 ROOT = Path(__file__).resolve().parent.parent
 GB = 1e9
@@ -58,6 +60,8 @@ class Row:
     hours: float | None
     usd: float
     assumption: str
+    kind: str = "info"
+    """What the cost adds to: ``one-off`` (the download side), ``monthly`` (what is kept), ``fleet``, or nothing."""
 
 
 def load_prices(path: Path = ROOT / "scripts" / "prices.json") -> dict[str, Any]:
@@ -96,17 +100,17 @@ def gp3_month(gib: int, iops: int, throughput: int, p: dict[str, Any]) -> float:
             + max(throughput - 125, 0) * p["gp3_mibps_month_above_125"])  # fmt: skip
 
 
-def feed_rate(i: PlanInputs, rates: dict[str, Any]) -> Row:
+def feed_rate(i: PlanInputs, gpu: InstanceType, rates: dict[str, Any]) -> Row:
     """What the GPUs read (images/s x bytes per record, and one I/O per record at random) against the volume."""
-    known = rates["instances"].get(i.gpu_instance_type)
-    per_gpu = i.images_per_gpu_s or (rates["gpus"][known["gpu"]]["images_per_gpu_s"] if known else None)
+    measured = rates["gpus"].get(gpu.gpu or "")
+    per_gpu = i.images_per_gpu_s or (measured["images_per_gpu_s"] if measured else None)
     if per_gpu is None:
         return Row(f"feed rate ({i.gpu_instance_type})", None, 0.0, f"unknown: {rates['unmeasured']}")
-    gpus = known["gpus"] if known else 1
+    gpus = max(gpu.gpus, 1)
     images_s = per_gpu * gpus
     record = i.packed_bytes / i.images
     mib_s, iops = images_s * record / MIB, images_s
-    source = "--images-per-gpu-s" if i.images_per_gpu_s else f"{known['gpu']} ({rates['source'].split(',')[0]})"
+    source = "--images-per-gpu-s" if i.images_per_gpu_s else f"{gpu.gpu} ({rates['source'].split(',')[0]})"
     need = f"{gpus} GPU x {per_gpu:.0f} img/s ({source}) x {record / 1e3:.0f} kB/record = {mib_s:.0f} MiB/s, " \
            f"{iops:,.0f} IOPS read at random"  # fmt: skip
     if mib_s <= i.restored_throughput and iops <= i.restored_iops:
@@ -119,54 +123,52 @@ def feed_rate(i: PlanInputs, rates: dict[str, Any]) -> Row:
                f"restored_iops={want_iops:.0f}")  # fmt: skip
 
 
-def fleet_rows(i: PlanInputs, p: dict[str, Any], rates: dict[str, Any] | None = None) -> list[Row]:
+def fleet_rows(i: PlanInputs, p: dict[str, Any], table: InstanceTable, rates: dict[str, Any] | None = None
+               ) -> list[Row]:  # fmt: skip
     """The restored volume each GPU instance pays for, how soon it is fully loaded, the feed rate, the compute."""
-    month, size = p["hours_per_month"], restored_gib(i)
+    month, size, gpu = p["hours_per_month"], restored_gib(i), table[i.gpu_instance_type]
     volume_month = gp3_month(size, i.restored_iops, i.restored_throughput, p)
     per_gpu = volume_month * i.gpu_hours / month
     why = ("a volume from a snapshot is at least the source volume's size" if i.dataset_snapshot == "work-volume"
            else f"the published data, {i.packed_bytes / GB:.0f} GB, and filesystem headroom")  # fmt: skip
     rows = [Row("restored volume per GPU instance", i.gpu_hours, per_gpu * i.gpu_instances,
-                f"{i.gpu_instances} x {size} GiB {i.restored_volume_type} for {i.gpu_hours:.0f} h, "
-                f"${volume_month * 24 / month:.2f} per GPU-day ({why})")]  # fmt: skip
+                f"{i.gpu_instances} x {size} GiB {i.restored_volume_type} for {i.gpu_hours:g} h, "
+                f"${volume_month * 24 / month:.2f} per GPU-day ({why})", "fleet")]  # fmt: skip
     rate = rate_for(size) if i.initialization_rate == "auto" else None
     rate = int(i.initialization_rate) if i.initialization_rate.isdigit() else rate
     if rate:
         rows.append(Row("restored volume fully initialized", seconds_to_initialize(size, rate) / 3600, 0.0,
                         f"{size} GiB x 1024 / {rate} MiB/s provisioned initialization rate (EBS bills it per GiB; "
                         "see aws.amazon.com/ebs/pricing)"))  # fmt: skip
-    rows.append(feed_rate(i, rates or load_gpu_rates()))
-    hourly = p["instance_hourly"].get(i.gpu_instance_type)
-    if hourly is not None:
-        rows.append(Row(f"{i.gpu_instance_type} compute", i.gpu_hours, i.gpu_instances * i.gpu_hours * hourly,
-                        f"{i.gpu_instances} x ${hourly}/h on demand"))  # fmt: skip
+    rows.append(feed_rate(i, gpu, rates or load_gpu_rates()))
+    gpus = f", {gpu.gpus} x {gpu.gpu}" if gpu.gpu else ", no GPU"
+    rows.append(Row(f"{gpu.name} compute", i.gpu_hours, i.gpu_instances * i.gpu_hours * gpu.usd_hour,
+                    f"{i.gpu_instances} x ${gpu.usd_hour}/h on demand ({gpu.vcpus} vCPU{gpus})", "fleet"))  # fmt: skip
+    if i.fsr_azs:
+        fsr = i.fsr_azs * max(i.fsr_hours, 1.0) * p["fsr_dsu_hour"]
+        rows.append(Row("fast snapshot restore", i.fsr_hours, fsr,
+                        f"{i.fsr_azs} AZ x ${p['fsr_dsu_hour']}/h, 1 h minimum", "fleet"))  # fmt: skip
     return rows
 
 
-def plan(inputs: PlanInputs, prices: dict[str, Any]) -> list[Row]:
-    p, i = prices, inputs
-    month = p["hours_per_month"]
+def plan(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None = None) -> list[Row]:
+    p, i, table = prices, inputs, table or InstanceTable()
+    month, itype = p["hours_per_month"], table[i.instance_type]
     rows: list[Row] = []
 
     disk_mib_s = sc1_burst_mib_s(i.data_volume_gib) if i.data_volume_type == "sc1" else 125.0
     download_rate = min(i.bandwidth_mb_s * 1e6, disk_mib_s * MIB)
     download_h = i.archive_bytes / download_rate / 3600
     rows.append(Row("download", download_h, 0.0,
-                    f"{i.archive_bytes / GB:.0f} GB at min({i.bandwidth_mb_s:.0f} MB/s link, "
+                    f"{i.archive_bytes / GB:.0f} GB at min({i.bandwidth_mb_s:g} MB/s link, "
                     f"{disk_mib_s:.0f} MiB/s {i.data_volume_type} burst)"))  # fmt: skip
 
-    vcpus = p["t2_vcpus"].get(i.instance_type, 2)
-    baseline = p["t2_baseline_per_vcpu"].get(i.instance_type)
-    effective = vcpus if (baseline is None or i.cpu_credits == "unlimited") else vcpus * baseline
-    cpu_h = i.images / (i.images_per_vcpu_s * effective) / 3600
+    cpu = table.cpu_time(itype, i.images / i.images_per_vcpu_s / 3600, i.cpu_credits, idle_hours=download_h)
     io_h = (i.archive_bytes + 3 * i.packed_bytes) / (disk_mib_s * MIB) / 3600  # read once; scatter, gather, write
-    pack_h = max(cpu_h, io_h)
-    surplus = 0.0
-    if baseline is not None and i.cpu_credits == "unlimited":
-        surplus = vcpus * (1 - baseline) * pack_h * p["t2_unlimited_surplus_per_vcpu_hour"]
-    rows.append(Row("pack", pack_h, surplus,
-                    f"{i.images:,} images at {i.images_per_vcpu_s:.0f} img/s per vCPU x {effective:.1f} vCPU "
-                    f"({i.cpu_credits} credits), or the disk, whichever is slower"))  # fmt: skip
+    pack_h = max(cpu.hours, io_h)
+    rows.append(Row("pack", pack_h, table.surplus_usd(itype, cpu.surplus_vcpu_hours),
+                    f"{i.images:,} images at {i.images_per_vcpu_s:.0f} img/s per vCPU on {cpu.how}, or the disk, "
+                    "whichever is slower", "one-off"))  # fmt: skip
 
     backup_h = (i.archive_bytes + i.packed_bytes) / download_rate / 3600
     rows.append(
@@ -174,65 +176,98 @@ def plan(inputs: PlanInputs, prices: dict[str, Any]) -> list[Row]:
     )
 
     hours = download_h + pack_h + backup_h
-    hourly = p["instance_hourly"][i.instance_type]
-    rows.append(Row(f"{i.instance_type} instance", hours, hours * hourly, f"${hourly}/h for the whole run"))
+    rows.append(Row(f"{itype.name} instance", hours, hours * itype.usd_hour, f"${itype.usd_hour}/h for the whole run",
+                    "one-off"))  # fmt: skip
     disk = i.data_volume_gib * p["ebs_gb_month"][i.data_volume_type] * hours / month
     rows.append(Row(f"{i.data_volume_type} {i.data_volume_gib} GiB volume", hours, disk,
-                    f"${p['ebs_gb_month'][i.data_volume_type]}/GB-month while the download side exists"))  # fmt: skip
+                    f"${p['ebs_gb_month'][i.data_volume_type]}/GB-month while the download side exists",
+                    "one-off"))  # fmt: skip
 
     stored = (i.archive_bytes + i.packed_bytes) / GB
     s3 = stored * p["s3_gb_month"][i.backup_storage_class]
-    rows.append(Row("S3 backup, per month", None, s3, f"{stored:.0f} GB in {i.backup_storage_class}"))
+    rows.append(Row("S3 backup, per month", None, s3, f"{stored:.0f} GB in {i.backup_storage_class}", "monthly"))
     snapped = stored if i.dataset_snapshot == "work-volume" else i.packed_bytes / GB
     rows.append(Row("EBS snapshot, per month", None, snapped * p["snapshot_gb_month"],
-                    f"{snapped:.0f} GB of written blocks ({i.dataset_snapshot})"))  # fmt: skip
-
-    rows.extend(fleet_rows(i, p))
-    if i.fsr_azs:
-        fsr = i.fsr_azs * max(i.fsr_hours, 1.0) * p["fsr_dsu_hour"]
-        rows.append(
-            Row("fast snapshot restore", i.fsr_hours, fsr, f"{i.fsr_azs} AZ x ${p['fsr_dsu_hour']}/h, 1 h minimum")
-        )
+                    f"{snapped:.0f} GB of written blocks ({i.dataset_snapshot})", "monthly"))  # fmt: skip
+    rows.extend(fleet_rows(i, p, table))
     return rows
+
+
+def totals(inputs: PlanInputs, rows: list[Row], prices: dict[str, Any], table: InstanceTable | None = None
+           ) -> dict[str, float]:  # fmt: skip
+    """One-off (the download side), per month (what is kept), the fleet as planned, and one GPU instance-day."""
+    gpu = (table or InstanceTable())[inputs.gpu_instance_type]
+    volume = gp3_month(restored_gib(inputs), inputs.restored_iops, inputs.restored_throughput, prices)
+    out = {kind: sum(r.usd for r in rows if r.kind == kind) for kind in ("one-off", "monthly", "fleet")}
+    out["per GPU-instance day"] = 24 * (gpu.usd_hour + volume / prices["hours_per_month"])
+    out["hours to dataset"] = sum(r.hours or 0.0 for r in rows if r.item in ("download", "pack", "backup + snapshot"))
+    return out
 
 
 HELP = "expected time and cost of a run, with every assumption"
 
 
 def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> None:
-    defaults = PlanInputs()
+    """Defaults: what ./cdk.json deploys, else the plan's own; every number checked for its range."""
+    d = PlanInputs()
     add = parser.add_argument
-    add("--bandwidth-mb-s", type=float, default=defaults.bandwidth_mb_s, help="download link in MB/s")
-    add("--instance-type", default=defaults.instance_type)
-    add("--cpu-credits", choices=("standard", "unlimited"), default=defaults.cpu_credits)
-    add("--data-volume-gib", type=int, default=defaults.data_volume_gib)
-    add("--gpu-instance-type", default=deployed.gpu_instance_types[0], help="default: the fleet's in ./cdk.json")
-    add("--images-per-gpu-s", type=float, help="training images/s per GPU (default: scripts/gpu_rates.json)")
-    add("--gpu-instances", type=int, default=defaults.gpu_instances)
-    add("--gpu-hours", type=float, default=defaults.gpu_hours)
-    add("--restored-iops", type=int, default=defaults.restored_iops)
-    add("--restored-throughput", type=int, default=defaults.restored_throughput)
-    add("--fsr-azs", type=int, default=0, help="fast snapshot restore in this many AZs (off by default)")
+    add("--bandwidth-mb-s", type=number(float, above=0), default=d.bandwidth_mb_s,
+        help=f"download link in MB/s (default {d.bandwidth_mb_s:g}; more than 0)")  # fmt: skip
+    add("--instance-type", default=deployed.download_instance_type,
+        help=f"download instance (default {deployed.download_instance_type}, from ./cdk.json)")  # fmt: skip
+    add("--cpu-credits", choices=("standard", "unlimited"), default=deployed.cpu_credits,
+        help=f"burstable types' credit mode (default {deployed.cpu_credits}, from ./cdk.json)")  # fmt: skip
+    add("--data-volume-type", choices=("sc1", "st1", "gp3"), default=deployed.data_volume_type,
+        help=f"(default {deployed.data_volume_type}, from ./cdk.json)")  # fmt: skip
+    add("--data-volume-gib", type=number(int, low=1), default=deployed.data_volume_gib,
+        help=f"(default {deployed.data_volume_gib}, from ./cdk.json)")  # fmt: skip
+    add("--gpu-instance-type", default=deployed.gpu_instance_types[0],
+        help=f"(default {deployed.gpu_instance_types[0]}, the fleet's first in ./cdk.json)")  # fmt: skip
+    add("--images-per-gpu-s", type=number(float, above=0),
+        help="training images/s per GPU (default: scripts/gpu_rates.json)")  # fmt: skip
+    add("--gpu-instances", type=number(int, low=0), default=d.gpu_instances,
+        help=f"(default {d.gpu_instances}; at least 0)")  # fmt: skip
+    add("--gpu-hours", type=number(float, low=0), default=d.gpu_hours, help=f"(default {d.gpu_hours:g}; at least 0)")
+    add("--restored-iops", type=number(int, low=3000, high=80000), default=deployed.restored_iops,
+        help=f"(default {deployed.restored_iops}, from ./cdk.json; 3000-80000)")  # fmt: skip
+    add("--restored-throughput", type=number(int, low=125, high=2000), default=deployed.restored_throughput,
+        help=f"MiB/s (default {deployed.restored_throughput}, from ./cdk.json; 125-2000)")  # fmt: skip
+    add("--fsr-azs", type=number(int, low=0), default=0, help="fast snapshot restore in this many AZs (default 0)")
+    parser.set_defaults(dataset_snapshot=deployed.dataset_snapshot,
+                        initialization_rate=deployed.restored_initialization_rate)  # fmt: skip
 
 
 def command(args: argparse.Namespace) -> tuple[Any, str]:
     measured = measured_images_per_vcpu_s()
     inputs = PlanInputs(
         bandwidth_mb_s=args.bandwidth_mb_s, instance_type=args.instance_type, cpu_credits=args.cpu_credits,
-        data_volume_gib=args.data_volume_gib, gpu_instances=args.gpu_instances, gpu_hours=args.gpu_hours,
-        restored_iops=args.restored_iops, restored_throughput=args.restored_throughput, fsr_azs=args.fsr_azs,
-        gpu_instance_type=args.gpu_instance_type, images_per_gpu_s=args.images_per_gpu_s,
-        images_per_vcpu_s=measured or PlanInputs.images_per_vcpu_s,
+        data_volume_type=args.data_volume_type, data_volume_gib=args.data_volume_gib,
+        gpu_instances=args.gpu_instances, gpu_hours=args.gpu_hours, restored_iops=args.restored_iops,
+        restored_throughput=args.restored_throughput, fsr_azs=args.fsr_azs, gpu_instance_type=args.gpu_instance_type,
+        images_per_gpu_s=args.images_per_gpu_s, images_per_vcpu_s=measured or PlanInputs.images_per_vcpu_s,
+        dataset_snapshot=args.dataset_snapshot, initialization_rate=args.initialization_rate,
     )  # fmt: skip
-    prices = load_prices()
-    rows = plan(inputs, prices)
+    prices, table = load_prices(), InstanceTable()
+    rows = plan(inputs, prices, table)
+    sums = totals(inputs, rows, prices, table)
     lines = [f"{'item':36} {'hours':>7} {'USD':>9}  assumption"]
     for r in rows:
         hours = f"{r.hours:7.1f}" if r.hours is not None else " " * 7
         lines.append(f"{r.item:36} {hours} {r.usd:9.2f}  {r.assumption}")
-    lines.append(f"prices: {prices['region']} list prices of {prices['date']} (scripts/prices.json); "
-                 f"pack rate {inputs.images_per_vcpu_s:.0f} img/s per vCPU "
-                 f"({'measured by make bench' if measured else 'default'})")  # fmt: skip
-    data = {"inputs": dataclasses.asdict(inputs), "rows": [dataclasses.asdict(r) for r in rows],
-            "prices": {"region": prices["region"], "date": prices["date"]}}  # fmt: skip
+    fleet = f"{inputs.gpu_instances} x {inputs.gpu_instance_type} for {inputs.gpu_hours:g} h"
+    lines += [
+        "",
+        f"{'total, one-off':36} {sums['hours to dataset']:7.1f} {sums['one-off']:9.2f}  the download side, until "
+        "the dataset is published",
+        f"{'total, per month':36} {'':7} {sums['monthly']:9.2f}  the S3 backup and the dataset snapshot",
+        f"{'total, fleet':36} {inputs.gpu_hours:7.1f} {sums['fleet']:9.2f}  {fleet}: compute and restored volumes",
+        f"{'per GPU-instance day':36} {24:7.1f} {sums['per GPU-instance day']:9.2f}  one {inputs.gpu_instance_type} "
+        "and its restored volume",
+        "",
+        f"prices: {prices['region']} list prices of {prices['date']} (scripts/prices.json), instances of "
+        f"{table.date} (scripts/instance_types.json); pack rate {inputs.images_per_vcpu_s:.0f} img/s per vCPU "
+        f"({'measured by make bench' if measured else 'default'})",
+    ]  # fmt: skip
+    data = {"inputs": dataclasses.asdict(inputs), "rows": [dataclasses.asdict(r) for r in rows], "totals": sums,
+            "prices": {"region": prices["region"], "date": prices["date"], "instances_date": table.date}}  # fmt: skip
     return data, "\n".join(lines)

@@ -1,6 +1,9 @@
 """Progress for long work: log lines with rate and ETA, a bar on a terminal, a status file.
 
-The status file is the machine-readable view of where a run is (stage,
+On a terminal the bar is tqdm's (redrawn at most twice a second), and log
+lines are printed above it (``BarSafeHandler``); elsewhere (systemd, a pipe)
+there is no bar, and a log line with the rate and ETA every ``log_every``
+seconds instead.  The status file is the machine-readable view of where a run is (stage,
 done/total, rate, ETA, last error).  It is rewritten atomically at a bounded
 rate, so a reader (the operator CLI, or the publisher that copies it to SSM)
 never sees half a file.
@@ -81,7 +84,7 @@ class Progress:
         self._start = self._last_log = self._last_status = clock()
         self._log_every, self._status_every = log_every, status_every
         stream = stream if stream is not None else sys.stderr
-        self._bar = stream if stream.isatty() else None
+        self._bar = _bar(stage, total, unit, done, stream) if stream.isatty() else None
         self._write_status()
 
     def rate(self) -> float:
@@ -128,24 +131,35 @@ class Progress:
         if now - self._last_status >= self._status_every:
             self._last_status = now
             self._write_status()
-        if now - self._last_log >= self._log_every:
-            self._last_log = now
-            if self._bar is None:
-                log.info("%s", self.describe())
         if self._bar is not None:
-            self._draw()
-
-    def _draw(self) -> None:
-        assert self._bar is not None
-        width = 30
-        frac = min(self.done / self.total, 1.0) if self.total else 0.0
-        filled = int(frac * width)
-        self._bar.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.describe()}\033[K")
-        self._bar.flush()
+            self._bar.update(n)  # tqdm throttles the redraw itself
+        elif now - self._last_log >= self._log_every:
+            self._last_log = now
+            log.info("%s", self.describe())
 
     def finish(self) -> None:
         if self._bar is not None:
-            self._bar.write("\n")
+            self._bar.close()
         elapsed = self._clock() - self._start
         log.info("%s done in %s", self.describe().split(" at ")[0], human_duration(elapsed))
         self._write_status()
+
+
+def _bar(stage: str, total: int | None, unit: str, done: int, stream: TextIO) -> Any:
+    from tqdm import tqdm  # only on a terminal: the GPU agent imports this module without tqdm installed
+
+    in_bytes = unit == "B"
+    return tqdm(total=total, initial=done, desc=stage, unit="B" if in_bytes else f" {unit}", unit_scale=in_bytes,
+                unit_divisor=1024, file=stream, mininterval=0.5, dynamic_ncols=True, leave=False)  # fmt: skip
+
+
+class BarSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines printed above a progress bar instead of through it (tqdm clears and redraws the bar)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must never raise: StreamHandler.emit does the same
+            self.handleError(record)

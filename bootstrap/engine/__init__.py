@@ -77,6 +77,11 @@ class Engine:
         """Every stage this configuration asks for, each skipped while its marker still holds (``done``)."""
         if all(self.ctx.done(marker, stage) is not None for marker, stage in self.wanted()):
             log.info("everything is already done (%s); nothing to do", self.paths.root)
+        if not self.config.bucket:
+            log.info("backup will be skipped: no bucket is set (--bucket, or bucket in the config)")
+        if not self.config.snapshot_parameter:
+            log.info("snapshot and publish will be skipped: no snapshot parameter is set (--snapshot-parameter, or "
+                     "snapshot_parameter in the config)")  # fmt: skip
         with instance_stages.status_publisher(self.ctx), instance_stages.heartbeat(self.ctx):
             self.fetch()
             self.organise()

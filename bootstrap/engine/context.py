@@ -34,11 +34,28 @@ SPLITS = ("val", "train")
 
 
 RESERVE_BYTES = 256 << 10
-RECORD_KEYS = ("settings", "fingerprints")
+RECORD_KEYS = ("settings", "fingerprints", "accepted")
 """What ``record`` adds to a stage's own information (not part of what it reports)."""
 STAGE_MARKERS = {"fetch": ("fetch",), "organise": ("organise",), "pack": tuple(pack_marker(s) for s in SPLITS),
                  "verify": ("verify",), "inspect": ("inspect",), "backup": ("backup",), "snapshot": ("snapshot",),
                  "publish": ("publish",)}  # fmt: skip
+
+
+def made_with(paths: DataLayout) -> dict[str, Any]:
+    """The settings the data directory's done stages were made with (a later stage's record wins).
+
+    A single stage run by hand takes these for every setting not given, so ``backup`` after ``run --resize 128``
+    does not compare against the default 256 and refuse.
+    """
+    markers, found = Markers(paths.state), {}
+    for stage in STAGES:
+        for marker in STAGE_MARKERS[stage]:
+            info = markers.info(marker) or {}
+            for key in ("settings", "accepted"):
+                recorded = info.get(key)
+                found.update(recorded if isinstance(recorded, dict) else {})
+    found.pop("dataset", None)
+    return found
 
 
 @dataclass
@@ -76,11 +93,17 @@ class StageContext:
     def bound(self, stage: str) -> dict[str, Any]:
         return bound_settings(self.config, self.dataset, stage)
 
-    def record(self, marker: str, stage: str, info: dict[str, Any], outputs: Iterable[Path] = ()) -> None:
-        """Mark ``marker`` done, with the settings that shaped it and its outputs' fingerprints."""
+    def record(self, marker: str, stage: str, info: dict[str, Any], outputs: Iterable[Path] = (),
+               accepted: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """Mark ``marker`` done, with the settings that shaped it and its outputs' fingerprints.
+
+        ``accepted``: settings it passed under that do not shape the output (a failure rate), so they are not
+        compared, but a stage run by hand later takes them (``made_with``).
+        """
         if self.read_only:
             return
-        record = {**info, "settings": self.bound(stage), "fingerprints": fingerprints(self.paths.root, outputs)}
+        record = {**info, "settings": self.bound(stage), "fingerprints": fingerprints(self.paths.root, outputs),
+                  "accepted": accepted or {}}  # fmt: skip
         self.markers.mark(marker, record)
 
     def done(self, marker: str, stage: str, *, check_outputs: bool = True) -> dict[str, Any] | None:

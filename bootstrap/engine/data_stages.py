@@ -118,7 +118,8 @@ def _report_fields(info: dict[str, Any]) -> dict[str, Any]:
 
 def _record_pack(ctx: StageContext, report: PackReport) -> None:
     outputs = [ctx.paths.recordio / name for name in (*report.outputs, report.failures_file)]
-    ctx.record(pack_marker(report.split), "pack", dataclasses.asdict(report), outputs)
+    ctx.record(pack_marker(report.split), "pack", dataclasses.asdict(report), outputs,
+               accepted={"max_failure_rate": ctx.config.max_failure_rate})  # fmt: skip
 
 
 def pack_report(ctx: StageContext, split: str, *, check_outputs: bool = True) -> PackReport:
@@ -154,13 +155,14 @@ def inspect(ctx: StageContext) -> list[Path]:
         return [ctx.paths.contact_sheet(split) for split in SPLITS]
 
     def body() -> list[Path]:
-        names = [c.words.split(",")[0] for c in load_classes(ctx).classes]
+        names = [c.words for c in load_classes(ctx).classes]
         sheets = []
         for split in SPLITS:
             pack_report(ctx, split)
             first = part_names(split, ctx.config.parts)[0]
             out = ctx.paths.contact_sheet(split)
-            shown = contact_sheet(ctx.paths.recordio / first.rec, ctx.paths.recordio / first.idx, names, out)
+            shown = contact_sheet(ctx.paths.recordio / first.rec, ctx.paths.recordio / first.idx, names, out,
+                                  split=split)  # fmt: skip
             log.info("inspect: %s shows %d random %s records with their class names", out, shown, split)
             sheets.append(out)
         ctx.record("inspect", "inspect", {}, sheets)

@@ -44,7 +44,7 @@ class StatusPublisher(Periodic):
             log.warning("could not publish status to %s: %s", self.parameter, e)
             return False
         self._last = value
-        log.info("status: %s", value)
+        log.debug("status copied to %s", self.parameter)
         return True
 
     def tick(self) -> None:

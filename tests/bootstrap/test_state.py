@@ -20,6 +20,7 @@ import pytest
 
 from bootstrap.pack.recordio import iter_records
 from scripts.synthetic_imagenet import Generated, Spec, generate
+from tests.fixtures.cli import for_stage
 from tests.fixtures.loopdev import loop_ext4, run
 from tests.fixtures.paths import ROOT
 
@@ -35,9 +36,13 @@ def medium(tmp_path_factory: pytest.TempPathFactory) -> Generated:
 def bootstrap(
     stage: str, data: Path, archives: Generated, *extra: str, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "bootstrap", stage, "--data-dir", str(data), "--source", str(archives.root),
-            "--dataset-table", str(archives.table), *BASE, *extra]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, **kwargs)
+    return subprocess.run(_argv(stage, data, archives, extra), capture_output=True, text=True, timeout=300, check=False,
+                          **kwargs)  # fmt: skip
+
+
+def _argv(stage: str, data: Path, archives: Generated, extra: tuple[str, ...]) -> list[str]:
+    settings = for_stage(stage, ["--source", str(archives.root), "--dataset-table", str(archives.table), *BASE])
+    return [sys.executable, "-m", "bootstrap", stage, "--data-dir", str(data), *settings, *extra]
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -78,9 +83,9 @@ def finished(archives: Generated, tmp_path: Path) -> Path:
 
 
 def _start(stage: str, data: Path, archives: Generated, *extra: str) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "bootstrap", stage, "--data-dir", str(data), "--source", str(archives.root),
-            "--dataset-table", str(archives.table), *BASE, *extra]  # fmt: skip
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        _argv(stage, data, archives, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.parametrize("trial", range(5))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from bootstrap.contract import tags
-from scripts.cli import build_parser
+from scripts.cli import COMMANDS, build_parser
 from scripts.cli import run as scripts_run
 from scripts.common import deployed_config
-from scripts.plan import PlanInputs, load_prices, plan
+from scripts.plan import PlanInputs, load_prices, plan, totals
 from scripts.status import gather, render
 from tests.fixtures.aws_emulator import client
 from tests.fixtures.paths import GOLDEN
@@ -27,11 +27,14 @@ def test_plan_matches_a_hand_computed_case() -> None:
     rows = {r.item: r for r in plan(inputs, load_prices())}
     # download: 100 GB at min(50 MB/s, 78.125 MiB/s) = 2000 s
     assert rows["download"].hours == pytest.approx(2000 / 3600)
-    # pack: 1e6 images / (100 img/s x 2 vCPU x 30% baseline) = 16,667 s; the disk would need only 2,136 s
-    assert rows["pack"].hours == pytest.approx(1e6 / 60 / 3600)
-    hours = 2000 / 3600 + 1e6 / 60 / 3600 + 125e9 / 50e6 / 3600
-    assert rows["t2.large instance"].usd == pytest.approx(hours * 0.0928)
-    assert rows["sc1 1000 GiB volume"].usd == pytest.approx(1000 * 0.015 * hours / 730)
+    # pack: 1e6 images / 100 img/s = 10,000 vCPU-s of work on a t2.large (2 vCPU, baseline 30% each, standard
+    # credits). Banked when pack starts: 60 launch credits (3,600 vCPU-s) + 0.6 vCPU x 2,000 s of download
+    # = 4,800 vCPU-s. Full speed would take 5,000 s and earn 3,000 more: 7,800 < 10,000, so the credits run
+    # out and it finishes at the baseline: (10,000 - 4,800) / 0.6 = 8,667 s. The disk would need only 2,136 s.
+    assert rows["pack"].hours == pytest.approx(8666.67 / 3600, rel=1e-5)
+    hours = (2000 + 8666.67 + 125e9 / 50e6) / 3600
+    assert rows["t2.large instance"].usd == pytest.approx(hours * 0.0928, rel=1e-5)
+    assert rows["sc1 1000 GiB volume"].usd == pytest.approx(1000 * 0.015 * hours / 730, rel=1e-5)
     assert rows["S3 backup, per month"].usd == pytest.approx(125 * 0.0125)
     # the published volume: 25e9 B + 2% + 4 KiB x 14 entries + 1 GiB = 24.75 GiB -> 25 GiB of gp3:
     # $2 + 1000 extra IOPS x $0.005 + 125 extra MiB/s x $0.04 = $12/month, 10 h, 2 instances
@@ -75,6 +78,33 @@ def test_unlimited_credits_cost_surplus_but_pack_faster() -> None:
     assert unlimited["pack"].hours < standard["pack"].hours and unlimited["pack"].usd > 0 == standard["pack"].usd
 
 
+def test_a_t3_in_unlimited_mode_pays_for_the_credits_it_borrows() -> None:
+    inputs = PlanInputs(archive_bytes=36 * 10**9, images=720_000, packed_bytes=9 * 10**9, bandwidth_mb_s=50,
+                        images_per_vcpu_s=100, instance_type="t3.large", cpu_credits="unlimited")  # fmt: skip
+    rows = {r.item: r for r in plan(inputs, load_prices())}
+    # download 36e9 B / 50e6 B/s = 720 s; t3 has no launch credits, so 0.6 vCPU x 720 s = 432 vCPU-s banked.
+    # work 720,000 / 100 = 7,200 vCPU-s at full speed on 2 vCPU = 3,600 s, earning 0.6 x 3,600 = 2,160 vCPU-s;
+    # surplus 7,200 - 432 - 2,160 = 4,608 vCPU-s = 1.28 vCPU-h x $0.05
+    assert rows["pack"].hours == pytest.approx(1.0)
+    assert rows["pack"].usd == pytest.approx(1.28 * 0.05)
+    assert rows["t3.large instance"].usd == pytest.approx((720 + 3600 + 45e9 / 50e6) / 3600 * 0.0832)
+
+
+def test_totals_add_up_the_rows_and_the_fleet_includes_its_compute() -> None:
+    inputs = PlanInputs(gpu_instance_type="g6.xlarge", gpu_instances=3, gpu_hours=10, fsr_azs=1)
+    prices = load_prices()
+    rows = {r.item: r for r in plan(inputs, prices)}
+    sums = totals(inputs, list(rows.values()), prices)
+    assert rows["g6.xlarge compute"].usd == pytest.approx(3 * 10 * 0.8048)
+    assert sums["one-off"] == pytest.approx(rows["pack"].usd + rows["t2.large instance"].usd
+                                            + rows["sc1 1000 GiB volume"].usd)  # fmt: skip
+    assert sums["monthly"] == pytest.approx(rows["S3 backup, per month"].usd + rows["EBS snapshot, per month"].usd)
+    assert sums["fleet"] == pytest.approx(rows["g6.xlarge compute"].usd + rows["restored volume per GPU instance"].usd
+                                          + rows["fast snapshot restore"].usd)  # fmt: skip
+    # one GPU instance-day: 24 h x $0.8048 + 39 GiB gp3 at $0.08/GB-month for 24 of 730 hours
+    assert sums["per GPU-instance day"] == pytest.approx(24 * 0.8048 + 39 * 0.08 * 24 / 730)
+
+
 def test_status_against_the_emulator(aws_endpoint: str) -> None:
     ssm, ec2 = client("ssm"), client("ec2")
     assert "nothing published yet" in render(gather(ssm, ec2, pipeline="st", status_parameter="/st/status",
@@ -102,13 +132,16 @@ def test_status_against_the_emulator(aws_endpoint: str) -> None:
     assert "status: finished; every stage is done" in done
 
 
-def test_help_matches_golden(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_matches_golden(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "100")
-    text = build_parser().format_help()
-    golden = GOLDEN / "scripts-help.txt"
+    parser = build_parser()
+    chosen = parser._subparsers._group_actions[0].choices[command] if command else parser  # type: ignore[union-attr]
+    text = chosen.format_help()
+    golden = GOLDEN / f"scripts-help{'-' + command if command else ''}.txt"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(text)
-    assert text == golden.read_text()
+    assert text == golden.read_text(), f"help changed; rerun with UPDATE_GOLDEN=1 if intended ({golden})"
 
 
 def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,8 +28,8 @@ def test_unit_restarts_on_failure_but_not_on_permanent_errors() -> None:
     service = unit["Service"]
     assert service["Restart"] == "on-failure"
     assert set(service["RestartPreventExitStatus"].split()) == {"2", "3"}  # ConfigError, DiskFullError
-    assert "-m bootstrap run --config" in service["ExecStart"]
-    assert "-m bootstrap mount-data --config" in service["ExecStartPre"]  # /data is mounted before the run
+    assert "-m bootstrap run --verbose --config" in service["ExecStart"]  # a bug's traceback reaches the journal
+    assert "-m bootstrap mount-data --verbose --config" in service["ExecStartPre"]  # /data is mounted before the run
     assert int(unit["Unit"]["StartLimitBurst"]) <= 5
     # mount-data (ExecStartPre) waits up to 600 s for CloudFormation to attach the volume; systemd must wait longer
     assert service["TimeoutStartSec"].endswith("min") and int(service["TimeoutStartSec"][:-3]) * 60 > 600

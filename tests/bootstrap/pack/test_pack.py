@@ -132,12 +132,22 @@ def test_rerun_after_success_does_nothing(packed: tuple[Engine, dict[str, Any]])
     assert digests(engine.paths.recordio) == before
 
 
-def test_contact_sheet_is_written(packed: tuple[Engine, dict[str, Any]]) -> None:
+def test_contact_sheet_has_a_title_gaps_and_a_full_caption_per_tile(packed: tuple[Engine, dict[str, Any]]) -> None:
     import cv2
 
-    engine, _ = packed
+    from bootstrap.pack.contact_sheet import BACKGROUND, GAP, LINE, TILE, WRAP, Sample
+
+    engine, summary = packed
     sheet = cv2.imread(str(engine.paths.recordio / "contact_sheet_train.png"))
-    assert sheet is not None and sheet.shape[0] > 100
+    shown = min(48, summary["splits"]["train"]["packed"])
+    assert sheet is not None and sheet.shape[1] == min(8, shown) * (TILE + GAP) + GAP
+    gaps = sheet[2 * LINE + GAP :, GAP + TILE : 2 * GAP + TILE]  # below the title, between the first two tiles
+    assert (gaps == BACKGROUND).all()
+    assert (sheet[: 2 * LINE, : 20 * GAP] != BACKGROUND).any()  # a title line above the tiles
+    name = "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias"
+    caption = Sample(record_id=1234, label=2, class_name=name, image=b"").caption()
+    assert caption[0] == "#1234  label 2"  # the record id, then the whole name wrapped, never cut at 24 characters
+    assert " ".join(caption[1:]) == name and all(len(line) <= WRAP for line in caption)
 
 
 def test_parts_have_their_own_idx_and_a_global_idx(archives: Generated, tmp_path: Path) -> None:
@@ -219,7 +229,7 @@ def test_kill_9_during_pack_resumes_to_identical_output(moment: str, tmp_path: P
 
     data = tmp_path / "killed"
     cfg = config(data, archives, workers=1, bucket_mib=1)
-    argv = [sys.executable, "-m", "bootstrap", "pack", "--data-dir", str(data), "--source", str(archives.root),
+    argv = [sys.executable, "-m", "bootstrap", "pack", "--data-dir", str(data),
             "--dataset-table", str(archives.table), "--resize", str(RESIZE), "--workers", "1",
             "--max-failure-rate", "0.2", "--checkpoint-seconds", "0", "--bucket-mib", "1"]  # fmt: skip
     Engine(cfg).fetch()
