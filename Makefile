@@ -12,7 +12,7 @@ APT_COMMANDS := shellcheck:shellcheck aria2c:aria2 mkfs.ext4:e2fsprogs losetup:u
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps system-deps lint test test-fast demo bench clean
+.PHONY: help deps system-deps lint test test-fast demo bench bench-deps clean
 
 help:
 	@echo "make demo   - set up and run the whole job on synthetic ILSVRC2012 archives (local HTTP + AWS emulator)"
@@ -65,7 +65,13 @@ test-fast: deps
 demo: deps
 	$(PY) -m tests.demo
 
-bench: deps
+# libturbojpeg0: the benchmark's decode-scale and YUV measurements (bench/turbojpeg.py); skipped without it
+bench-deps:
+	@/sbin/ldconfig -p | grep -q libturbojpeg.so.0 || { [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libturbojpeg0 >/dev/null; } \
+	  || echo "libturbojpeg0 is missing (sudo apt-get install libturbojpeg0): those two benchmarks will be skipped"
+
+bench: deps bench-deps
 	$(PY) -m bench.run
 
 clean:
