@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 CHECKOV_VENV := .venv-checkov
+TORCH_VENV := .venv-torch
 PY := $(VENV)/bin/python
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' '.ci/run' 2>/dev/null)
 # command:package; only the packages whose command is missing are installed
@@ -12,11 +13,12 @@ APT_COMMANDS := shellcheck:shellcheck aria2c:aria2 mkfs.ext4:e2fsprogs losetup:u
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps system-deps lint test test-fast demo bench bench-deps clean
+.PHONY: help deps system-deps lint test test-torch test-fast demo bench bench-deps clean
 
 help:
 	@echo "make demo   - set up and run the whole job on synthetic ILSVRC2012 archives (local HTTP + AWS emulator)"
 	@echo "make test   - set up and run linters and every test"
+	@echo "make test-torch - the readers under PyTorch's DataLoader, in a venv with the CPU build of PyTorch"
 	@echo "make bench  - benchmarks vs im2rec, the by-hand chain, curl and aria2c; writes bench/results.json"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt bootstrap/requirements.txt bootstrap/requirements-attach.txt
@@ -29,6 +31,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt bootstrap/requirements
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install -q -r requirements-checkov.txt
+	touch $@
+
+# PyTorch (CPU build, 1 GB) only for `make test-torch`
+$(TORCH_VENV)/.installed: requirements-torch.txt
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install -q -r requirements-torch.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -59,6 +67,10 @@ lint: deps
 test: lint
 	$(PY) -m pytest -q -rs
 
+# the readers under PyTorch (tests/torch; --confcutdir keeps the main suite's moto and mxnet fixtures out)
+test-torch: $(TORCH_VENV)/.installed
+	$(TORCH_VENV)/bin/python -m pytest -q --confcutdir=tests/torch tests/torch
+
 test-fast: deps
 	$(PY) -m pytest -q -x -m "not slow"
 
@@ -75,4 +87,4 @@ bench: deps bench-deps
 	$(PY) -m bench.run
 
 clean:
-	rm -rf cdk.out demo-output $(CHECKOV_VENV) bench/work .mypy_cache .ruff_cache .pytest_cache
+	rm -rf cdk.out demo-output $(CHECKOV_VENV) $(TORCH_VENV) bench/work .mypy_cache .ruff_cache .pytest_cache

@@ -18,6 +18,7 @@ import statistics
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,34 @@ def _time(fn: Callable[[bytes], object], sample: list[bytes], repeat: int) -> fl
             fn(data)
         runs.append((time.perf_counter() - start) / len(sample) * 1000)
     return round(statistics.median(runs), 3)
+
+
+def bench_readers(recordio: Path, seconds: float = 10.0) -> dict[str, Any]:
+    """Records/s through ``bootstrap.readers`` (warm page cache: the reader's own cost), bytes and decoded."""
+    import random
+
+    from bootstrap.readers import RecordIODataset, RecordIOStream
+
+    rec, idx = recordio / "train.rec", recordio / "train.idx"
+    out: dict[str, Any] = {"records": len(RecordIODataset(rec, idx))}
+    for decode in (None, "rgb"):
+        label = decode or "bytes"
+        dataset = RecordIODataset(rec, idx, decode=decode)
+        order = list(range(len(dataset)))
+        random.Random(0).shuffle(order)
+        out[f"map_style_random_{label}_per_s"] = _rate(partial(_by_index, dataset, order), seconds)
+        out[f"stream_{label}_per_s"] = _rate(RecordIOStream(rec, idx, decode=decode).__iter__, seconds)
+    return out
+
+
+def _by_index(dataset: Any, order: list[int]) -> Iterator[object]:
+    return (dataset[i] for i in order)
+
+
+def _rate(items: Callable[[], Iterator[object]], seconds: float) -> float:
+    """Items per second over whole passes, for at least ``seconds``."""
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in items():
+            count += 1
+    return round(count / (time.perf_counter() - start))

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.image_quality import bench_decode_scales, bench_quality
+from bench.image_quality import bench_decode_scales, bench_quality, bench_readers
 from bootstrap.dataset.devkit import read_devkit
 from scripts import synthetic_imagenet
 from scripts.synthetic_imagenet import DEVKIT, TRAIN, VAL, Spec, generate
@@ -444,8 +444,25 @@ def table(results: dict[str, Any]) -> str:
                      ", ".join(f"{n}/8 {d_[f'yuv_{n}/8_ms']} ms" for n in (8, 7, 6, 5, 4)) + " (to YUV)",
                      f"OpenCV full decode {d_['opencv_bgr_8/8_ms']} ms (to BGR)",
                      "only 8/8, 4/8, 2/8, 1/8 have SIMD inverse DCTs, so the packer uses only those"))  # fmt: skip
+    if "readers" in results:
+        r = results["readers"]
+        rows.append((f"bootstrap.readers over the packed train records ({r['records']:,}, warm page cache)",
+                     f"map-style at random {r['map_style_random_bytes_per_s']:,} records/s as bytes, "
+                     f"{r['map_style_random_rgb_per_s']:,} decoded to RGB",
+                     f"in file order {r['stream_bytes_per_s']:,} records/s as bytes, {r['stream_rgb_per_s']:,} decoded",
+                     "one process; a DataLoader's workers multiply it"))  # fmt: skip
     machine = results["machine"]
-    order = ("pack", "end_to_end", "download", "memory", "pack_large_tail", "read", "quality", "decode_scales")
+    order = (
+        "pack",
+        "end_to_end",
+        "download",
+        "memory",
+        "pack_large_tail",
+        "read",
+        "quality",
+        "decode_scales",
+        "readers",
+    )
     dates = [results[k].get("measured", results.get("date", "")) for k in order if k in results]
     lines = [
         f"Measured on {machine['cpus']} CPUs ({machine['cpu']}), medians of {results['runs']} runs; the pack rows on "
@@ -493,7 +510,7 @@ def main() -> None:
     parser.add_argument("--download-mib", type=int, default=256)
     parser.add_argument("--rate-mib", type=float, default=8.0)
     parser.add_argument("--only", choices=("pack", "pack_large_tail", "end_to_end", "download", "memory", "read",
-                                            "quality", "decode_scales"), action="append")  # fmt: skip
+                                            "quality", "decode_scales", "readers"), action="append")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="only render the table from bench/results.json")
     args = parser.parse_args()
     if args.report:
@@ -518,6 +535,7 @@ def main() -> None:
         "read": lambda: bench_read(src),
         "quality": lambda: bench_quality(src),
         "decode_scales": lambda: bench_decode_scales(src),
+        "readers": lambda: bench_readers(WORK / f"ours-pack-{src.name}" / "recordio"),
     }
     for name, step in steps.items():
         if args.only and name not in args.only:

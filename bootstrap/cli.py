@@ -219,9 +219,9 @@ def run(argv: Sequence[str], prog: str = PROG) -> int:
         else:
             _engine_stage(args)
         return 0
-    except BaseException as e:
-        if isinstance(e, SystemExit):
-            raise
+    except SystemExit:
+        raise
+    except BaseException as e:  # every error ends as one line and its exit code (bootstrap.common.failures)
         return exit_code(e, log.error, verbose=args.verbose)
 
 

@@ -1,11 +1,12 @@
 """The engine's settings: one schema, each knob defined once with its default, range and help.
 
 Everything else is derived from ``PrepConfig``'s fields: each command's CLI
-flags (``add_flags``: only the settings that command uses), the config-file loader (``load_config``: defaults, then a
-JSON file, then flags), and the CDK app's check of the ``engine`` dict it
-writes to the instance (``problems``).  Keys are the flag names with
-underscores.  An unknown key is an error, so a typo never silently falls back
-to a default.
+flags (``add_flags``: only the settings that command uses), the config-file
+loader (``load_config``: defaults, then what the data directory was made with
+for a single stage, then a JSON file, then flags), and the CDK app's check of
+the ``engine`` dict it writes to the instance (``problems``).  Keys are the
+flag names with underscores.  An unknown key is an error naming the closest
+key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations

@@ -70,9 +70,9 @@ def run(argv: Sequence[str], prog: str = PROG) -> int:
         data, text = outcome
         print(json.dumps(data, indent=2, default=str) if args.json else text, flush=True)
         return 0
+    except SystemExit:
+        raise
     except BaseException as e:  # every error ends as one line and its exit code (bootstrap.common.failures)
-        if isinstance(e, SystemExit):
-            raise
         return exit_code(e, _say, verbose=args.verbose)
 
 

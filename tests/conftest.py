@@ -20,6 +20,9 @@ from tests.fixtures.cdk_synth import Synthesized, synth
 from tests.fixtures.deployment import Account, Deployment
 from tests.fixtures.strict_aws import StrictAws
 
+collect_ignore = ["torch"]
+"""tests/torch needs PyTorch, which this venv does not carry: `make test-torch` runs it in its own."""
+
 for _key in ("AWS_PROFILE", *NO_REGION):  # no region either: code that needs one must find it itself
     os.environ.pop(_key, None)
 for _key, _value in FAKE_ENV.items():  # no test may ever find real credentials or configuration

@@ -1,0 +1,206 @@
+"""Read the packed RecordIO from training code, without mxnet.
+
+Two readers over the same files (``train.rec`` + ``train.idx``, or the parts
+``train_0.rec`` ... with ``train.global.idx``):
+
+- ``RecordIODataset``: map-style, one ``pread`` per record by its index offset,
+  for shuffling every epoch.  PyTorch's ``DataLoader`` takes it as it is (it
+  needs only ``__len__`` and ``__getitem__``), with workers.
+- ``RecordIOStream``: sequential, reading in large blocks, for a pass in file
+  order; ``shard(rank, world_size)`` gives each process a contiguous share,
+  and inside a ``DataLoader`` each worker takes a share of that.
+  ``torch_iterable()`` wraps it as the ``IterableDataset`` a ``DataLoader``
+  wants.
+
+Items are ``(image, label)``: the stored JPEG bytes, or with ``decode`` an HxWx3
+uint8 array (``"rgb"`` or ``"bgr"``, by OpenCV), then ``transform`` if given.
+PyTorch is optional: this module imports without it, and only
+``torch_iterable`` needs it (and says so).  The record layout is
+``bootstrap.pack.recordio``'s: a magic, a length with a continuation flag, the
+payload padded to 4 bytes; each payload is mxnet's IRHeader (flag, float
+label, id, id2) and the image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bootstrap.pack.recordio import iter_records, read_record, unpack_image
+
+Item = tuple[Any, int]
+BLOCK = 16 << 20
+"""Sequential reads in 16 MiB blocks: few, large I/Os, as a volume restored from a snapshot likes them."""
+
+
+def _parts(rec: Path | Sequence[Path], idx: Path) -> tuple[list[Path], list[tuple[int, int]]]:
+    """The part files, and (key, global offset) per record in idx order (a part's offsets follow the parts before)."""
+    parts = [Path(rec)] if isinstance(rec, str | Path) else [Path(p) for p in rec]
+    entries = []
+    for line in Path(idx).read_text().splitlines():
+        if line.strip():
+            key, offset = line.split("\t")
+            entries.append((int(key), int(offset)))
+    return parts, entries
+
+
+class _Decode:
+    """The stored bytes, or an OpenCV decode to RGB or BGR (a class, not a closure, so a spawned worker can take it)."""
+
+    def __init__(self, mode: str | None) -> None:
+        if mode not in (None, "rgb", "bgr"):
+            raise ValueError(f"decode={mode!r}: None (the JPEG bytes), 'rgb' or 'bgr'")
+        self.mode = mode
+
+    def __call__(self, image: bytes) -> Any:
+        if self.mode is None:
+            return image
+        import cv2
+        import numpy as np
+
+        img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError("a record's image does not decode (run `python -m bootstrap verify`)")
+        return img[..., ::-1].copy() if self.mode == "rgb" else img
+
+
+class _Files:
+    """The parts, opened lazily in each process (a file object must not cross a fork into a loader worker)."""
+
+    def __init__(self, parts: list[Path]) -> None:
+        self.parts = parts
+        self.starts = [0]
+        for part in parts[:-1]:
+            self.starts.append(self.starts[-1] + part.stat().st_size)
+        self._pid, self._fds = -1, [-1] * len(parts)
+
+    def locate(self, offset: int) -> tuple[int, int]:
+        """(part number, offset inside it) of a global offset."""
+        part = bisect_right(self.starts, offset) - 1
+        return part, offset - self.starts[part]
+
+    def fd(self, part: int) -> int:
+        if self._pid != os.getpid():
+            self._pid, self._fds = os.getpid(), [-1] * len(self.parts)
+        if self._fds[part] < 0:
+            self._fds[part] = os.open(self.parts[part], os.O_RDONLY)
+        return self._fds[part]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pid": -1, "_fds": [-1] * len(self.parts)}
+
+
+class RecordIODataset:
+    """``dataset[i]`` is the i-th record of the idx as ``(image, label)``; ``len(dataset)`` the number of records."""
+
+    def __init__(self, rec: Path | Sequence[Path], idx: Path, *, decode: str | None = None,
+                 transform: Callable[[Any], Any] | None = None) -> None:  # fmt: skip
+        parts, self._entries = _parts(rec, idx)
+        self._files, self._decode, self._transform = _Files(parts), _Decode(decode), transform
+        total = self._files.starts[-1] + parts[-1].stat().st_size
+        # a record ends where the next one, the next part or the last file begins
+        self._bounds = sorted({offset for _, offset in self._entries} | set(self._files.starts[1:]) | {total})
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def key(self, i: int) -> int:
+        """The record's key in the idx (its line in the .lst)."""
+        return self._entries[i][0]
+
+    def __getitem__(self, i: int) -> Item:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"record {i} of {len(self)}")
+        offset = self._entries[i][1]
+        end = self._bounds[bisect_right(self._bounds, offset)]
+        part, local = self._files.locate(offset)
+        payload = read_record(io.BytesIO(os.pread(self._files.fd(part), end - offset, local)))
+        if payload is None:
+            raise IndexError(f"record {i} is past the end of {self._files.parts[part]}")
+        return _item(payload, self._decode, self._transform)
+
+
+class RecordIOStream:
+    """The records in file order, read in ``BLOCK``-sized reads; iterate it once per epoch."""
+
+    def __init__(self, rec: Path | Sequence[Path], idx: Path, *, decode: str | None = None,
+                 transform: Callable[[Any], Any] | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:  # fmt: skip
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self._args = (rec, idx, decode, transform)
+        parts, self._entries = _parts(rec, idx)
+        self._files, self._decode, self._transform = _Files(parts), _Decode(decode), transform
+        self.rank, self.world_size = rank, world_size
+
+    def shard(self, rank: int, world_size: int) -> RecordIOStream:
+        """This reader for process ``rank`` of ``world_size``: a contiguous share of the records."""
+        rec, idx, decode, transform = self._args
+        return RecordIOStream(rec, idx, decode=decode, transform=transform, rank=rank, world_size=world_size)
+
+    def _share(self) -> tuple[int, int]:
+        """[first, end) of the records this process, and inside it this loader worker, reads."""
+        shares, index = self.world_size, self.rank
+        worker = _torch_worker()
+        if worker is not None:  # split this rank's share again among the DataLoader's workers
+            shares, index = shares * worker[1], index * worker[1] + worker[0]
+        n = len(self._entries)
+        return n * index // shares, n * (index + 1) // shares
+
+    def __len__(self) -> int:
+        first, end = self._share()
+        return end - first
+
+    def __iter__(self) -> Iterator[Item]:
+        first, end = self._share()
+        wanted = sorted(offset for _, offset in self._entries[first:end])
+        if not wanted:
+            return
+        part, local = self._files.locate(wanted[0])
+        left = len(wanted)
+        while left:
+            with open(self._files.parts[part], "rb", buffering=BLOCK) as f:
+                f.seek(local)
+                for _, payload in iter_records(f):
+                    yield _item(payload, self._decode, self._transform)
+                    left -= 1
+                    if not left:
+                        return
+            part, local = part + 1, 0
+
+
+def _item(payload: bytes, decode: Callable[[bytes], Any], transform: Callable[[Any], Any] | None) -> Item:
+    header, image = unpack_image(payload)
+    out = decode(image)
+    return (transform(out) if transform else out), int(header.label)
+
+
+def _torch_worker() -> tuple[int, int] | None:
+    """(worker id, worker count) inside a PyTorch DataLoader worker; ``None`` elsewhere or without torch."""
+    try:
+        from torch.utils.data import get_worker_info
+    except ImportError:
+        return None
+    info = get_worker_info()
+    return None if info is None else (info.id, info.num_workers)
+
+
+def torch_iterable(stream: RecordIOStream) -> Any:
+    """``stream`` as a ``torch.utils.data.IterableDataset`` (what a ``DataLoader`` needs to treat it as a stream)."""
+    try:
+        from torch.utils.data import IterableDataset
+    except ImportError:
+        raise ImportError("torch_iterable needs PyTorch: pip install torch (the readers themselves do not)") from None
+
+    class _Stream(IterableDataset):  # type: ignore[misc]
+        def __iter__(self) -> Iterator[Item]:
+            return iter(stream)
+
+        def __len__(self) -> int:
+            return len(stream)
+
+    return _Stream()
