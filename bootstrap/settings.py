@@ -100,7 +100,8 @@ class PrepConfig:
     seed: int = knob(100, "shuffle seed (default {default}, as im2rec)", stages=PACK)
     shuffle_train: bool = knob(True, "shuffle train records (default: on)", stages=PACK)
     shuffle_val: bool = knob(False, "shuffle val records (default: off)", stages=PACK)
-    keep_tree: bool = knob(False, "also write train/<wnid>/ folders (default: off)", stages=PACK)
+    keep_tree: bool = knob(False, "also write imagenet/{{train,val}}/<wnid>/ with the packed images (default: off)",
+                           stages=PACK)  # fmt: skip
     max_failure_rate: float = knob(
         0.001, "fail when more than this fraction of images cannot be packed (default {default}; 0-1)", low=0.0,
         high=1.0, stages=PACK,

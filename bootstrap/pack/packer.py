@@ -230,7 +230,10 @@ class _PassOne:
         for item, (ok, value) in zip(batch.items, batch.future.result(), strict=True):
             if ok:
                 assert isinstance(value, bytes)
-                self.sink.add(replace(item, data=value))
+                packed = replace(item, data=value)
+                self.sink.add(packed)
+                if self.packer.on_image is not None:
+                    self.packer.on_image(packed)
                 self.counts["packed"] += 1
             else:
                 self.failures.add(item.id, item.relpath, str(value))
@@ -260,7 +263,8 @@ class SplitJob:
     opts: PackOptions
     status: StatusFile | None = None
     on_image: Callable[[Item], None] | None = None
-    """Sees every image the archive holds, in order (the class-tree output)."""
+    """Sees every packed image as stored in its record, in archive order, and never a failed one (the class
+    tree: what ImageFolder reads must decode). A resume replays everything after the last checkpoint."""
     settings: dict[str, Any] = field(default_factory=dict)
     """What shapes the output (recorded in the checkpoint: a resume with others is refused)."""
     rebuild: bool = False
@@ -285,8 +289,6 @@ class _SplitPacker:
         workers = self.opts.worker_count()
         with _worker_pool(workers, self.opts.image) as pool:
             for obj in self.stream(one.start):
-                if self.on_image is not None and not isinstance(obj, Cursor):
-                    self.on_image(obj)
                 one.take(pool, obj)
                 one.settle(limit=2 * workers)
             one.submit(pool)

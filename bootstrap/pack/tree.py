@@ -1,4 +1,4 @@
-"""The class-folder tree output: ``<root>/<wnid>/<name>`` for every image the archive holds."""
+"""The class-folder tree output: ``<root>/<wnid>/<name>`` for every packed image, as stored in its record."""
 
 from __future__ import annotations
 

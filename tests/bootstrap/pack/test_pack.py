@@ -188,14 +188,26 @@ def test_count_mismatch_is_an_error_and_nothing_is_marked(archives: Generated, t
     assert not engine.markers.is_done("pack-train")
 
 
-def test_keep_tree_writes_class_folders(archives: Generated, tmp_path: Path) -> None:
+def test_keep_tree_writes_the_packed_images_and_never_a_failed_one(archives: Generated, tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
     engine = Engine(config(tmp_path, archives, keep_tree=True))
-    engine.run()
+    summary = engine.run()
     tree = engine.paths.tree
-    assert {f"{p.parent.name}/{p.name}" for p in (tree / "train").glob("*/*")} == set(archives.train_files)
+    train = {f"{p.parent.name}/{p.name}": p for p in (tree / "train").glob("*/*")}
+    undecodable = {p.split("/", 1)[1] for p in archives.undecodable}
+    assert undecodable and set(train) == set(archives.train_files) - undecodable  # what ImageFolder reads decodes
+    assert len(train) == summary["splits"]["train"]["packed"]
     assert {p.name for p in (tree / "val").glob("*/*")} == set(archives.val_files)
     for name, wnid in archives.val_files.items():
         assert (tree / "val" / wnid / name).exists()
+    stored = {image for _, image in read_all(engine.paths.recordio / "train.rec")}
+    for path in train.values():  # the same transcoded bytes as the records: resized, 3-channel JPEG
+        data = path.read_bytes()
+        assert data in stored
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert image is not None and image.ndim == 3 and min(image.shape[:2]) <= RESIZE
 
 
 def descendants(root: int) -> list[int]:
@@ -224,14 +236,14 @@ KILL_AT = {
 @pytest.mark.parametrize("moment", KILL_AT)
 def test_kill_9_during_pack_resumes_to_identical_output(moment: str, tmp_path: Path) -> None:
     archives = generate(tmp_path / "src", Spec(classes=6, train_per_class=40, val_per_class=2, seed=5))
-    reference = Engine(config(tmp_path / "ref", archives))
+    reference = Engine(config(tmp_path / "ref", archives, keep_tree=True))
     reference.run()
 
     data = tmp_path / "killed"
-    cfg = config(data, archives, workers=1, bucket_mib=1)
+    cfg = config(data, archives, workers=1, bucket_mib=1, keep_tree=True)
     argv = [sys.executable, "-m", "bootstrap", "pack", "--data-dir", str(data),
             "--dataset-table", str(archives.table), "--resize", str(RESIZE), "--workers", "1",
-            "--max-failure-rate", "0.2", "--checkpoint-seconds", "0", "--bucket-mib", "1"]  # fmt: skip
+            "--max-failure-rate", "0.2", "--checkpoint-seconds", "0", "--bucket-mib", "1", "--keep-tree"]  # fmt: skip
     Engine(cfg).fetch()
     proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     ckpt_path = data / ".state" / "pack-train" / "checkpoint.json"
@@ -257,3 +269,7 @@ def test_kill_9_during_pack_resumes_to_identical_output(moment: str, tmp_path: P
     assert not [p for p in helpers if Path(f"/proc/{p}").exists()], "workers outlived the killed packer"
     Engine(cfg).run()
     assert digests(data / "recordio") == {k: v for k, v in digests(reference.paths.recordio).items()}
+    for split in ("train", "val"):  # the class tree too: every packed image once, the same bytes
+        tree, want = data / "imagenet" / split, reference.paths.tree / split
+        assert {f.relative_to(tree): f.read_bytes() for f in tree.rglob("*.JPEG")} == {
+            f.relative_to(want): f.read_bytes() for f in want.rglob("*.JPEG")}  # fmt: skip
