@@ -58,7 +58,7 @@ class StagingConfig:
     """An existing secret holding it; unset: the storage stack creates ``<name>/source-credentials``."""
     # -- the download instance ----------------------------------------------------------
     download_instance_type: str = "t2.large"
-    cpu_credits: str = "standard"
+    cpu_credits: str = "unlimited"
     detailed_monitoring: bool = True
     download_ami_parameter: str = AL2023_PARAMETER
     data_volume_type: str = "sc1"

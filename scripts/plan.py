@@ -33,7 +33,7 @@ class PlanInputs:
     """RecordIO at resize 256 / quality 90 is about a quarter of the archives."""
     bandwidth_mb_s: float = 60.0
     instance_type: str = "t2.large"
-    cpu_credits: str = "standard"
+    cpu_credits: str = "unlimited"
     data_volume_type: str = "sc1"
     data_volume_gib: int = 1000
     images_per_vcpu_s: float = 100.0
@@ -204,6 +204,23 @@ def totals(inputs: PlanInputs, rows: list[Row], prices: dict[str, Any], table: I
     return out
 
 
+COMPARED = ("t2.large", "t2.xlarge", "t2.2xlarge")
+"""The download instances ``plan`` compares: pack is CPU-bound, so more vCPUs (and credits) shorten the run."""
+
+
+def compare(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None = None) -> list[dict[str, Any]]:
+    """Hours to the published dataset and the one-off cost, for each compared type in each credit mode."""
+    table = table or InstanceTable()
+    out = []
+    for name in COMPARED:
+        for credits in ("standard", "unlimited"):
+            case = dataclasses.replace(inputs, instance_type=name, cpu_credits=credits)
+            sums = totals(case, plan(case, prices, table), prices, table)
+            out.append({"instance_type": name, "cpu_credits": credits, "hours": round(sums["hours to dataset"], 2),
+                        "one_off_usd": round(sums["one-off"], 2)})  # fmt: skip
+    return out
+
+
 HELP = "expected time and cost of a run, with every assumption"
 
 
@@ -223,6 +240,8 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
         help=f"(default {deployed.data_volume_gib}, from ./cdk.json)")  # fmt: skip
     add("--gpu-instance-type", default=deployed.gpu_instance_types[0],
         help=f"(default {deployed.gpu_instance_types[0]}, the fleet's first in ./cdk.json)")  # fmt: skip
+    add("--images-per-vcpu-s", type=number(float, above=0),
+        help="pack rate per vCPU (default: make bench's last measurement, else 100)")  # fmt: skip
     add("--images-per-gpu-s", type=number(float, above=0),
         help="training images/s per GPU (default: scripts/gpu_rates.json)")  # fmt: skip
     add("--gpu-instances", type=number(int, low=0), default=d.gpu_instances,
@@ -238,7 +257,7 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
 
 
 def command(args: argparse.Namespace) -> tuple[Any, str]:
-    measured = measured_images_per_vcpu_s()
+    measured = args.images_per_vcpu_s or measured_images_per_vcpu_s()
     inputs = PlanInputs(
         bandwidth_mb_s=args.bandwidth_mb_s, instance_type=args.instance_type, cpu_credits=args.cpu_credits,
         data_volume_type=args.data_volume_type, data_volume_gib=args.data_volume_gib,
@@ -249,7 +268,18 @@ def command(args: argparse.Namespace) -> tuple[Any, str]:
     )  # fmt: skip
     prices, table = load_prices(), InstanceTable()
     rows = plan(inputs, prices, table)
-    sums = totals(inputs, rows, prices, table)
+    sums, compared = totals(inputs, rows, prices, table), compare(inputs, prices, table)
+    source = "--images-per-vcpu-s" if args.images_per_vcpu_s else "measured by make bench" if measured else "default"
+    data = {"inputs": dataclasses.asdict(inputs), "rows": [dataclasses.asdict(r) for r in rows], "totals": sums,
+            "compare": compared,
+            "prices": {"region": prices["region"], "date": prices["date"], "instances_date": table.date}}  # fmt: skip
+    return data, render(inputs, rows, sums, compared, f"prices: {prices['region']} list prices of {prices['date']} "
+                        f"(scripts/prices.json), instances of {table.date} (scripts/instance_types.json); pack rate "
+                        f"{inputs.images_per_vcpu_s:.0f} img/s per vCPU ({source})")  # fmt: skip
+
+
+def render(inputs: PlanInputs, rows: list[Row], sums: dict[str, float], compared: list[dict[str, Any]],
+           footer: str) -> str:  # fmt: skip
     lines = [f"{'item':36} {'hours':>7} {'USD':>9}  assumption"]
     for r in rows:
         hours = f"{r.hours:7.1f}" if r.hours is not None else " " * 7
@@ -264,10 +294,10 @@ def command(args: argparse.Namespace) -> tuple[Any, str]:
         f"{'per GPU-instance day':36} {24:7.1f} {sums['per GPU-instance day']:9.2f}  one {inputs.gpu_instance_type} "
         "and its restored volume",
         "",
-        f"prices: {prices['region']} list prices of {prices['date']} (scripts/prices.json), instances of "
-        f"{table.date} (scripts/instance_types.json); pack rate {inputs.images_per_vcpu_s:.0f} img/s per vCPU "
-        f"({'measured by make bench' if measured else 'default'})",
+        f"{'download instance, credits':36} {'hours':>7} {'USD':>9}  to the published dataset, one-off",
+        *(f"{c['instance_type'] + ', ' + c['cpu_credits']:36} {c['hours']:7.1f} {c['one_off_usd']:9.2f}"
+          for c in compared),
+        "",
+        footer,
     ]  # fmt: skip
-    data = {"inputs": dataclasses.asdict(inputs), "rows": [dataclasses.asdict(r) for r in rows], "totals": sums,
-            "prices": {"region": prices["region"], "date": prices["date"], "instances_date": table.date}}  # fmt: skip
-    return data, "\n".join(lines)
+    return "\n".join(lines)

@@ -166,7 +166,7 @@ def test_data_volume_is_encrypted_sc1_1000_gib_attached_in_the_instance_az(
 
 def test_download_instance(default: Synthesized, variant: Synthesized) -> None:
     instance = one(default.templates["download"], "AWS::EC2::Instance")
-    assert instance["InstanceType"] == "t2.large" and instance["CreditSpecification"] == {"CPUCredits": "standard"}
+    assert instance["InstanceType"] == "t2.large" and instance["CreditSpecification"] == {"CPUCredits": "unlimited"}
     assert instance["Monitoring"] is True
     assert instance["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
     assert {"Key": tags.PIPELINE, "Value": "imagenet-staging"} in instance["Tags"]  # teardown may terminate it
@@ -607,7 +607,7 @@ def test_summary_reads_back_what_would_be_deployed(default: Synthesized) -> None
 
     text = describe_assembly(default.outdir)
     for expected in ("imagenet-staging-download: imagenet-staging: download instance", "volume sc1 1000 GiB encrypted",
-                     "instance t2.large (standard credits, detailed monitoring)", "DLM policy: every 24 h, keep 3",
+                     "instance t2.large (unlimited credits, detailed monitoring)", "DLM policy: every 24 h, keep 3",
                      "launch template (g5.xlarge; IMDSv2 required; runs user data)",
                      "rule on EBS Snapshot Notification"):  # fmt: skip
         assert expected in text

@@ -13,7 +13,7 @@ from bootstrap.contract import tags
 from scripts.cli import COMMANDS, build_parser
 from scripts.cli import run as scripts_run
 from scripts.common import deployed_config
-from scripts.plan import PlanInputs, load_prices, plan, totals
+from scripts.plan import PlanInputs, compare, load_prices, plan, totals
 from scripts.status import gather, render
 from tests.fixtures.aws_emulator import client
 from tests.fixtures.paths import GOLDEN
@@ -22,7 +22,8 @@ from tests.fixtures.strict_aws import available_volume, completed_snapshot
 
 def test_plan_matches_a_hand_computed_case() -> None:
     inputs = PlanInputs(archive_bytes=100 * 10**9, images=1_000_000, packed_bytes=25 * 10**9, bandwidth_mb_s=50,
-                        images_per_vcpu_s=100, gpu_instances=2, gpu_hours=10, restored_iops=4000,
+                        images_per_vcpu_s=100, cpu_credits="standard",
+                        gpu_instances=2, gpu_hours=10, restored_iops=4000,
                         restored_throughput=250, fsr_azs=1, fsr_hours=0.5)  # fmt: skip
     rows = {r.item: r for r in plan(inputs, load_prices())}
     # download: 100 GB at min(50 MB/s, 78.125 MiB/s) = 2000 s
@@ -73,7 +74,7 @@ def test_the_feed_rate_says_what_to_set_when_the_volume_would_starve_the_gpus() 
 
 def test_unlimited_credits_cost_surplus_but_pack_faster() -> None:
     prices = load_prices()
-    standard = {r.item: r for r in plan(PlanInputs(images_per_vcpu_s=100), prices)}
+    standard = {r.item: r for r in plan(PlanInputs(images_per_vcpu_s=100, cpu_credits="standard"), prices)}
     unlimited = {r.item: r for r in plan(PlanInputs(images_per_vcpu_s=100, cpu_credits="unlimited"), prices)}
     assert unlimited["pack"].hours < standard["pack"].hours and unlimited["pack"].usd > 0 == standard["pack"].usd
 
@@ -88,6 +89,21 @@ def test_a_t3_in_unlimited_mode_pays_for_the_credits_it_borrows() -> None:
     assert rows["pack"].hours == pytest.approx(1.0)
     assert rows["pack"].usd == pytest.approx(1.28 * 0.05)
     assert rows["t3.large instance"].usd == pytest.approx((720 + 3600 + 45e9 / 50e6) / 3600 * 0.0832)
+
+
+def test_the_comparison_prices_each_download_instance_in_each_credit_mode() -> None:
+    inputs, prices = PlanInputs(images_per_vcpu_s=100), load_prices()
+    rows = {(c["instance_type"], c["cpu_credits"]): c for c in compare(inputs, prices)}
+    assert set(rows) == {(t, m) for t in ("t2.large", "t2.xlarge", "t2.2xlarge") for m in ("standard", "unlimited")}
+    case = dataclasses.replace(inputs, instance_type="t2.xlarge", cpu_credits="standard")
+    sums = totals(case, plan(case, prices), prices)
+    assert rows["t2.xlarge", "standard"] == {"instance_type": "t2.xlarge", "cpu_credits": "standard",
+                                             "hours": round(sums["hours to dataset"], 2),
+                                             "one_off_usd": round(sums["one-off"], 2)}  # fmt: skip
+    # CPU-bound at 100 img/s per vCPU: borrowing credits beats the baseline in time and, here, in money
+    assert rows["t2.large", "unlimited"]["hours"] < rows["t2.large", "standard"]["hours"]
+    assert rows["t2.large", "unlimited"]["one_off_usd"] < rows["t2.large", "standard"]["one_off_usd"]
+    assert PlanInputs().cpu_credits == "unlimited"
 
 
 def test_totals_add_up_the_rows_and_the_fleet_includes_its_compute() -> None:
