@@ -14,6 +14,11 @@
    loop-mounted ext4, page cache dropped, in file order and at random by index; and
    the packed bytes per record, which ``python -m scripts plan`` sizes volumes with.
 
+6. Pack throughput again on the large-tail size mix (1 and 6 use the profiles of
+   ``scripts.synthetic_imagenet``; the imagenet one is the headline).
+7. Picture quality against a float resize, JPEG decode time per DCT scale, and
+   the records/s of ``bootstrap.readers`` (``bench/image_quality.py``).
+
 Each timing is the median of ``--runs`` runs.  Results go to bench/results.json and
 the table between the bench markers in README.md.
 """

@@ -33,7 +33,6 @@ TJPF_BGR = 1
 TJSAMP_420, TJSAMP_GRAY = 2, 3
 TJCS_YCbCr = 1
 TJERR_WARNING = 0
-TJFLAG_FASTDCT = 2048
 
 
 class TurboJPEGError(Exception):
@@ -66,8 +65,6 @@ def _library() -> ctypes.CDLL | None:
                            ctypes.c_int], ctypes.c_int),
         "tjDecompressToYUVPlanes": ([vp, ctypes.c_char_p, ulong, ctypes.POINTER(vp), ctypes.c_int, ip, ctypes.c_int,
                                      ctypes.c_int], ctypes.c_int),
-        "tjCompress2": ([vp, vp, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ubp),
-                         ctypes.POINTER(ulong), ctypes.c_int, ctypes.c_int, ctypes.c_int], ctypes.c_int),
         "tjCompressFromYUVPlanes": ([vp, ctypes.POINTER(vp), ctypes.c_int, ip, ctypes.c_int, ctypes.c_int,
                                      ctypes.POINTER(ubp), ctypes.POINTER(ulong), ctypes.c_int, ctypes.c_int],
                                     ctypes.c_int),
@@ -97,8 +94,8 @@ def scaled(size: int, factor: tuple[int, int]) -> int:
 class Codec:
     """One decompressor and one compressor; make one per process (handles are not shared across a fork)."""
 
-    def __init__(self, *, fast_dct: bool = False) -> None:
-        self.flags = TJFLAG_FASTDCT if fast_dct else 0
+    def __init__(self) -> None:
+        self.flags = 0
         lib = _library()
         if lib is None:
             raise TurboJPEGError("libturbojpeg.so.0 is not installed")
@@ -149,15 +146,6 @@ class Codec:
             return ctypes.string_at(buffer, size.value)
         finally:
             self._lib.tjFree(buffer)
-
-    def encode_bgr(self, img: npt.NDArray[np.uint8], quality: int) -> bytes:
-        img = np.ascontiguousarray(img)
-        h, w = img.shape[:2]
-        buffer, size = ctypes.POINTER(ctypes.c_ubyte)(), ctypes.c_ulong()
-        status = self._lib.tjCompress2(self._c, img.ctypes.data, w, w * 3, h, TJPF_BGR, ctypes.byref(buffer),
-                                       ctypes.byref(size), TJSAMP_420, quality, self.flags)  # fmt: skip
-        self._check(self._c, status)
-        return self._take(buffer, size)
 
     def chroma_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of a Cb or Cr plane of a 4:2:0 image of ``width`` x ``height``."""
