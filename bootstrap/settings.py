@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bootstrap.common.argparsing import number
 from bootstrap.common.errors import ConfigError
 from bootstrap.common.state import read_json_file
 from bootstrap.contract import names
@@ -200,6 +201,8 @@ def add_flags(parser: argparse.ArgumentParser, stage: str) -> None:
 def _flag_type(key: str) -> Callable[[str], Any]:
     """Parse a flag's text as its setting's type and check its range, so the message names both."""
     kind, spec = _kind(key), KNOBS[key]
+    if kind in (int, float) and spec.choices is None:
+        return number(kind, low=spec.low, high=spec.high, above=spec.above)
 
     def parse(text: str) -> Any:
         if kind is Path:
@@ -207,13 +210,9 @@ def _flag_type(key: str) -> Callable[[str], Any]:
                 raise argparse.ArgumentTypeError("an empty path; give a directory or file")
             return Path(text)
         try:
-            value = kind(text)
+            return kind(text)
         except ValueError:
-            what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what} ({spec.describe()})") from None
-        if spec.choices is None and not spec.allows(value):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {spec.describe()}")
-        return value
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__} ({spec.describe()})") from None
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse

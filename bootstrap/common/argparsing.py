@@ -86,7 +86,7 @@ def number(kind: type[int] | type[float], *, low: float | None = None, high: flo
            above: float | None = None) -> Callable[[str], float]:  # fmt: skip
     """An argparse ``type`` that parses ``kind`` and names the range when the value is outside it."""
     span = (f"more than {above:g}" if above is not None else f"{low:g}-{high:g}" if high is not None and low is not None
-            else f"at least {low:g}" if low is not None else "a number")  # fmt: skip
+            else f"at least {low:g}" if low is not None else "any value")  # fmt: skip
 
     def parse(text: str) -> float:
         try:
