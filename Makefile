@@ -13,13 +13,15 @@ APT_COMMANDS := shellcheck:shellcheck aria2c:aria2 mkfs.ext4:e2fsprogs losetup:u
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps system-deps lint test test-torch test-fast demo bench bench-deps clean
+.PHONY: help deps system-deps lint test test-torch test-fast demo bench bench-deps aws-smoke clean
 
 help:
 	@echo "make demo   - set up and run the whole job on synthetic ILSVRC2012 archives (local HTTP + AWS emulator)"
 	@echo "make test   - set up and run linters and every test"
 	@echo "make test-torch - the readers under PyTorch's DataLoader, in a venv with the CPU build of PyTorch"
 	@echo "make bench  - benchmarks vs im2rec, the by-hand chain, curl and aria2c; writes bench/results.json"
+	@echo "make aws-smoke - REAL AWS: the whole pipeline on a tiny dataset in your account (~15 min, <2 cents), then"
+	@echo "                 everything deleted; asks first (ARGS='--yes', '--keep', '--region eu-west-1')"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt bootstrap/requirements.txt bootstrap/requirements-attach.txt
 	$(PYTHON) -m venv $(VENV)
@@ -86,5 +88,9 @@ bench-deps:
 bench: deps bench-deps
 	$(PY) -m bench.run
 
+# Real AWS, with your credentials: see README, "First, a smoke test in your account". Never run by `make test`.
+aws-smoke: deps
+	$(PY) -m scripts smoke $(ARGS)
+
 clean:
-	rm -rf cdk.out demo-output $(CHECKOV_VENV) $(TORCH_VENV) bench/work .mypy_cache .ruff_cache .pytest_cache
+	rm -rf cdk.out demo-output smoke-output $(CHECKOV_VENV) $(TORCH_VENV) bench/work .mypy_cache .ruff_cache .pytest_cache

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bootstrap import __version__, layout
+from bootstrap import __version__, layout, read_check
 from bootstrap.common import aws
 from bootstrap.common.argparsing import Parser, add_common, command_name, parse
 from bootstrap.common.devices import DeviceRoots
@@ -49,6 +49,7 @@ STAGES = {
     "attach": "on a GPU instance: create the dataset volume from the snapshot, attach it, mount it read-only",
     "watch-initialization": "on a GPU instance: wait until the dataset volume is fully initialized, and record it",
     "bench-read": "read a split's records from the mounted dataset, in file order and at random: records/s, MiB/s",
+    "read-check": "read every record of the mounted dataset back and check it against its index, list and classes",
 }
 
 
@@ -148,6 +149,11 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per order (default 10)")
 
 
+def _read_check_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recordio", type=Path, default=Path(names.DATA_DIR) / "recordio",
+                        help="the RecordIO folder of the mounted dataset (default /data/recordio)")  # fmt: skip
+
+
 def watch_initialization(args: argparse.Namespace) -> dict[str, Any]:
     identity = Imds().identity()
     ec2 = aws.client("ec2", region=identity.region)
@@ -158,10 +164,15 @@ def bench_read(args: argparse.Namespace) -> dict[str, Any]:
     return read_bench.bench_read(args.recordio, args.split, args.seconds)
 
 
+def check_reads(args: argparse.Namespace) -> dict[str, Any]:
+    return read_check.read_check(args.recordio)
+
+
 GPU_COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "attach": attach,
     "watch-initialization": watch_initialization,
     "bench-read": bench_read,
+    "read-check": check_reads,
 }
 """The GPU instance's commands: boto3 and the standard library only."""
 
@@ -180,7 +191,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_common(parser, top=True)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    gpu_args = {"attach": _attach_args, "watch-initialization": _watch_args, "bench-read": _bench_args}
+    gpu_args = {"attach": _attach_args, "watch-initialization": _watch_args, "bench-read": _bench_args,
+                "read-check": _read_check_args}  # fmt: skip
     for name, help_text in STAGES.items():
         stage = sub.add_parser(name, help=help_text, description=help_text)
         if name in gpu_args:

@@ -81,7 +81,11 @@ class StagingConfig:
     dataset_snapshot: str = settings.default("dataset_snapshot")
     """packed: GPU instances restore a right-sized volume of the packed data; work-volume: the whole data volume."""
     publish_tree: bool = settings.default("publish_tree")
+    max_failure_rate: float = settings.default("max_failure_rate")
     backup_prefix: str = "imagenet/"
+    dataset_table: dict[str, Any] | None = None
+    """Another dataset in ILSVRC2012's layout: its archive table (``bootstrap.dataset.archives``); unset: ILSVRC2012.
+    With ``-c`` it is the table's JSON text."""
     # -- snapshots and lifecycle ---------------------------------------------------------
     dlm_interval_hours: int = 24
     """The data volume is also snapshotted on this schedule while it exists (0 turns the policy off)."""
@@ -132,6 +136,8 @@ class StagingConfig:
         need("source_secret", self.source_secret is None or bool(_SECRET_NAME.match(self.source_secret)),
              "a Secrets Manager secret name")  # fmt: skip
         need("backup_prefix", not self.backup_prefix.startswith("/"), "an S3 key prefix without a leading /")
+        need("dataset_table", self.dataset_table is None or _table_problem(self.dataset_table) is None,
+             _table_problem(self.dataset_table) or "")  # fmt: skip
         need("alarm_email", self.alarm_email is None or bool(_EMAIL.match(self.alarm_email)), "an email address")
         need("janitor_interval_minutes", 5 <= self.janitor_interval_minutes <= 1440, "5-1440 minutes")
         need("dlm_interval_hours", self.dlm_interval_hours in (0, 1, 2, 3, 4, 6, 8, 12, 24),
@@ -175,7 +181,8 @@ class StagingConfig:
         """The engine settings (``bootstrap.settings`` keys) this context sets; the download stack passes them on."""
         return {"source": self.source, "resize": self.resize, "quality": self.quality,
                 "center_crop": self.center_crop, "parts": self.parts, "keep_tree": self.keep_tree,
-                "dataset_snapshot": self.dataset_snapshot, "publish_tree": self.publish_tree}  # fmt: skip
+                "dataset_snapshot": self.dataset_snapshot, "publish_tree": self.publish_tree,
+                "max_failure_rate": self.max_failure_rate}  # fmt: skip
 
     # -- names everything else derives ---------------------------------------------------
 
@@ -204,26 +211,55 @@ class StagingConfig:
         return names.METRIC_NAMESPACE
 
 
-_TYPES: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "str": str, "str | None": str, "tuple": list}
+def _table_problem(table: dict[str, Any] | None) -> str | None:
+    """What is wrong with a dataset table, in the engine's own words (it reads the same table on the instance)."""
+    from bootstrap.common.errors import ConfigError as TableError
+    from bootstrap.dataset.archives import dataset_from_dict
+
+    try:
+        dataset_from_dict(table)
+    except TableError as e:
+        return str(e)
+    return None
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "float": (int, float), "str": str,
+                                               "str | None": str, "tuple": list, "dict | None": dict}  # fmt: skip
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
+
+
+def _items(text: str) -> tuple[str, ...]:
+    items = json.loads(text) if text.startswith("[") else text.split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+_FROM_TEXT: dict[str, Callable[[str], Any]] = {
+    "bool": _bool,
+    "int": int,
+    "float": float,
+    "dict | None": lambda text: json.loads(text) if text else None,
+    "str | None": lambda text: text or None,
+    "tuple": _items,
+}
+"""How a ``-c`` string becomes each field type."""
 
 
 def _coerce(key: str, hint: str, value: Any) -> Any:
     """A context value as the field's type: ``-c`` gives strings ("2000", "false", "a,b"), cdk.json JSON values."""
     if isinstance(value, str) and hint != "str":
         try:
-            if hint == "bool" and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            if hint == "int":
-                return int(value)
-            if hint == "str | None":
-                return value or None
-            if hint == "tuple":
-                items = json.loads(value) if value.startswith("[") else value.split(",")
-                return tuple(str(item).strip() for item in items if str(item).strip())
+            return _FROM_TEXT[hint](value)
         except ValueError:
             pass
-    elif isinstance(value, _TYPES[hint]) and not (hint == "int" and isinstance(value, bool)):
-        return tuple(str(item) for item in list(value)) if isinstance(value, list) else value
+    elif isinstance(value, _TYPES[hint]) and not (hint in ("int", "float") and isinstance(value, bool)):
+        if isinstance(value, list):
+            return tuple(str(item) for item in value)
+        return float(value) if isinstance(value, int | float) and hint == "float" else value
     raise ConfigError(f"context key {key!r}: expected {hint}, got {value!r}")
 
 
@@ -232,9 +268,12 @@ def _is_ours(key: str) -> bool:
 
 
 def _hint_name(hint: Any) -> str:
-    if hint in (str, int, bool):
+    if hint in (str, int, float, bool):
         return str(hint.__name__)
-    return "tuple" if str(hint).startswith("tuple") else "str | None"
+    for kind in ("tuple", "dict"):
+        if str(hint).startswith(kind):
+            return "tuple" if kind == "tuple" else "dict | None"
+    return "str | None"
 
 
 def from_context(context: Mapping[str, Any]) -> StagingConfig:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bootstrap.contract import tags
@@ -133,20 +133,44 @@ def purge(ec2: Any, ssm: Any, s3: Any, *, pipeline: str, snapshot_parameter: str
           status_parameter: str) -> dict[str, Any]:  # fmt: skip
     """Delete what teardown keeps: the pipeline's snapshots, the backup bucket, the published parameters."""
     published = read_published(ssm, snapshot_parameter) or {}
-    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
-        {"Name": f"tag:{tags.PIPELINE}", "Values": [pipeline]}])["Snapshots"]  # fmt: skip
-    ids = {s["SnapshotId"] for s in snapshots} | ({published["snapshot_id"]} if "snapshot_id" in published else set())
-    for snapshot_id in sorted(ids):
-        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    deleted = delete_snapshots(ec2, pipeline, also=[published["snapshot_id"]] if "snapshot_id" in published else [])
     bucket = published.get("manifest", "").removeprefix("s3://").partition("/")[0]
     if bucket:
-        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-            doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                      for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]  # fmt: skip
-            if doomed:
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed})
-        s3.delete_bucket(Bucket=bucket)
+        delete_bucket(s3, bucket)
     for name in (snapshot_parameter, status_parameter):
         with contextlib.suppress(ssm.exceptions.ParameterNotFound):
             ssm.delete_parameter(Name=name)
-    return {"snapshots_deleted": sorted(ids), "bucket_deleted": bucket or None}
+    return {"snapshots_deleted": deleted, "bucket_deleted": bucket or None}
+
+
+def delete_snapshots(ec2: Any, pipeline: str, also: Sequence[str] = ()) -> list[str]:
+    """Delete every snapshot of ours tagged with the pipeline, and ``also`` these; returns their ids."""
+    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": f"tag:{tags.PIPELINE}", "Values": [pipeline]}])["Snapshots"]  # fmt: skip
+    ids = sorted({s["SnapshotId"] for s in snapshots} | set(also))
+    for snapshot_id in ids:
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    return ids
+
+
+def delete_bucket(s3: Any, bucket: str, attempts: int = 5) -> bool:
+    """Delete every version and delete marker in ``bucket``, then the bucket; False if it did not exist.
+
+    Tries again when S3 says it is not empty: server access logs are delivered late, into a bucket being emptied.
+    """
+    for attempt in range(attempts):
+        try:
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                          for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]  # fmt: skip
+                if doomed:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed})
+            s3.delete_bucket(Bucket=bucket)
+            return True
+        except s3.exceptions.ClientError as e:
+            code = e.response["Error"]["Code"]
+            if code == "NoSuchBucket":
+                return False
+            if code != "BucketNotEmpty" or attempt == attempts - 1:
+                raise
+    return True

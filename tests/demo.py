@@ -25,12 +25,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bootstrap.cli import configure_logging
-from bootstrap.contract.names import DEFAULT_PIPELINE, heartbeat_metric, snapshot_parameter, status_parameter
+from bootstrap.contract.names import DEFAULT_PIPELINE, snapshot_parameter, status_parameter
 from bootstrap.contract.tags import OWNER as TAG_OWNER
 from bootstrap.engine import Engine
 from bootstrap.settings import load_config
@@ -42,8 +41,10 @@ from tests.fixtures.deployment import Account, Deployment, Names, default_bucket
 from tests.fixtures.ec2_world import World, gpu_instance, instance_with_data_volume
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 from tests.fixtures.imds import instance_env
-from tests.fixtures.lambda_runtime import invoke
+from tests.fixtures.lambda_runtime import TeardownFunction
 from tests.fixtures.loopdev import loop_attach, run
+from tests.fixtures.simulated_cloud import attach_command, heartbeat_alarm
+from tests.fixtures.simulated_cloud import engine_config as simulated_engine_config
 
 OUT = Path("demo-output")
 PIPELINE = DEFAULT_PIPELINE
@@ -84,33 +85,11 @@ def bucket_summary(name: str, prefix: str) -> str:
     return ", ".join(f"{top}: {len(v)} objects, {sum(v):,} bytes" for top, v in sorted(sizes.items()))
 
 
-class TeardownFunction:
-    """The teardown Lambda as EventBridge would run it: the snapshot-completed event, racing the instance.
-
-    It runs as Lambda runs it (its own process, the template's environment) and every call it makes is
-    authorized against the role the template gives it.
-    """
-
-    def __init__(self, account: Account) -> None:
-        self.results: list[dict[str, Any]] = []
-        self.account = account
-        self.role = account.deployment.role("teardown", NAMES)
-        self.variables = account.deployment.function_environment("teardown", NAMES)
-        account.strict.listeners.append(self.invoked)
-
-    def invoked(self, event: dict[str, Any]) -> None:
-        with self.account.strict.enforcing(self.role):
-            self.results.append(invoke("teardown", event, self.variables, self.role))
-
-    def report(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(r["action"] == "terminated" for r in self.results) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for r in self.results:
-            if r["action"] == "terminated":
-                who = "the function (first)" if r["published_by_function"] else "the instance (first)"
-                print(f"  snapshot {r['snapshot_id']} completed -> published by {who} -> teardown function terminated "
-                      f"{r['instance_id']} and its data volume")  # fmt: skip
+def report_teardown(teardown: TeardownFunction) -> None:
+    for r in teardown.terminated():
+        who = "the function (first)" if r["published_by_function"] else "the instance (first)"
+        print(f"  snapshot {r['snapshot_id']} completed -> published by {who} -> teardown function terminated "
+              f"{r['instance_id']} and its data volume")  # fmt: skip
 
 
 @contextmanager
@@ -130,23 +109,10 @@ def download_instance(out: Path, account: Account) -> Iterator[World | None]:
 
 def engine_config(deployment: Deployment, world: World | None, out: Path, **local: Any) -> dict[str, Any]:
     """The config.json the download stack's user data writes, with this machine's paths and source."""
-    config = deployment.download_config(replace(NAMES, data_volume=world.volume_id) if world else NAMES)
-    if world is None:
-        config = {k: v for k, v in config.items() if k not in INSTANCE_ONLY}
-        return {**config, "data_dir": str(out / "data"), **local}
-    return {**config, "data_dir": str(world.mount), "sys_root": str(world.roots.sys_root),
-            "dev_root": str(world.roots.dev_root), "status_interval": 1.0, "snapshot_poll_seconds": 2.0,
-            **local}  # fmt: skip
-
-
-def heartbeat_alarm(config: dict[str, Any]) -> None:
-    """The download stack's heartbeat alarm, disarmed (the run re-arms it, the teardown function disarms it)."""
-    if "heartbeat_alarm" in config:
-        namespace, metric, _ = heartbeat_metric(PIPELINE)
-        client("cloudwatch").put_metric_alarm(AlarmName=config["heartbeat_alarm"], MetricName=metric,
-                                              Namespace=namespace, Statistic="Sum", Period=600, EvaluationPeriods=3,
-                                              Threshold=1, ComparisonOperator="LessThanThreshold",
-                                              ActionsEnabled=False)  # fmt: skip
+    if world is not None:
+        return simulated_engine_config(deployment, NAMES, world, out, **local)
+    config = {k: v for k, v in deployment.download_config(NAMES).items() if k not in INSTANCE_ONLY}
+    return {**config, "data_dir": str(out / "data"), **local}
 
 
 def main() -> int:
@@ -205,10 +171,10 @@ def main() -> int:
             # as the systemd unit runs it: no region and no keys; the instance role's credentials from IMDSv2
             env = instance_env(world.imds_endpoint, out) if world else None
             print("  $ " + " ".join(["python", *command[1:]]) + ("   # no AWS_REGION, no keys" if env else ""))
-            teardown = TeardownFunction(account) if world else None
+            teardown = TeardownFunction(account, NAMES) if world else None
             result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, env=env)
             if teardown is not None:
-                teardown.report()
+                report_teardown(teardown)
             if result.returncode != 0:
                 logging.error("the engine failed (exit %d); see its log above", result.returncode)
                 return result.returncode
@@ -260,27 +226,7 @@ def gpu_boots(out: Path, account: Account, *, have_volume: bool) -> int:
     ):
         print(f"  simulated g5.xlarge {gpu.instance_id} in {gpu.az}, tagged as the launch template tags it (Nitro: "
               "EBS volumes appear as NVMe devices); the GPU role's policy is enforced on its calls")  # fmt: skip
-        command = [
-            sys.executable,
-            "-m",
-            "bootstrap",
-            "attach",
-            "--snapshot-parameter",
-            SNAPSHOT_PARAMETER,
-            "--pipeline",
-            PIPELINE,
-            "--mount-point",
-            str(gpu.opts.mount_point),
-            "--sys-root",
-            str(gpu.opts.roots.sys_root),
-            "--dev-root",
-            str(gpu.opts.roots.dev_root),
-            "--fstab",
-            str(gpu.opts.fstab),
-            "--ready-marker",
-            str(gpu.opts.ready_marker),
-            "--no-watch-initialization",
-        ]  # fmt: skip  (the demo watches in the foreground, below)
+        command = attach_command(gpu, SNAPSHOT_PARAMETER, PIPELINE)  # the demo watches initialization below
         print("  $ python -m bootstrap attach --snapshot-parameter " + SNAPSHOT_PARAMETER + " ...", flush=True)
         started = time.monotonic()
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False,

@@ -26,6 +26,7 @@ from bootstrap.contract.names import (
     CONFIG,
     DATA_DEVICE,
     DATA_DIR,
+    DATASET_TABLE,
     LOG_FILE,
     METRIC_NAMESPACE,
     UNIT,
@@ -67,6 +68,8 @@ class DownloadSettings:
     """Keys of bootstrap's PrepConfig (source, resize, ...) passed through to config.json."""
     public_ip: bool = False
     """Ask for a public address: an existing VPC's public subnets may not assign one, and there is no NAT."""
+    dataset_table: dict[str, Any] | None = None
+    """The archive table of a dataset other than ILSVRC2012, written next to config.json for the engine."""
     pin_ami: bool = False
     """Resolve the AMI parameter at synth and keep it in cdk.context.json (needs an account-specific synth)."""
 
@@ -131,7 +134,10 @@ class DownloadInstance(Construct):
             "data_volume_id": self.volume.volume_id,
             "data_device": DATA_DEVICE,
             "heartbeat_alarm": heartbeat_alarm(settings.pipeline),
+            "dataset_table": DATASET_TABLE if settings.dataset_table else None,
         }
+        if settings.dataset_table:
+            write_json(self, user_data, DATASET_TABLE, settings.dataset_table)
         write_json(self, user_data, CONFIG, {k: v for k, v in config.items() if v is not None})
         write_json(self, user_data, AGENT_CONFIG, agent_config(self.log_group.log_group_name))
         user_data.add_commands(

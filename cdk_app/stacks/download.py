@@ -38,6 +38,7 @@ class DownloadStack(cdk.Stack):
             volume_gib=config.data_volume_gib,
             keep_volume=config.keep_data_volume,
             engine=config.engine,
+            dataset_table=config.dataset_table,
             pin_ami=not cdk.Token.is_unresolved(self.account),
             public_ip=config.vpc_id is not None and config.subnet_type == "public",
         )

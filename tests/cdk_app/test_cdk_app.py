@@ -19,9 +19,11 @@ import pytest
 
 from bootstrap.cli import build_parser
 from bootstrap.contract import names, tags
+from bootstrap.dataset.archives import dataset_from_dict, dataset_to_dict, load_dataset
 from bootstrap.settings import load_config
 from cdk_app.config import ConfigError, StagingConfig, from_context
 from cdk_app.constructs.snapshot_teardown import teardown_environment
+from scripts.synthetic_imagenet import Generated
 from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, cli_synth, synth
 from tests.fixtures.cfn import blank_hashes, render, resources
 from tests.fixtures.paths import GOLDEN
@@ -128,6 +130,12 @@ def test_context_strings_from_the_command_line_are_coerced() -> None:
         ({"detailed_monitoring": "yes"}, "'detailed_monitoring': expected bool"),
         ({"source_secret": "has spaces"}, "'source_secret': a Secrets Manager secret name"),
         ({"volume_gib": "1000"}, "unknown context key 'volume_gib'; valid keys are: .*data_volume_gib"),
+        ({"max_failure_rate": "2"}, r"'max_failure_rate': must be 0-1 \(got 2.0\)"),
+        ({"dataset_table": "{not json"}, "'dataset_table': expected dict"),
+        (
+            {"dataset_table": '{"archives": {"train": {}}}'},
+            "'dataset_table': dataset table: archives lacks val, devkit",
+        ),
     ],
 )
 def test_invalid_context_names_the_key(context: dict[str, Any], message: str) -> None:
@@ -256,6 +264,24 @@ def test_the_config_written_to_the_instance_is_what_bootstrap_accepts(default: S
     assert config.source_secret == "imagenet-staging/source-credentials" and config.data_device == "/dev/sdf"
     (volume_id,) = resources(default.templates["download"], "AWS::EC2::Volume")
     assert config.data_volume_id == f"${{{volume_id}}}"  # the volume's id, resolved at deploy time
+
+
+def test_another_dataset_s_table_is_written_next_to_the_config(tmp_path: Path, archives: Generated) -> None:
+    """``dataset_table`` (JSON text with ``-c``) reaches the instance as a file the engine reads as its table."""
+    table = json.loads(archives.table.read_text())
+    synthesized = synth(tmp_path / "cdk.out", dataset_table=json.dumps(table), max_failure_rate="0.05",
+                        source="s3://my-bucket/ilsvrc/")  # fmt: skip
+    script = user_data(synthesized.templates["download"], "AWS::EC2::Instance")
+    written = {path: body for path, body in re.findall(r"cat > (\S+) <<'JSON'\n(.*?)\nJSON", script, re.S)}
+    (tmp_path / "config.json").write_text(written["/opt/imagenet-staging/config.json"])
+    (tmp_path / "table.json").write_text(written["/opt/imagenet-staging/dataset-table.json"])
+    config = load_config(tmp_path / "config.json", {"dataset_table": str(tmp_path / "table.json")})
+    assert config.max_failure_rate == 0.05
+    assert (
+        json.loads(written["/opt/imagenet-staging/config.json"])["dataset_table"]
+        == "/opt/imagenet-staging/dataset-table.json"
+    )
+    assert dataset_to_dict(load_dataset(config.dataset_table)) == dataset_to_dict(dataset_from_dict(table))
 
 
 def test_no_credentials_in_any_user_data(default: Synthesized, variant: Synthesized) -> None:

@@ -7,12 +7,10 @@ must be created, wired as the templates say.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +20,7 @@ from cdk_app.config import AL2023_PARAMETER
 from scripts.cli import run as scripts_run
 from tests.fixtures.aws_emulator import client
 from tests.fixtures.cdk_synth import synth
-from tests.fixtures.cfn import publish_assets
+from tests.fixtures.cfn import for_moto, publish_assets
 
 pytestmark = pytest.mark.usefixtures("aws_endpoint")
 ACCOUNT, REGION, PIPELINE = "123456789012", "us-east-1", "cfn-smoke"
@@ -30,16 +28,6 @@ MOTO_SKIPS = {"storage": {"AWS::S3::BucketPolicy", "AWS::SecretsManager::Secret"
                           "AWS::CloudWatch::Alarm", "AWS::SNS::TopicPolicy"},
               "download": {"AWS::CloudWatch::Alarm", "AWS::Logs::MetricFilter"}}  # fmt: skip
 """Resource types moto's CloudFormation skips with a warning; anything else it skips is a surprise."""
-
-
-def for_moto(template: dict[str, Any]) -> dict[str, Any]:
-    """CloudFormation types AWS::SSM::Parameter's Tags as a key-value map; moto 5.2.5 crashes unless it is a list."""
-    fixed = copy.deepcopy(template)
-    for resource in fixed["Resources"].values():
-        tags_map = resource.get("Properties", {}).get("Tags")
-        if resource["Type"] == "AWS::SSM::Parameter" and isinstance(tags_map, dict):
-            resource["Properties"]["Tags"] = [{"Key": k, "Value": v} for k, v in tags_map.items()]
-    return fixed
 
 
 def test_stacks_deploy_to_the_emulator(tmp_path: Path) -> None:
