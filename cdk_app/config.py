@@ -104,6 +104,8 @@ class StagingConfig:
     (fully initialized within 4 minutes where 300 MiB/s allows); off leaves lazy loading on first read."""
     local_nvme: bool = False
     """GPU instances copy the dataset to their instance-store NVMe disks at boot and read it from there."""
+    gpu_user_data: tuple[str, ...] = ()
+    """Shell commands of the user's, run as root on every GPU instance once its dataset is mounted (after attach)."""
     alarm_email: str | None = None
     """Subscribe this address to the alerts topic (snapshot failed, teardown failed, errors on the instance)."""
     fleet_asg: bool = False
@@ -164,6 +166,8 @@ class StagingConfig:
     def _fleet_problems(self, need: _Need) -> None:
         need("gpu_instance_types", bool(self.gpu_instance_types) and all(_INSTANCE_TYPE.match(t) for t in
              self.gpu_instance_types), "one or more types like g5.xlarge")  # fmt: skip
+        need("gpu_user_data", all(c.strip() and "\n" not in c for c in self.gpu_user_data),
+             "shell commands, one per list item, none empty or spanning lines")  # fmt: skip
         need("gpu_root_gib", 30 <= self.gpu_root_gib <= 16384, "30-16384 GiB (the DLAMI needs at least 30)")
         need("restored_volume_type", self.restored_volume_type in ("gp3", "sc1", "st1"), "gp3, st1 or sc1")
         if self.restored_volume_type == "gp3":

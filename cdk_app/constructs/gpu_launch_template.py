@@ -35,6 +35,8 @@ class FleetSettings:
     """auto, off, or MiB/s (python -m bootstrap attach --initialization-rate)."""
     local_nvme: bool
     asg: bool
+    user_commands: tuple[str, ...] = ()
+    """The user's own commands, after the attach step (a failing one shuts the instance down like any other)."""
 
 
 def attach_command(s: FleetSettings) -> str:
@@ -75,6 +77,9 @@ class GpuLaunchTemplate(Construct):
         shut_down = 'shutdown -h +1 "imagenet-staging: user data failed at line $LINENO"'
         user_data = code.user_data(requirements="requirements-attach.txt", packages=[], on_failure=shut_down)
         user_data.add_commands(attach_command(settings))
+        if settings.user_commands:
+            user_data.add_commands(f"# the context's gpu_user_data: the dataset is mounted read-only at {DATA_DIR}",
+                                   *settings.user_commands)  # fmt: skip
         self.template = ec2.LaunchTemplate(
             self,
             "Template",

@@ -29,6 +29,7 @@ class FleetStack(cdk.Stack):
             initialization_rate=config.restored_initialization_rate,
             local_nvme=config.local_nvme,
             asg=config.fleet_asg,
+            user_commands=config.gpu_user_data,
         )
         net = network.network
         self.gpu = GpuLaunchTemplate(

@@ -130,6 +130,7 @@ def test_context_strings_from_the_command_line_are_coerced() -> None:
         ({"detailed_monitoring": "yes"}, "'detailed_monitoring': expected bool"),
         ({"source_secret": "has spaces"}, "'source_secret': a Secrets Manager secret name"),
         ({"volume_gib": "1000"}, "unknown context key 'volume_gib'; valid keys are: .*data_volume_gib"),
+        ({"gpu_user_data": '["nvidia-smi", "echo a\\nb"]'}, "'gpu_user_data': shell commands, one per list item"),
         ({"max_failure_rate": "2"}, r"'max_failure_rate': must be 0-1 \(got 2.0\)"),
         ({"dataset_table": "{not json"}, "'dataset_table': expected dict"),
         (
@@ -546,6 +547,20 @@ def test_gpu_user_data_runs_the_attach_agent(default: Synthesized, variant: Synt
         assert (args.iops, args.throughput) == (config.restored_iops, config.restored_throughput)
         assert args.initialization_rate == initialization_rate and args.shutdown_on_failure
         assert args.local_nvme is (synthesized is variant)
+
+
+def test_the_user_s_commands_run_once_the_dataset_is_mounted(tmp_path: Path) -> None:
+    commands = ["nvidia-smi > /var/log/gpus.txt", "su ec2-user -c 'python train.py --data /data/recordio' &"]
+    synthesized = synth(tmp_path / "cdk.out", gpu_user_data=json.dumps(commands))  # as `-c gpu_user_data=[...]`
+    script = user_data(synthesized.templates["fleet"], "AWS::EC2::LaunchTemplate")
+    lines = script.splitlines()
+    assert lines[-2:] == commands
+    assert "-m bootstrap attach" in lines[-4] and lines[-3].startswith("# the context's gpu_user_data")
+    plain = re.sub(r"\$\{[A-Za-z0-9:.]+\}", "RESOLVED", script)
+    checked = subprocess.run(
+        ["shellcheck", "-s", "bash", "-"], input=plain, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout
 
 
 def test_launch_template_and_optional_group(default: Synthesized, variant: Synthesized) -> None:
