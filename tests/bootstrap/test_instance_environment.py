@@ -122,3 +122,29 @@ def test_the_tests_themselves_run_with_no_region() -> None:
 
     with pytest.raises(NoRegionError):
         aws.client("ec2")
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_half_a_request_from_a_killed_process_is_never_judged(
+    chunked: bool, strict_aws: StrictAws, deployment: Deployment
+) -> None:
+    """A process killed mid-request (the kill -9 tests) leaves half a request behind: AWS never sees it, so the
+    strict layer must neither answer it nor count it as a call the role made (it once failed a test as a denial)."""
+    import socket
+    import urllib.parse
+
+    role = deployment.role("download", Names("half-request"))
+    endpoint = urllib.parse.urlsplit(strict_aws.endpoint)
+    scope = f"Credential={role.access_key}/20261204/us-east-1/ec2/aws4_request"
+    framing = "Transfer-Encoding: chunked\r\n\r\n40\r\nAction=Describe" if chunked else \
+        "Content-Length: 200\r\n\r\nAction=DescribeVolumes&Vers"  # fmt: skip
+    request = (f"POST / HTTP/1.1\r\nHost: {endpoint.netloc}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+               f"Authorization: AWS4-HMAC-SHA256 {scope}, SignedHeaders=host, Signature=x\r\n{framing}")  # fmt: skip
+    calls = len(strict_aws.calls)
+    with strict_aws.enforcing(role) as denials:
+        with socket.create_connection((endpoint.hostname, endpoint.port)) as sock:
+            sock.sendall(request.encode())
+            sock.shutdown(socket.SHUT_WR)  # the process is gone
+            assert sock.recv(1024) == b""  # no answer: the connection is closed
+        assert denials == []
+    assert len(strict_aws.calls) == calls
