@@ -47,6 +47,9 @@ class Timeouts:
     """From the deploy to the published snapshot and the download instance gone (about 15 minutes on AWS)."""
     fleet: float = 20 * 60
     """For the fleet instance to boot, install, attach and mount (about 5 minutes), and for its SSM agent."""
+    failed: float = 3 * 60
+    """How long the run may show ``failed`` before the step fails: the download instance's unit retries a failed run
+    after 60 seconds (bootstrap/systemd), and a retry that gets further rewrites the status."""
 
 
 @dataclass
@@ -107,7 +110,7 @@ def pipeline(s: Smoke) -> str:
     """Until the snapshot is published and the download instance is gone, as ``status --watch`` shows it."""
     instance = s.outputs["download"]["InstanceId"]
     logs = s.outputs["download"].get("LogGroup", "")
-    deadline, last = time.monotonic() + s.timeouts.pipeline, ""
+    deadline, last, failed_since = time.monotonic() + s.timeouts.pipeline, "", None
     while True:
         state = _instance_state(s.aws.ec2, instance)  # first: the function publishes before it terminates
         report = gather(s.aws.ssm, s.aws.ec2, pipeline=s.plan.pipeline, status_parameter=s.plan.status_parameter,
@@ -117,20 +120,21 @@ def pipeline(s: Smoke) -> str:
         if line != last:
             s.say(f"download instance {instance}: {line}")
             last = line
-        if status.get("state") == "failed":
-            error = status.get("last_error", "no error recorded")
-            raise SmokeError(f"the run failed on the download instance in {status.get('stage')}: {error} (its log: "
-                             f"CloudWatch log group {logs})")  # fmt: skip
+        failed_since = (failed_since or time.monotonic()) if status.get("state") == "failed" else None
+        if failed_since is not None and time.monotonic() - failed_since >= s.timeouts.failed:
+            error, stage = status.get("last_error", "no error recorded"), status.get("stage")
+            raise SmokeError(f"the run failed on the download instance in {stage} and stayed failed for "
+                             f"{s.timeouts.failed:.0f}s: {error} (its log: CloudWatch log group {logs})")  # fmt: skip
         if report["published"] and snapshot.get("state") == "completed" and state == "terminated":
             s.published = report["published"]
             return (f"snapshot {snapshot['id']} published with {s.published.get('images')} images; the teardown "
                     f"function terminated {instance}")  # fmt: skip
         if state == "terminated" and not report["published"]:
             raise SmokeError(f"the download instance {instance} terminated before it published a snapshot "
-                               f"(its log: CloudWatch log group {logs})")  # fmt: skip
+                             f"(its log: CloudWatch log group {logs})")  # fmt: skip
         if time.monotonic() > deadline:
             raise SmokeError(f"no published snapshot after {s.timeouts.pipeline:.0f}s (now: {line}, instance "
-                               f"{state}); its log: CloudWatch log group {logs}")  # fmt: skip
+                             f"{state}); its log: CloudWatch log group {logs}")  # fmt: skip
         s.waits.sleep(s.waits.poll)
 
 
@@ -147,7 +151,7 @@ def fleet(s: Smoke) -> str:
     ready = wait_for_datasets(s.aws.ec2, [instance], timeout=s.timeouts.fleet, poll=s.waits.poll, sleep=s.waits.sleep)
     if instance not in ready:
         raise SmokeError(f"{instance} did not mount its dataset within {s.timeouts.fleet:.0f}s; see its user data's "
-                           f"output: aws ec2 get-console-output --instance-id {instance}")  # fmt: skip
+                         f"output: aws ec2 get-console-output --instance-id {instance}")  # fmt: skip
     s.say(f"{instance} mounted {ready[instance]}; running read-check on it through SSM Run Command")
     output = run_on_instance(s.aws.ssm, instance, READ_CHECK, s.timeouts.fleet, s.waits)
     try:
@@ -157,7 +161,7 @@ def fleet(s: Smoke) -> str:
     read = {split: info["records"] for split, info in s.checked["splits"].items()}
     if read != s.expected or read != s.published.get("images"):
         raise SmokeError(f"{instance} read {read} records; generated {s.expected}, published "
-                           f"{s.published.get('images')}")  # fmt: skip
+                         f"{s.published.get('images')}")  # fmt: skip
     return f"{instance} read back {read} records of {s.checked['classes']} classes from {ready[instance]}"
 
 
@@ -195,7 +199,7 @@ def run_on_instance(ssm: Any, instance: str, command: str, timeout: float, waits
         waits.sleep(waits.poll)
     if result["Status"] != "Success":
         raise SmokeError(f"read-check on {instance} ended {result['Status']} (exit {result.get('ResponseCode')}): "
-                           f"{result.get('StandardErrorContent', '').strip()[-500:]}")  # fmt: skip
+                         f"{result.get('StandardErrorContent', '').strip()[-500:]}")  # fmt: skip
     return str(result.get("StandardOutputContent", ""))
 
 

@@ -59,7 +59,7 @@ def smoke_world(tmp_path: Path, strict_aws: StrictAws) -> Iterator[Callable[...,
         clouds.append(cloud)
         deploy = MotoDeployer(tmp_path / "deploy", cloud, **deployer)
         smoke = Smoke(plan, operator_clients(), deploy, tmp_path / "work", cdk_json_context(), Waits(poll=0.2),
-                      Timeouts(pipeline=180, fleet=120))  # fmt: skip
+                      Timeouts(pipeline=180, fleet=120, failed=2.0))  # fmt: skip
         return smoke, cloud
 
     yield make
