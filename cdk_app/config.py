@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 from bootstrap import settings
+from bootstrap.common.errors import ConfigError as TableError
 from bootstrap.contract import names
+from bootstrap.dataset.archives import dataset_from_dict
 
 EBS_SIZE_GIB = {"sc1": (125, 16384), "st1": (125, 16384), "gp3": (1, 65536)}
 GP3_IOPS = (3000, 80000)
@@ -138,8 +140,8 @@ class StagingConfig:
         need("source_secret", self.source_secret is None or bool(_SECRET_NAME.match(self.source_secret)),
              "a Secrets Manager secret name")  # fmt: skip
         need("backup_prefix", not self.backup_prefix.startswith("/"), "an S3 key prefix without a leading /")
-        need("dataset_table", self.dataset_table is None or _table_problem(self.dataset_table) is None,
-             _table_problem(self.dataset_table) or "")  # fmt: skip
+        table = _table_problem(self.dataset_table) if self.dataset_table is not None else None
+        need("dataset_table", table is None, table or "")
         need("alarm_email", self.alarm_email is None or bool(_EMAIL.match(self.alarm_email)), "an email address")
         need("janitor_interval_minutes", 5 <= self.janitor_interval_minutes <= 1440, "5-1440 minutes")
         need("dlm_interval_hours", self.dlm_interval_hours in (0, 1, 2, 3, 4, 6, 8, 12, 24),
@@ -215,11 +217,8 @@ class StagingConfig:
         return names.METRIC_NAMESPACE
 
 
-def _table_problem(table: dict[str, Any] | None) -> str | None:
+def _table_problem(table: dict[str, Any]) -> str | None:
     """What is wrong with a dataset table, in the engine's own words (it reads the same table on the instance)."""
-    from bootstrap.common.errors import ConfigError as TableError
-    from bootstrap.dataset.archives import dataset_from_dict
-
     try:
         dataset_from_dict(table)
     except TableError as e:
@@ -274,10 +273,9 @@ def _is_ours(key: str) -> bool:
 def _hint_name(hint: Any) -> str:
     if hint in (str, int, float, bool):
         return str(hint.__name__)
-    for kind in ("tuple", "dict"):
-        if str(hint).startswith(kind):
-            return "tuple" if kind == "tuple" else "dict | None"
-    return "str | None"
+    if str(hint).startswith("tuple"):
+        return "tuple"
+    return "dict | None" if str(hint).startswith("dict") else "str | None"
 
 
 def from_context(context: Mapping[str, Any]) -> StagingConfig:
