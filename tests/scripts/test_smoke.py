@@ -27,8 +27,8 @@ from bootstrap.contract import tags
 from scripts.cli import run as scripts_run
 from scripts.instance_types import InstanceTable
 from scripts.plan import load_prices
-from scripts.smoke import execute, measured, steps
-from scripts.smoke.cleanup import Clients, Waits
+from scripts.smoke import clients, execute, measured, steps
+from scripts.smoke.cleanup import Waits
 from scripts.smoke.deploy import CdkCli
 from scripts.smoke.plan import ASSUMED, Durations, SmokePlan, estimate_cost, new_run_id
 from scripts.smoke.report import FAIL, INTERRUPTED, KEPT, PASS, SKIPPED, Report, Step
@@ -42,11 +42,6 @@ from tests.fixtures.strict_aws import StrictAws
 BOOTSTRAP_VERSION = "/cdk-bootstrap/hnb659fds/version"
 
 
-def operator_clients() -> Clients:
-    return Clients(*(client(name) for name in
-                     ("ec2", "ssm", "s3", "cloudformation", "logs", "resourcegroupstaggingapi", "sts")))  # fmt: skip
-
-
 @pytest.fixture
 def smoke_world(tmp_path: Path, strict_aws: StrictAws) -> Iterator[Callable[..., tuple[Smoke, SimulatedCloud]]]:
     """A smoke run against the emulator: its plan, the simulated cloud and the deployer, ready to ``execute``."""
@@ -58,7 +53,7 @@ def smoke_world(tmp_path: Path, strict_aws: StrictAws) -> Iterator[Callable[...,
         cloud = SimulatedCloud(tmp_path / "cloud", strict_aws, plan.pipeline).__enter__()
         clouds.append(cloud)
         deploy = MotoDeployer(tmp_path / "deploy", cloud, **deployer)
-        smoke = Smoke(plan, operator_clients(), deploy, tmp_path / "work", cdk_json_context(), Waits(poll=0.2),
+        smoke = Smoke(plan, clients(REGION), deploy, tmp_path / "work", cdk_json_context(), Waits(poll=0.2),
                       Timeouts(pipeline=180, fleet=120, failed=2.0))  # fmt: skip
         return smoke, cloud
 
