@@ -37,7 +37,7 @@ STAGES = {
     "run": "every stage in order: fetch, organise, pack, verify, inspect, then backup, snapshot, publish when set",
     "fetch": "download the archives (parallel ranges, resumable) and check size and MD5",
     "organise": "read the devkit: classes in sorted-WNID order, validation labels, synsets.txt",
-    "pack": "one pass over each archive into .rec/.idx/.lst (+ class folders with --keep-tree)",
+    "pack": "one pass over each archive into .rec/.idx/.lst (+ WebDataset shards, class folders: --formats)",
     "verify": "re-read every record, check offsets, labels and counts, decode a sample",
     "inspect": "write a contact-sheet PNG of random records with their class names",
     "backup": "sync the data directory to S3 (incremental, checksummed); --verify compares S3 with the manifest",

@@ -5,7 +5,8 @@
         .NAME.part, .NAME.part.json a download in progress and its finished ranges
         .state/fetch-NAME.done      an archive's verified size and MD5
       recordio/                     what training reads: .rec/.idx/.lst, synsets.txt, failures, contact sheets
-      imagenet/train|val/WNID/      the class tree (keep_tree)
+      webdataset/                   the WebDataset shards (formats webdataset): SPLIT-NNNNNN.tar, SPLIT.shards.json
+      imagenet/train|val/WNID/      the class tree (formats tree), with meta.bin and the devkit for torchvision
       .state/                       stage markers (NAME.done), classes.json, snapshot.json, backup journal,
                                     manifest.json, the dataset volume's record and copy journal
         pack-SPLIT/                 a split being packed: checkpoint, scatter buckets, outputs in the making
@@ -23,7 +24,9 @@ STAGES = ("fetch", "organise", "pack", "verify", "inspect", "backup", "snapshot"
 """The stages of a run, in order; each marks itself done in ``.state/NAME.done``."""
 MANIFEST = "manifest.json"
 """The backup's manifest, last object written under the backup prefix."""
-BACKED_UP_DIRS = ("archives", "recordio", "imagenet")
+TRAINING_DIRS = ("recordio", "webdataset", "imagenet")
+"""What training reads, one folder per format; the dataset volume holds those that were packed."""
+BACKED_UP_DIRS = ("archives", *TRAINING_DIRS)
 BACKED_UP_STATE = ("classes.json",)
 """Besides the ``.done`` markers: the state a restore needs to skip finished stages."""
 
@@ -114,6 +117,10 @@ class DataLayout:
 
     def contact_sheet(self, split: str) -> Path:
         return self.recordio / f"contact_sheet_{split}.png"
+
+    @property
+    def webdataset(self) -> Path:
+        return self.root / "webdataset"
 
     @property
     def tree(self) -> Path:

@@ -16,26 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.common.errors import BootstrapError, ConfigError
-from bootstrap.pack.plan import global_idx_name, part_names
-from bootstrap.readers import RecordIOStream
+from bootstrap.readers import RecordIOStream, split_files
 
 SPLITS = ("train", "val")
 
 
 class DatasetMismatchError(BootstrapError):
     """The records on the volume disagree with their own index, list or classes."""
-
-
-def split_files(recordio: Path, split: str) -> tuple[list[Path], Path, list[Path]] | None:
-    """(rec files, the idx over them, lst files) of one split, one file or parts with a global idx; None if absent."""
-    single = part_names(split, 1)[0]
-    if (recordio / single.rec).exists():
-        return [recordio / single.rec], recordio / single.idx, [recordio / single.lst]
-    parts = sorted(recordio.glob(f"{split}_*.rec"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    if not parts:
-        return None
-    names = part_names(split, len(parts))
-    return ([recordio / n.rec for n in names], recordio / global_idx_name(split), [recordio / n.lst for n in names])
 
 
 def _lines(paths: list[Path]) -> int:

@@ -11,6 +11,10 @@ Two readers over the same files (``train.rec`` + ``train.idx``, or the parts
   and inside a ``DataLoader`` each worker takes a share of that.
   ``torch_iterable()`` wraps it as the ``IterableDataset`` a ``DataLoader``
   wants.
+- ``dali_pipeline()``: NVIDIA DALI's own reader of these files
+  (``readers.mxnet`` over the parts and the global idx), decoding on the GPU.
+
+``split_files(recordio_dir, split)`` finds a split's files, one .rec or parts.
 
 Items are ``(image, label)``: the stored JPEG bytes, or with ``decode`` an HxWx3
 uint8 array (``"rgb"`` or ``"bgr"``, by OpenCV), then ``transform`` if given.
@@ -23,6 +27,7 @@ label, id, id2) and the image.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 from bisect import bisect_right
@@ -30,11 +35,24 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bootstrap.pack.plan import global_idx_name, part_names
 from bootstrap.pack.recordio import iter_records, read_record, unpack_image
 
 Item = tuple[Any, int]
 BLOCK = 16 << 20
 """Sequential reads in 16 MiB blocks: few, large I/Os, as a volume restored from a snapshot likes them."""
+
+
+def split_files(recordio: Path, split: str) -> tuple[list[Path], Path, list[Path]] | None:
+    """(rec files, the idx over them, lst files) of one split, one file or parts with a global idx; None if absent."""
+    single = part_names(split, 1)[0]
+    if (recordio / single.rec).exists():
+        return [recordio / single.rec], recordio / single.idx, [recordio / single.lst]
+    parts = sorted(recordio.glob(f"{split}_*.rec"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not parts:
+        return None
+    names = part_names(split, len(parts))
+    return ([recordio / n.rec for n in names], recordio / global_idx_name(split), [recordio / n.lst for n in names])
 
 
 def _parts(rec: Path | Sequence[Path], idx: Path) -> tuple[list[Path], list[tuple[int, int]]]:
@@ -204,3 +222,58 @@ def torch_iterable(stream: RecordIOStream) -> Any:
             return len(stream)
 
     return _Stream()
+
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def dali_pipeline(recordio: Path, split: str = "train", *, batch_size: int, rank: int = 0, world_size: int = 1,
+                  size: int = 224, training: bool = True, device: str = "mixed", device_id: int | None = 0,
+                  num_threads: int = 4, seed: int = 42) -> Any:  # fmt: skip
+    """A built DALI pipeline over a split: ``readers.mxnet`` (the parts and the global idx), decode, augment, normalise.
+
+    Each ``run()`` gives ``(images, labels)``: float CHW images normalised with
+    ImageNet's mean and std, and the labels.  Training: random-resized-crop to
+    ``size`` (the crop fused into the decode, ``decoders.image_random_crop``
+    then ``resize``, as NVIDIA's ResNet-50 example does it, so only the crop
+    is decoded), random horizontal flip, records shuffled in a buffer;
+    otherwise: resize the short side to ``size / 0.875`` and centre-crop.
+    ``rank`` of ``world_size`` picks this process's shard.  ``device="mixed"``
+    decodes with nvJPEG on GPU ``device_id``; ``device="cpu"`` with
+    ``device_id=None`` runs without a GPU (as the tests do).  Wrap it with
+    ``nvidia.dali.plugin.pytorch.DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader")``.
+    """
+    try:  # typed as Any: DALI's own stubs do not describe its operators
+        dali: Any = importlib.import_module("nvidia.dali")
+    except ImportError:
+        raise ImportError("dali_pipeline needs NVIDIA DALI: pip install nvidia-dali-cuda120 (see the README)") from None
+    found = split_files(Path(recordio), split)
+    if found is None:
+        raise FileNotFoundError(f"{recordio} has no {split}.rec (nor parts): is the dataset mounted?")
+    recs, idx, _ = found
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+
+    fn, types = dali.fn, dali.types
+
+    @dali.pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)  # type: ignore[untyped-decorator]
+    def pipeline() -> tuple[Any, Any]:
+        jpegs, labels = fn.readers.mxnet(path=[str(p) for p in recs], index_path=[str(idx)], shard_id=rank,
+                                         num_shards=world_size, random_shuffle=training, pad_last_batch=not training,
+                                         name="reader")  # fmt: skip
+        if training:
+            images = fn.decoders.image_random_crop(jpegs, device=device, output_type=types.RGB)
+            images = fn.resize(images, resize_x=size, resize_y=size)
+            mirror: Any = fn.random.coin_flip(probability=0.5)
+        else:
+            images = fn.decoders.image(jpegs, device=device, output_type=types.RGB)
+            images = fn.resize(images, resize_shorter=round(size / 0.875))
+            mirror = False
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(size, size),
+                                          mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), mirror=mirror)  # fmt: skip
+        return images, labels
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe

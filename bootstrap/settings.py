@@ -37,6 +37,8 @@ class Knob:
     above: float | None = None
     """An exclusive lower bound."""
     choices: tuple[Any, ...] | None = None
+    items: tuple[str, ...] | None = None
+    """A comma-separated list, each item one of these."""
     stages: tuple[str, ...] = ()
     """The commands that take it as a flag; none: set only in the config file (the CDK app writes it)."""
 
@@ -45,6 +47,8 @@ class Knob:
             return True
         if self.choices is not None:
             return value in self.choices
+        if self.items is not None:
+            return isinstance(value, str) and all(item.strip() in self.items for item in value.split(","))
         return not (
             (self.low is not None and value < self.low)
             or (self.high is not None and value > self.high)
@@ -54,6 +58,8 @@ class Knob:
     def describe(self) -> str:
         if self.choices is not None:
             return f"one of {', '.join(map(str, self.choices))}"
+        if self.items is not None:
+            return f"a comma-separated list of {', '.join(self.items)}"
         if self.above is not None:
             return f"more than {self.above:g}"
         if self.low is None:
@@ -67,6 +73,8 @@ ENGINE = ("run", *STAGES, "status", "mount-data")
 """The engine's commands that read this settings object (the GPU instance's commands have flags of their own)."""
 DATA = ("run", *STAGES)
 FETCH, PACK = ("run", "fetch"), ("run", "pack")
+FORMATS = ("recordio", "webdataset", "tree")
+"""What pack can write in its one pass. recordio is always written: verify, inspect and the read check start there."""
 
 
 def knob(default: Any, help: str, **limits: Any) -> Any:
@@ -101,8 +109,11 @@ class PrepConfig:
     seed: int = knob(100, "shuffle seed (default {default}, as im2rec)", stages=PACK)
     shuffle_train: bool = knob(True, "shuffle train records (default: on)", stages=PACK)
     shuffle_val: bool = knob(False, "shuffle val records (default: off)", stages=PACK)
-    keep_tree: bool = knob(False, "also write imagenet/{{train,val}}/<wnid>/ with the packed images (default: off)",
-                           stages=PACK)  # fmt: skip
+    formats: str = knob("recordio", "what pack writes, comma-separated: recordio (always), webdataset, tree "
+                        "(default {default})", items=FORMATS, stages=PACK)  # fmt: skip
+    keep_tree: bool = knob(False, "add tree to --formats (default: off)", stages=PACK)
+    shard_mib: int = knob(1024, "size of a WebDataset shard in MiB (default {default}; at least 1)", low=1,
+                          stages=PACK)  # fmt: skip
     max_failure_rate: float = knob(
         0.001, "fail when more than this fraction of images cannot be packed (default {default}; 0-1)", low=0.0,
         high=1.0, stages=PACK,
@@ -134,8 +145,6 @@ class PrepConfig:
     dataset_snapshot: str = knob("packed", "what GPU instances restore: the packed data on a volume of its own size "
                                  "(packed), or the whole work volume with the archives (work-volume)",
                                  choices=("packed", "work-volume"), stages=("run", "snapshot"))  # fmt: skip
-    publish_tree: bool = knob(False, "also publish the class tree (keep_tree) on the dataset volume (default: off)",
-                              stages=("run", "snapshot"))  # fmt: skip
     publish_mount: Path = knob(Path(names.PUBLISH_MOUNT), "where the dataset volume is mounted while it is filled",
                                )  # fmt: skip
     data_volume_id: str | None = knob(None, "the EBS volume id of the data volume", stages=("mount-data",))
@@ -152,6 +161,12 @@ class PrepConfig:
     @property
     def paths(self) -> DataLayout:
         return DataLayout(self.data_dir)
+
+    @property
+    def output_formats(self) -> tuple[str, ...]:
+        """The formats pack writes, in ``FORMATS`` order: ``formats``, plus recordio, plus tree with ``keep_tree``."""
+        asked = {item.strip() for item in self.formats.split(",")} | {"recordio"}
+        return tuple(f for f in FORMATS if f in asked or (f == "tree" and self.keep_tree))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(PrepConfig)}
@@ -210,9 +225,12 @@ def _flag_type(key: str) -> Callable[[str], Any]:
                 raise argparse.ArgumentTypeError("an empty path; give a directory or file")
             return Path(text)
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__} ({spec.describe()})") from None
+        if spec.items is not None and not spec.allows(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {spec.describe()}")
+        return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse

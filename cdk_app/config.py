@@ -79,10 +79,11 @@ class StagingConfig:
     quality: int = settings.default("quality")
     center_crop: bool = settings.default("center_crop")
     parts: int = settings.default("parts")
+    formats: str = settings.default("formats")
+    """What pack writes besides the RecordIO: webdataset, tree (comma-separated); the dataset volume holds them all."""
     keep_tree: bool = settings.default("keep_tree")
     dataset_snapshot: str = settings.default("dataset_snapshot")
     """packed: GPU instances restore a right-sized volume of the packed data; work-volume: the whole data volume."""
-    publish_tree: bool = settings.default("publish_tree")
     max_failure_rate: float = settings.default("max_failure_rate")
     backup_prefix: str = "imagenet/"
     dataset_table: dict[str, Any] | None = None
@@ -187,7 +188,7 @@ class StagingConfig:
         """The engine settings (``bootstrap.settings`` keys) this context sets; the download stack passes them on."""
         return {"source": self.source, "resize": self.resize, "quality": self.quality,
                 "center_crop": self.center_crop, "parts": self.parts, "keep_tree": self.keep_tree,
-                "dataset_snapshot": self.dataset_snapshot, "publish_tree": self.publish_tree,
+                "formats": self.formats, "dataset_snapshot": self.dataset_snapshot,
                 "max_failure_rate": self.max_failure_rate}  # fmt: skip
 
     # -- names everything else derives ---------------------------------------------------

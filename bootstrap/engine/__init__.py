@@ -3,9 +3,10 @@
     fetch     archives from the source, size + MD5 verified
     organise  devkit -> classes in sorted-WNID order, val labels, synsets.txt,
               counts checked against the dataset table
-    pack      one pass over each image archive -> .rec/.idx/.lst (+ the class
-              tree with keep_tree), failures listed with reasons
-    verify    every record re-read, offsets and labels checked, a sample decoded
+    pack      one pass over each image archive -> .rec/.idx/.lst (+ WebDataset
+              shards and the class tree, as ``formats`` asks), failures listed
+    verify    every record re-read, offsets and labels checked, a sample decoded;
+              every shard member and tree file against its record
     inspect   a contact-sheet PNG per split
     backup, snapshot, publish: on the download instance (``instance_stages``)
 
@@ -106,7 +107,11 @@ class Engine:
         return [(marker, stage) for stage in stages for marker in STAGE_MARKERS[stage]]
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"data_dir": str(self.paths.root), "recordio": str(self.paths.recordio), "splits": {}}
+        formats = self.config.output_formats
+        out: dict[str, Any] = {"data_dir": str(self.paths.root), "recordio": str(self.paths.recordio),
+                               "formats": list(formats), "splits": {}}  # fmt: skip
+        out |= {"webdataset": str(self.paths.webdataset)} if "webdataset" in formats else {}
+        out |= {"tree": str(self.paths.tree)} if "tree" in formats else {}
         for stage in ("backup", "publish"):
             info = self.ctx.done(stage, stage)
             if info is not None:
@@ -118,6 +123,7 @@ class Engine:
                     "packed": info["packed"],
                     "failed": info["failed"],
                     "files": info["outputs"],
+                    "shards": info.get("shards", []),
                     "failures": str(self.paths.recordio / info["failures_file"]),
                 }
         return out

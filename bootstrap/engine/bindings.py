@@ -29,7 +29,7 @@ from bootstrap.layout import STAGES
 from bootstrap.settings import PrepConfig
 
 PACK_SETTINGS = ("resize", "center_crop", "quality", "encoding", "color", "pass_through", "upscale", "seed",
-                 "shuffle_train", "shuffle_val", "parts", "keep_tree")  # fmt: skip
+                 "shuffle_train", "shuffle_val", "parts", "formats", "keep_tree", "shard_mib")  # fmt: skip
 OWN_SETTINGS: dict[str, tuple[str, ...]] = {
     "fetch": (),
     "organise": (),
@@ -37,7 +37,7 @@ OWN_SETTINGS: dict[str, tuple[str, ...]] = {
     "verify": (),
     "inspect": (),
     "backup": ("bucket", "prefix", "storage_class", "large_storage_class", "sse", "kms_key_id"),
-    "snapshot": ("dataset_snapshot", "publish_tree", "pipeline"),
+    "snapshot": ("dataset_snapshot", "pipeline"),
     "publish": ("snapshot_parameter",),
 }
 """The settings that shape each stage's own output (the rest tune speed or checks, not what is made)."""

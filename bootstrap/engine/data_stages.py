@@ -27,8 +27,9 @@ from bootstrap.layout import pack_marker
 from bootstrap.pack.contact_sheet import contact_sheet
 from bootstrap.pack.packer import PackReport, SplitJob, pack_split
 from bootstrap.pack.plan import part_names
-from bootstrap.pack.tree import TreeWriter
+from bootstrap.pack.tree import TreeWriter, write_tree_meta
 from bootstrap.pack.verify import check_failures, verify_split
+from bootstrap.pack.verify_formats import verify_shards, verify_tree
 
 log = logging.getLogger("bootstrap.engine")
 
@@ -91,6 +92,9 @@ def pack(ctx: StageContext) -> dict[str, PackReport]:
         devkit = load_classes(ctx)
         classes = devkit.by_wnid()
         max_image = ctx.config.max_image_mib << 20
+        tree = "tree" in ctx.config.output_formats
+        if tree:  # what torchvision's ImageNet needs beside the class folders
+            write_tree_meta(ctx.paths.tree, devkit, ctx.require_archive("devkit"))
         reports = {}
         for split in SPLITS:
             path = ctx.require_archive(split)
@@ -102,8 +106,8 @@ def pack(ctx: StageContext) -> dict[str, PackReport]:
                 expected = ctx.dataset.val_images
             job = SplitJob(split, stream, os.path.getsize(path), expected, ctx.paths.recordio,
                            ctx.paths.pack_work(split), pack_options(ctx.config, split), ctx.status,
-                           TreeWriter(ctx.paths.tree / split) if ctx.config.keep_tree else None,
-                           settings=ctx.bound("pack"), rebuild=ctx.force)  # fmt: skip
+                           TreeWriter(ctx.paths.tree / split) if tree else None, settings=ctx.bound("pack"),
+                           rebuild=ctx.force, shard_dir=ctx.paths.webdataset)  # fmt: skip
             done = ctx.done(pack_marker(split), "pack")
             reports[split] = pack_split(job, PackReport(**_report_fields(done)) if done is not None else None,
                                         partial(_record_pack, ctx))  # fmt: skip
@@ -118,6 +122,7 @@ def _report_fields(info: dict[str, Any]) -> dict[str, Any]:
 
 def _record_pack(ctx: StageContext, report: PackReport) -> None:
     outputs = [ctx.paths.recordio / name for name in (*report.outputs, report.failures_file)]
+    outputs += [ctx.paths.webdataset / name for name in report.shards]
     ctx.record(pack_marker(report.split), "pack", dataclasses.asdict(report), outputs,
                accepted={"max_failure_rate": ctx.config.max_failure_rate})  # fmt: skip
 
@@ -136,16 +141,23 @@ def verify(ctx: StageContext, *, again: bool = False) -> None:
         return
 
     def body() -> None:
-        classes = len(load_classes(ctx).classes)
+        devkit = load_classes(ctx)
+        classes, formats, paths, parts = len(devkit.classes), ctx.config.output_formats, ctx.paths, ctx.config.parts
         verified = []
         for split in SPLITS:
             report = pack_report(ctx, split, check_outputs=False)  # verify reads every byte of them
-            verify_split(ctx.paths.recordio, split, parts=ctx.config.parts, classes=classes,
-                         expected=report.packed, sample_every=ctx.config.sample_every,
-                         status=ctx.status)  # fmt: skip
-            check_failures(ctx.paths.recordio / report.failures_file, report.failed)
-            verified += [ctx.paths.recordio / name for name in report.outputs]
-        ctx.record("verify", "verify", {}, verified)
+            verify_split(paths.recordio, split, parts=parts, classes=classes, expected=report.packed,
+                         sample_every=ctx.config.sample_every, status=ctx.status)  # fmt: skip
+            check_failures(paths.recordio / report.failures_file, report.failed)
+            verified += [paths.recordio / name for name in report.outputs]
+            if "webdataset" in formats:
+                verify_shards(paths.webdataset, paths.recordio, split, parts=parts, expected=report.packed,
+                              status=ctx.status)  # fmt: skip
+                verified += [paths.webdataset / name for name in report.shards]
+            if "tree" in formats:
+                verify_tree(paths.tree / split, paths.recordio, split, parts=parts, expected=report.packed,
+                            labels={c.wnid: c.label for c in devkit.classes}, status=ctx.status)  # fmt: skip
+        ctx.record("verify", "verify", {"formats": list(formats)}, verified)
 
     ctx.stage("verify", body)
 

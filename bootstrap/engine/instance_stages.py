@@ -84,8 +84,7 @@ def snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any]:
                                   extra_tags={tags.WORK_VOLUME: work.volume_id})  # fmt: skip
         poll = ctx.config.snapshot_poll_seconds
         if ctx.config.dataset_snapshot == "packed":
-            opts = PublishOptions(ctx.config.publish_mount, ctx.config.publish_tree, device_roots(ctx.config),
-                                  poll_seconds=min(poll, 2.0))  # fmt: skip
+            opts = PublishOptions(ctx.config.publish_mount, device_roots(ctx.config), poll_seconds=min(poll, 2.0))
             publisher = DatasetVolumePublisher(ec2, identity, ctx.paths, request, opts, status=ctx.status)
             snap, plan = publisher.publish(poll_seconds=poll)
             volume_id, size_gib = snap["VolumeId"], plan.size_gib

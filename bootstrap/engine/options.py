@@ -26,6 +26,7 @@ def pack_options(c: PrepConfig, split: str) -> PackOptions:
         shuffle=c.shuffle_train if split == "train" else c.shuffle_val,
         seed=c.seed,
         parts=c.parts,
+        shard_bytes=c.shard_mib << 20 if "webdataset" in c.output_formats else 0,
         bucket_bytes=c.bucket_mib << 20,
         checkpoint_seconds=c.checkpoint_seconds,
         max_failure_rate=c.max_failure_rate,

@@ -47,7 +47,7 @@ from bootstrap.common.state import atomic_write_json, fsync_dir, read_state
 from bootstrap.contract import tags
 from bootstrap.instance.snapshot import SnapshotRequest, Volume, frozen, take_snapshot, wait_for_snapshot
 from bootstrap.instance.volume import thaw
-from bootstrap.layout import MANIFEST, DataLayout
+from bootstrap.layout import MANIFEST, TRAINING_DIRS, DataLayout
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -82,15 +82,15 @@ class PublishPlan:
         return sum(f.size for f in self.files) + self.manifest_bytes
 
 
-def is_published(relpath: str, include_tree: bool) -> bool:
-    """What training reads: the RecordIO folder, and the class tree when asked for."""
-    return relpath.startswith("recordio/") or (include_tree and relpath.startswith("imagenet/"))
+def is_published(relpath: str) -> bool:
+    """What training reads: every format that was packed (records, shards, class tree), not the archives."""
+    return relpath.split("/", 1)[0] in TRAINING_DIRS
 
 
-def plan_publish(manifest: dict[str, Any], manifest_bytes: int, include_tree: bool) -> PublishPlan:
+def plan_publish(manifest: dict[str, Any], manifest_bytes: int) -> PublishPlan:
     """The files to publish, from the backup manifest, and the volume that holds them (``volume_gib``)."""
     files = tuple(PublishedFile(e["relpath"], int(e["size"]), e["sha256"]) for e in manifest["files"]
-                  if is_published(e["relpath"], include_tree))  # fmt: skip
+                  if is_published(e["relpath"]))  # fmt: skip
     directories = len({str(Path(f.relpath).parent) for f in files})
     data = sum(f.size for f in files) + manifest_bytes
     return PublishPlan(files, manifest_bytes, volume_gib(data, len(files) + directories),
@@ -125,7 +125,6 @@ def volume_request(plan: PublishPlan, identity: InstanceIdentity, pipeline: str,
 @dataclass(frozen=True)
 class PublishOptions:
     mount_point: Path
-    include_tree: bool = False
     roots: DeviceRoots = field(default_factory=DeviceRoots)
     poll_seconds: float = 2.0
     timeout_seconds: float = 600.0
@@ -208,7 +207,7 @@ class DatasetVolumePublisher:
         if hashlib.sha256(body).hexdigest() != self.request.manifest_sha256:
             raise PublishError(f"{self.paths.local_manifest} is not the manifest the backup wrote "
                                f"({self.request.manifest_sha256[:12]}…): run the backup stage again")  # fmt: skip
-        return plan_publish(json.loads(body), len(body), self.opts.include_tree), body
+        return plan_publish(json.loads(body), len(body)), body
 
     def _volume(self, plan: PublishPlan) -> str:
         state = self._state()

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import multiprocessing
 import os
-import select
 import shutil
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,9 +33,10 @@ from bootstrap.common.progress import Progress, StatusFile, human_bytes
 from bootstrap.common.state import atomic_write_json, read_state
 from bootstrap.dataset.streams import END, Cursor, Item, StreamFactory
 from bootstrap.layout import PackWorkDir, bucket_file
-from bootstrap.pack.imaging import ImageError, ImageOptions, transcode
+from bootstrap.pack.imaging import ImageOptions
 from bootstrap.pack.plan import bucket_count, failure_rate_exceeded, shuffle_bucket
-from bootstrap.pack.sinks import BucketWriter, FailureLog, RecordSink, move_into, read_bucket
+from bootstrap.pack.sinks import BucketWriter, FailureLog, OutputSink, move_into, read_bucket
+from bootstrap.pack.workers import transcode_batch, worker_pool
 from bootstrap.settings import default, differences
 
 log = logging.getLogger(__name__)
@@ -54,6 +52,8 @@ class PackOptions:
     shuffle: bool = default("shuffle_train")
     seed: int = default("seed")
     parts: int = default("parts")
+    shard_bytes: int = 0
+    """WebDataset shards of about this size next to the records; 0: none."""
     bucket_bytes: int = default("bucket_mib") << 20
     batch_images: int = 32
     checkpoint_seconds: float = default("checkpoint_seconds")
@@ -69,67 +69,14 @@ class PackReport:
     packed: int = 0
     failed: int = 0
     outputs: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    """The WebDataset shards and their index (in ``SplitJob.shard_dir``)."""
     failures_file: str = ""
     seconds: float = 0.0
 
     @property
     def total(self) -> int:
         return self.packed + self.failed
-
-
-# -- worker side -------------------------------------------------------------------
-
-_worker_options: ImageOptions | None = None
-
-
-def _worker_pool(workers: int, options: ImageOptions) -> ProcessPoolExecutor:
-    """Workers forked from a clean fork server, never from this process.
-
-    Forking a process whose OpenCV thread pool (or any other thread) is live
-    can deadlock the child; the fork server has imported cv2 but run nothing.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["bootstrap.pack.packer"])
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(options, os.getpid())
-    )
-
-
-def _exit_when_gone(pid: int) -> None:
-    """Block until process ``pid`` ends, then end this one.
-
-    A worker's parent is the fork server, not the packer, and every worker
-    holds pipes that keep the fork server and its own task queue open; if the
-    packer is killed with SIGKILL nothing else would ever tell the workers.
-    """
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        os._exit(1)
-    select.select([fd], [], [])  # a pidfd becomes readable when the process exits
-    os._exit(1)
-
-
-def _init_worker(options: ImageOptions, packer_pid: int) -> None:
-    global _worker_options
-    import cv2
-
-    threading.Thread(target=_exit_when_gone, args=(packer_pid,), name="watch-packer", daemon=True).start()
-    cv2.setNumThreads(1)  # one process per core already
-    _worker_options = options
-
-
-def _transcode_batch(images: list[bytes]) -> list[tuple[bool, bytes | str]]:
-    assert _worker_options is not None
-    results: list[tuple[bool, bytes | str]] = []
-    for data in images:
-        try:
-            results.append((True, transcode(data, _worker_options)))
-        except ImageError as e:
-            results.append((False, str(e)))
-        except Exception as e:  # a decoder bug must not kill the run; list the image instead
-            results.append((False, f"unexpected {type(e).__name__}: {e}"))
-    return results
 
 
 # -- main side ---------------------------------------------------------------------
@@ -169,12 +116,12 @@ class _PassOne:
             log.info("%s: resuming pass one at image %d", packer.split, saved["cursor"]["next_id"])
             packer.buckets = saved["buckets"]
             sink_state, failures_len = saved["sink"], saved["failures"]
-        self.sink: RecordSink | BucketWriter
+        self.sink: OutputSink | BucketWriter
         if opts.shuffle:
             lengths = sink_state["lengths"] if sink_state else None
             self.sink = BucketWriter(work.buckets, packer.buckets, opts.seed, lengths)
         else:
-            self.sink = RecordSink(work.out, packer.split, opts.parts, sink_state)
+            self.sink = packer.output_sink(sink_state)
         self.failures = FailureLog(work.failures, failures_len)
         self.counts = {"packed": self.state["packed"], "failed": self.state["failed"]}
         self.progress = Progress(f"pack {packer.split}", packer.expected, "images", status=packer.status,
@@ -202,7 +149,7 @@ class _PassOne:
     def submit(self, pool: ProcessPoolExecutor) -> None:
         if self.batch:
             self.in_flight += 1
-            future = pool.submit(_transcode_batch, [i.data for i in self.batch])
+            future = pool.submit(transcode_batch, [i.data for i in self.batch])
             self.window.append(_Batch(future, [replace(i, data=b"") for i in self.batch]))
             self.batch, self.batch_bytes = [], 0
 
@@ -259,6 +206,7 @@ class SplitJob:
     """The archive's size, from which the number of shuffle buckets follows."""
     expected: int | None
     out_dir: Path
+    """Where the records go (the WebDataset shards go to ``shard_dir``)."""
     work: PackWorkDir
     opts: PackOptions
     status: StatusFile | None = None
@@ -269,6 +217,7 @@ class SplitJob:
     """What shapes the output (recorded in the checkpoint: a resume with others is refused)."""
     rebuild: bool = False
     """A checkpoint made with other settings is thrown away instead of refused."""
+    shard_dir: Path | None = None
 
 
 class _SplitPacker:
@@ -276,9 +225,12 @@ class _SplitPacker:
         self.split, self.stream, self.expected = job.split, job.stream, job.expected
         self.out_dir, self.work, self.opts = job.out_dir, job.work, job.opts
         self.status, self.on_image = job.status, job.on_image
-        self.settings, self.rebuild = job.settings, job.rebuild
+        self.settings, self.rebuild, self.shard_dir = job.settings, job.rebuild, job.shard_dir
         self.buckets = bucket_count(job.estimated_bytes, job.opts.bucket_bytes) if job.opts.shuffle else 0
         self.last_checkpoint = time.monotonic()
+
+    def output_sink(self, state: dict[str, Any] | None) -> OutputSink:
+        return OutputSink(self.work.out, self.split, self.opts.parts, self.opts.shard_bytes, state)
 
     def save(self, state: dict[str, Any]) -> None:
         atomic_write_json(self.work.checkpoint, state)
@@ -287,7 +239,7 @@ class _SplitPacker:
     def pass_one(self, saved: dict[str, Any] | None) -> dict[str, Any]:
         one = _PassOne(self, saved)
         workers = self.opts.worker_count()
-        with _worker_pool(workers, self.opts.image) as pool:
+        with worker_pool(workers, self.opts.image) as pool:
             for obj in self.stream(one.start):
                 one.take(pool, obj)
                 one.settle(limit=2 * workers)
@@ -307,7 +259,7 @@ class _SplitPacker:
         if state["phase"] == 1:
             state = {**state, "phase": 2, "next_bucket": 0, "out": None}
             self.save(state)
-        sink = RecordSink(self.work.out, self.split, self.opts.parts, state["out"])
+        sink = self.output_sink(state["out"])
         progress = Progress(f"shuffle {self.split}", state["buckets"], "buckets", status=self.status,
                             done=state["next_bucket"])  # fmt: skip
         for b in range(state["next_bucket"], state["buckets"]):
@@ -347,16 +299,18 @@ class _SplitPacker:
         if state["phase"] != "finishing":
             if self.opts.shuffle:
                 state = self.pass_two(state)
-            names = RecordSink(self.work.out, self.split, self.opts.parts, state["sink"]).close()
-            state = {**state, "phase": "finishing", "outputs": names}
+            state = {**state, "phase": "finishing", "outputs": self.output_sink(state["sink"]).close()}
             self.save(state)
         # Moving into place is the last step; a run killed part-way through it moves the rest.
-        move_into(self.work.out, self.out_dir, state["outputs"])
+        outputs = state["outputs"]
+        move_into(self.work.out, self.out_dir, outputs["recordio"])
+        if outputs["webdataset"]:
+            assert self.shard_dir is not None
+            move_into(self.work.out, self.shard_dir, outputs["webdataset"])
         move_into(self.work.root, self.out_dir, [self.work.failures.name])
         seconds = round(time.monotonic() - start, 1)
-        return PackReport(
-            self.split, state["packed"], state["failed"], state["outputs"], self.work.failures.name, seconds
-        )
+        return PackReport(self.split, state["packed"], state["failed"], outputs["recordio"], outputs["webdataset"],
+                          self.work.failures.name, seconds)  # fmt: skip
 
 
 _PHASE_KEYS = {1: ("cursor", "packed", "failed", "buckets"), 2: ("next_bucket", "out", "packed", "failed"),

@@ -21,6 +21,7 @@ from bootstrap.dataset.streams import Item
 from bootstrap.layout import bucket_file
 from bootstrap.pack.plan import bucket_of, global_idx_name, part_names, part_of
 from bootstrap.pack.recordio import ImageHeader, encode_record, format_idx_line, format_lst_line, pack_image
+from bootstrap.pack.shards import ShardSink
 
 WRITE_BUFFER = 4 << 20
 
@@ -106,6 +107,32 @@ class RecordSink:
                     base += (self.directory / p.rec).stat().st_size
             names.append(global_idx_name(self.split))
         return names
+
+
+class OutputSink:
+    """A split's outputs in their final order: the records, and the WebDataset shards when asked for.
+
+    Both take the same images in the same order, so sample ``k`` of the shards
+    is record ``k`` of the .rec, byte for byte, and they checkpoint together.
+    """
+
+    def __init__(self, directory: Path, split: str, parts: int, shard_bytes: int,
+                 state: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.records = RecordSink(directory, split, parts, state)
+        self.shards = ShardSink(directory, split, shard_bytes, (state or {}).get("shards")) if shard_bytes else None
+
+    def add(self, item: Item) -> None:
+        self.records.add(item)
+        if self.shards is not None:
+            self.shards.add(item)
+
+    def sync(self) -> dict[str, Any]:
+        state = self.records.sync()
+        return {**state, "shards": self.shards.sync()} if self.shards is not None else state
+
+    def close(self) -> dict[str, list[str]]:
+        """The finished files' names: ``recordio`` (into the records folder) and ``webdataset`` (the shards')."""
+        return {"recordio": self.records.close(), "webdataset": self.shards.close() if self.shards else []}
 
 
 def move_into(source: Path, dest: Path, names: list[str]) -> None:

@@ -59,6 +59,8 @@ def test_each_stage_lists_only_the_flags_it_uses() -> None:
         (["pack", "--workers", "x"], "argument --workers: 'x' is not a whole number (at least 0)"),
         (["pack", "--max-failure-rate", "2"], "argument --max-failure-rate: 2 is out of range: it must be 0-1"),
         (["pack", "--encoding", "jpg"], "argument --encoding: invalid choice: 'jpg'; did you mean '.jpg'?"),
+        (["pack", "--formats", "recordio,wds"], "argument --formats: 'recordio,wds': must be a comma-separated list "
+                                                "of recordio, webdataset, tree"),
         (["pak"], "argument STAGE: invalid choice: 'pak'; did you mean 'pack'?"),
         (["pack", "--data-dir", ""], "argument --data-dir: an empty path; give a directory or file"),
         (["pack", "--qual", "95"], "unrecognized argument --qual; did you mean --quality?"),  # no abbreviations

@@ -236,14 +236,15 @@ KILL_AT = {
 @pytest.mark.parametrize("moment", KILL_AT)
 def test_kill_9_during_pack_resumes_to_identical_output(moment: str, tmp_path: Path) -> None:
     archives = generate(tmp_path / "src", Spec(classes=6, train_per_class=40, val_per_class=2, seed=5))
-    reference = Engine(config(tmp_path / "ref", archives, keep_tree=True))
+    reference = Engine(config(tmp_path / "ref", archives, formats="webdataset,tree"))
     reference.run()
 
-    data = tmp_path / "killed"
-    cfg = config(data, archives, workers=1, bucket_mib=1, keep_tree=True)
+    data = tmp_path / "killed"  # every format; --keep-tree is the alias for adding tree
+    cfg = config(data, archives, workers=1, bucket_mib=1, formats="webdataset", keep_tree=True)
     argv = [sys.executable, "-m", "bootstrap", "pack", "--data-dir", str(data),
             "--dataset-table", str(archives.table), "--resize", str(RESIZE), "--workers", "1",
-            "--max-failure-rate", "0.2", "--checkpoint-seconds", "0", "--bucket-mib", "1", "--keep-tree"]  # fmt: skip
+            "--max-failure-rate", "0.2", "--checkpoint-seconds", "0", "--bucket-mib", "1", "--keep-tree",
+            "--formats", "webdataset"]  # fmt: skip
     Engine(cfg).fetch()
     proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     ckpt_path = data / ".state" / "pack-train" / "checkpoint.json"
@@ -269,6 +270,7 @@ def test_kill_9_during_pack_resumes_to_identical_output(moment: str, tmp_path: P
     assert not [p for p in helpers if Path(f"/proc/{p}").exists()], "workers outlived the killed packer"
     Engine(cfg).run()
     assert digests(data / "recordio") == {k: v for k, v in digests(reference.paths.recordio).items()}
+    assert digests(data / "webdataset") == digests(reference.paths.webdataset)
     for split in ("train", "val"):  # the class tree too: every packed image once, the same bytes
         tree, want = data / "imagenet" / split, reference.paths.tree / split
         assert {f.relative_to(tree): f.read_bytes() for f in tree.rglob("*.JPEG")} == {
