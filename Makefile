@@ -18,7 +18,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make demo   - set up and run the whole job on synthetic ILSVRC2012 archives (local HTTP + AWS emulator)"
 	@echo "make test   - set up and run linters and every test"
-	@echo "make test-torch - the readers under PyTorch's DataLoader, in a venv with the CPU build of PyTorch"
+	@echo "make test-torch - every format under PyTorch (torchvision, DALI, webdataset) and the README's training snippets"
 	@echo "make bench  - benchmarks vs im2rec, the by-hand chain, curl and aria2c; writes bench/results.json"
 	@echo "make aws-smoke - REAL AWS: the whole pipeline on a tiny dataset in your account (~15 min, <2 cents), then"
 	@echo "                 everything deleted; asks first (ARGS='--yes', '--keep', '--region eu-west-1')"
@@ -35,7 +35,7 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install -q -r requirements-checkov.txt
 	touch $@
 
-# PyTorch (CPU build, 1 GB) only for `make test-torch`
+# PyTorch, torchvision, DALI and webdataset (6.7 GB) only for `make test-torch`
 $(TORCH_VENV)/.installed: requirements-torch.txt
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/pip install -q -r requirements-torch.txt

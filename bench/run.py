@@ -231,6 +231,41 @@ def bench_pack(src: Path, runs: int) -> dict[str, Any]:
     }
 
 
+# -- 1b. what each output format costs -----------------------------------------------------
+
+
+FORMAT_DIRS = {"recordio": "recordio", "webdataset": "webdataset", "tree": "imagenet"}
+
+
+def _pack_seconds(src: Path, formats: str, runs: int) -> tuple[float, Path]:
+    data = WORK / f"formats-{formats.replace(',', '-')}"
+    fresh_fetched(data, src)
+    subprocess.run(bootstrap_cmd("organise", data, src), check=True, stderr=subprocess.DEVNULL)
+
+    def once() -> Measure:
+        for done in [*(data / ".state").glob("pack-*"), data / "webdataset", data / "imagenet"]:
+            shutil.rmtree(done, ignore_errors=True) if done.is_dir() else done.unlink(missing_ok=True)
+        return measure([bootstrap_cmd("pack", data, src, "--formats", formats)], cold=False)
+
+    return median(runs, once).seconds, data
+
+
+def bench_formats(src: Path, runs: int) -> dict[str, Any]:
+    """Bytes per image of each format (as stored, and as allocated on ext4-like 4 KiB blocks here), and the pack
+    time with every format against RecordIO alone, on the same archives."""
+    alone, _ = _pack_seconds(src, "recordio", runs)
+    every, data = _pack_seconds(src, "recordio,webdataset,tree", runs)
+    images = sum(len((data / "recordio" / f"{split}.lst").read_text().splitlines()) for split in ("train", "val"))
+    out: dict[str, Any] = {"images": images, "recordio_pack_seconds": round(alone, 2),
+                           "every_format_pack_seconds": round(every, 2), "bytes_per_image": {},
+                           "allocated_per_image": {}}  # fmt: skip
+    for fmt, folder in FORMAT_DIRS.items():
+        files = [p for p in (data / folder).rglob("*") if p.is_file() and not p.name.startswith("contact_sheet")]
+        out["bytes_per_image"][fmt] = round(sum(p.stat().st_size for p in files) / images)
+        out["allocated_per_image"][fmt] = round(sum(p.stat().st_blocks * 512 for p in files) / images)
+    return out
+
+
 # -- 5. reading the records back ---------------------------------------------------------
 
 
@@ -456,6 +491,16 @@ def table(results: dict[str, Any]) -> str:
                      f"{r['map_style_random_rgb_per_s']:,} decoded to RGB",
                      f"in file order {r['stream_bytes_per_s']:,} records/s as bytes, {r['stream_rgb_per_s']:,} decoded",
                      "one process; a DataLoader's workers multiply it"))  # fmt: skip
+    if "formats" in results:
+        f = results["formats"]
+        size, held = f["bytes_per_image"], f["allocated_per_image"]
+        ratio = (size["recordio"] + size["webdataset"] + held["tree"]) / size["recordio"]
+        rows.append((f"Every format from one pass ({f['images']:,} images, imagenet profile): bytes per image",
+                     f"pack {f['every_format_pack_seconds']} s; recordio {size['recordio']:,} B, webdataset "
+                     f"{size['webdataset']:,} B, tree {size['tree']:,} B ({held['tree']:,} B allocated)",
+                     f"RecordIO alone: pack {f['recordio_pack_seconds']} s",
+                     f"{f['every_format_pack_seconds'] / f['recordio_pack_seconds']:.2f}x the pack time for "
+                     f"{ratio:.1f}x the bytes"))  # fmt: skip
     machine = results["machine"]
     order = (
         "pack",
@@ -467,6 +512,7 @@ def table(results: dict[str, Any]) -> str:
         "quality",
         "decode_scales",
         "readers",
+        "formats",
     )
     dates = [results[k].get("measured", results.get("date", "")) for k in order if k in results]
     lines = [
@@ -514,8 +560,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--download-mib", type=int, default=256)
     parser.add_argument("--rate-mib", type=float, default=8.0)
-    parser.add_argument("--only", choices=("pack", "pack_large_tail", "end_to_end", "download", "memory", "read",
-                                            "quality", "decode_scales", "readers"), action="append")  # fmt: skip
+    names = ("pack", "pack_large_tail", "end_to_end", "download", "memory", "read", "quality", "decode_scales",
+             "readers", "formats")  # fmt: skip
+    parser.add_argument("--only", choices=names, action="append")
     parser.add_argument("--report", action="store_true", help="only render the table from bench/results.json")
     args = parser.parse_args()
     if args.report:
@@ -541,6 +588,7 @@ def main() -> None:
         "quality": lambda: bench_quality(src),
         "decode_scales": lambda: bench_decode_scales(src),
         "readers": lambda: bench_readers(WORK / f"ours-pack-{src.name}" / "recordio"),
+        "formats": lambda: bench_formats(src, args.runs),
     }
     for name, step in steps.items():
         if args.only and name not in args.only:

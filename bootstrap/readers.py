@@ -111,6 +111,17 @@ class _Files:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pid": -1, "_fds": [-1] * len(self.parts)}
 
+    def close(self) -> None:
+        """Close this process's descriptors (a forked copy's belong to the parent and stay open)."""
+        if self._pid == os.getpid():
+            for fd in self._fds:
+                if fd >= 0:
+                    os.close(fd)
+        self._pid, self._fds = -1, [-1] * len(self.parts)
+
+    def __del__(self) -> None:
+        self.close()
+
 
 class RecordIODataset:
     """``dataset[i]`` is the i-th record of the idx as ``(image, label)``; ``len(dataset)`` the number of records."""
@@ -125,6 +136,10 @@ class RecordIODataset:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def close(self) -> None:
+        """Close the open parts now (garbage collection closes them too; reading again reopens them)."""
+        self._files.close()
 
     def key(self, i: int) -> int:
         """The record's key in the idx (its line in the .lst)."""

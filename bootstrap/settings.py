@@ -164,9 +164,13 @@ class PrepConfig:
 
     @property
     def output_formats(self) -> tuple[str, ...]:
-        """The formats pack writes, in ``FORMATS`` order: ``formats``, plus recordio, plus tree with ``keep_tree``."""
-        asked = {item.strip() for item in self.formats.split(",")} | {"recordio"}
-        return tuple(f for f in FORMATS if f in asked or (f == "tree" and self.keep_tree))
+        return output_formats(self.formats, self.keep_tree)
+
+
+def output_formats(formats: str, keep_tree: bool) -> tuple[str, ...]:
+    """The formats pack writes, in ``FORMATS`` order: ``formats``, plus recordio, plus tree with ``keep_tree``."""
+    asked = {item.strip() for item in formats.split(",")} | {"recordio"} | ({"tree"} if keep_tree else set())
+    return tuple(f for f in FORMATS if f in asked)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(PrepConfig)}

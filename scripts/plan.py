@@ -17,6 +17,7 @@ from typing import Any
 from bootstrap.common.argparsing import number
 from bootstrap.gpu.initialization import rate_for, seconds_to_initialize
 from bootstrap.instance.dataset_volume import volume_gib
+from bootstrap.settings import FORMATS, KNOBS, output_formats
 from cdk_app.config import StagingConfig
 from scripts.instance_types import InstanceTable, InstanceType
 
@@ -40,6 +41,9 @@ class PlanInputs:
     backup_storage_class: str = "STANDARD_IA"
     packed_files: int = 12
     """The published files: rec/idx/lst per split, synsets, failures, contact sheets, the manifest."""
+    formats: tuple[str, ...] = ("recordio",)
+    format_ratios: tuple[tuple[str, float], ...] = (("recordio", 1.0), ("webdataset", 1.08), ("tree", 1.05))
+    """Bytes each format takes on disk over the RecordIO's (``make bench``'s formats row replaces these)."""
     dataset_snapshot: str = "packed"
     gpu_instance_type: str = "g5.xlarge"
     images_per_gpu_s: float | None = None
@@ -88,11 +92,32 @@ def load_gpu_rates(path: Path = ROOT / "scripts" / "gpu_rates.json") -> dict[str
     return rates
 
 
+def measured_format_ratios(results: Path = ROOT / "bench" / "results.json") -> tuple[tuple[str, float], ...] | None:
+    """Each format's bytes on disk over the RecordIO's, from the project's own last benchmark, if there is one."""
+    try:
+        held = json.loads(results.read_text())["formats"]["allocated_per_image"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return None
+    return tuple((name, round(held[name] / held["recordio"], 3)) for name in ("recordio", "webdataset", "tree"))
+
+
+def published_bytes(i: PlanInputs) -> int:
+    """Every packed format: the RecordIO and, as ``formats`` asks, the shards and the class tree."""
+    ratios = dict(i.format_ratios)
+    return round(i.packed_bytes * sum(ratios[f] for f in i.formats))
+
+
+def published_files(i: PlanInputs) -> int:
+    """The tree has a file per image; shards are about 1 GiB each."""
+    shards = -(-published_bytes(i) // (1 << 30)) if "webdataset" in i.formats else 0
+    return i.packed_files + shards + (i.images if "tree" in i.formats else 0)
+
+
 def restored_gib(i: PlanInputs) -> int:
     """What each GPU instance restores: the right-sized dataset volume, or (work-volume) the whole data volume."""
     if i.dataset_snapshot == "work-volume":
         return i.data_volume_gib  # a volume from a snapshot is at least the source volume's size
-    return volume_gib(i.packed_bytes, i.packed_files + 2)
+    return volume_gib(published_bytes(i), published_files(i) + 2)
 
 
 def gp3_month(gib: int, iops: int, throughput: int, p: dict[str, Any]) -> float:
@@ -130,7 +155,8 @@ def fleet_rows(i: PlanInputs, p: dict[str, Any], table: InstanceTable, rates: di
     volume_month = gp3_month(size, i.restored_iops, i.restored_throughput, p)
     per_gpu = volume_month * i.gpu_hours / month
     why = ("a volume from a snapshot is at least the source volume's size" if i.dataset_snapshot == "work-volume"
-           else f"the published data, {i.packed_bytes / GB:.0f} GB, and filesystem headroom")  # fmt: skip
+           else f"the published data ({', '.join(i.formats)}), {published_bytes(i) / GB:.0f} GB, and filesystem "
+                "headroom")  # fmt: skip
     rows = [Row("restored volume per GPU instance", i.gpu_hours, per_gpu * i.gpu_instances,
                 f"{i.gpu_instances} x {size} GiB {i.restored_volume_type} for {i.gpu_hours:g} h, "
                 f"${volume_month * 24 / month:.2f} per GPU-day ({why})", "fleet")]  # fmt: skip
@@ -164,13 +190,14 @@ def plan(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None
                     f"{disk_mib_s:.0f} MiB/s {i.data_volume_type} burst)"))  # fmt: skip
 
     cpu = table.cpu_time(itype, i.images / i.images_per_vcpu_s / 3600, i.cpu_credits, idle_hours=download_h)
-    io_h = (i.archive_bytes + 3 * i.packed_bytes) / (disk_mib_s * MIB) / 3600  # read once; scatter, gather, write
+    # read the archives once; the records scattered, gathered, written; the other formats written once
+    io_h = (i.archive_bytes + 2 * i.packed_bytes + published_bytes(i)) / (disk_mib_s * MIB) / 3600
     pack_h = max(cpu.hours, io_h)
     rows.append(Row("pack", pack_h, table.surplus_usd(itype, cpu.surplus_vcpu_hours),
                     f"{i.images:,} images at {i.images_per_vcpu_s:.0f} img/s per vCPU on {cpu.how}, or the disk, "
                     "whichever is slower", "one-off"))  # fmt: skip
 
-    backup_h = (i.archive_bytes + i.packed_bytes) / download_rate / 3600
+    backup_h = (i.archive_bytes + published_bytes(i)) / download_rate / 3600
     rows.append(
         Row("backup + snapshot", backup_h, 0.0, "upload at the same link rate; the snapshot copies in the background")
     )
@@ -183,10 +210,10 @@ def plan(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None
                     f"${p['ebs_gb_month'][i.data_volume_type]}/GB-month while the download side exists",
                     "one-off"))  # fmt: skip
 
-    stored = (i.archive_bytes + i.packed_bytes) / GB
+    stored = (i.archive_bytes + published_bytes(i)) / GB
     s3 = stored * p["s3_gb_month"][i.backup_storage_class]
     rows.append(Row("S3 backup, per month", None, s3, f"{stored:.0f} GB in {i.backup_storage_class}", "monthly"))
-    snapped = stored if i.dataset_snapshot == "work-volume" else i.packed_bytes / GB
+    snapped = stored if i.dataset_snapshot == "work-volume" else published_bytes(i) / GB
     rows.append(Row("EBS snapshot, per month", None, snapped * p["snapshot_gb_month"],
                     f"{snapped:.0f} GB of written blocks ({i.dataset_snapshot})", "monthly"))  # fmt: skip
     rows.extend(fleet_rows(i, p, table))
@@ -224,6 +251,12 @@ def compare(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | N
 HELP = "expected time and cost of a run, with every assumption"
 
 
+def _formats(text: str) -> str:
+    if not KNOBS["formats"].allows(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {KNOBS['formats'].describe()}")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> None:
     """Defaults: what ./cdk.json deploys, else the plan's own; every number checked for its range."""
     d = PlanInputs()
@@ -252,6 +285,9 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
     add("--restored-throughput", type=number(int, low=125, high=2000), default=deployed.restored_throughput,
         help=f"MiB/s (default {deployed.restored_throughput}, from ./cdk.json; 125-2000)")  # fmt: skip
     add("--fsr-azs", type=number(int, low=0), default=0, help="fast snapshot restore in this many AZs (default 0)")
+    formats = ",".join(output_formats(deployed.formats, deployed.keep_tree))
+    add("--formats", type=_formats, default=formats,
+        help=f"what pack writes: {', '.join(FORMATS)} (default {formats}, from ./cdk.json)")  # fmt: skip
     parser.set_defaults(dataset_snapshot=deployed.dataset_snapshot,
                         initialization_rate=deployed.restored_initialization_rate)  # fmt: skip
 
@@ -265,6 +301,8 @@ def command(args: argparse.Namespace) -> tuple[Any, str]:
         restored_throughput=args.restored_throughput, fsr_azs=args.fsr_azs, gpu_instance_type=args.gpu_instance_type,
         images_per_gpu_s=args.images_per_gpu_s, images_per_vcpu_s=measured or PlanInputs.images_per_vcpu_s,
         dataset_snapshot=args.dataset_snapshot, initialization_rate=args.initialization_rate,
+        formats=output_formats(args.formats, False),
+        format_ratios=measured_format_ratios() or PlanInputs.format_ratios,
     )  # fmt: skip
     prices, table = load_prices(), InstanceTable()
     rows = plan(inputs, prices, table)

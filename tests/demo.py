@@ -35,6 +35,7 @@ from bootstrap.engine import Engine
 from bootstrap.settings import load_config
 from cdk_app.summary import render as describe_assembly
 from scripts.synthetic_imagenet import Spec, generate
+from tests.demo_readers import one_batch_each
 from tests.fixtures.aws_emulator import REGION, client, emulated_aws
 from tests.fixtures.cdk_synth import cli_synth
 from tests.fixtures.deployment import Account, Deployment, Names, default_bucket
@@ -152,7 +153,7 @@ def main() -> int:
         account = Account(strict, deployment)
         with download_instance(out, account) as world:
             config = engine_config(deployment, world, out, source=server.url, dataset_table=str(gen.table),
-                                   resize=128, max_failure_rate=0.01)  # fmt: skip
+                                   resize=128, max_failure_rate=0.01, formats="webdataset,tree")  # fmt: skip
             secret, bucket = config["source_secret"], config["bucket"]
             client("secretsmanager").create_secret(
                 Name=secret, SecretString=json.dumps({"username": USER, "access_key": ACCESS_KEY})
@@ -251,6 +252,7 @@ def gpu_boots(out: Path, account: Account, *, have_volume: bool) -> int:
                   f"{time.monotonic() - started:.1f}s (the emulator's; on AWS size x 1024 / rate seconds), recorded "
                   "in the ready marker and the instance's tag")  # fmt: skip
             read_a_few_records(gpu.opts.mount_point / "recordio")
+            one_batch_each(gpu.opts.mount_point)
             bench = [sys.executable, "-m", "bootstrap", "bench-read", "--recordio",
                      str(gpu.opts.mount_point / "recordio"), "--seconds", "2"]  # fmt: skip
             rates = json.loads(subprocess.run(bench, stdout=subprocess.PIPE, text=True, check=True).stdout)
@@ -286,6 +288,10 @@ def describe_outputs(engine: Engine, summary: dict[str, Any], config_path: Path)
     for split, info in summary["splits"].items():
         files = ",".join(info["files"])
         print(f"  {split:5} RecordIO:             {data.recordio}/{{{files}}}  ({info['packed']} images)")
+        if info["shards"]:
+            print(f"  {split:5} WebDataset:           {data.webdataset}/{{{','.join(info['shards'])}}}")
+        if "tree" in summary["formats"]:
+            print(f"  {split:5} class tree:           {data.tree / split}/<wnid>/  (+ meta.bin, devkit)")
         listed = Path(info["failures"]).read_text().splitlines()[1:]
         print(f"  {split:5} failures ({len(listed)} listed): {info['failures']}")
         for line in listed:

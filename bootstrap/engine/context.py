@@ -140,9 +140,9 @@ class StageContext:
         for later in STAGES[STAGES.index(stage) :]:
             for marker in (*STAGE_MARKERS[later], "run"):
                 self.markers.clear(marker)
-            if later == "pack":
-                for split in SPLITS:
-                    shutil.rmtree(self.paths.work(split), ignore_errors=True)
+            if later == "pack":  # half-made splits, and the formats a pack with other settings may have left
+                for stale in (*(self.paths.work(split) for split in SPLITS), self.paths.webdataset, self.paths.tree):
+                    shutil.rmtree(stale, ignore_errors=True)
         if stage == "fetch":  # only the archives that changed are fetched again
             archive_markers = Markers(self.paths.archive_dir.markers)
             for relpath in broken:

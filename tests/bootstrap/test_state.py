@@ -155,6 +155,18 @@ def test_new_settings_on_a_finished_run_are_refused_and_force_rebuilds_only_what
     assert (finished / "archives" / "ILSVRC2012_img_train.tar").stat().st_mtime_ns == archive_mtime  # not fetched
 
 
+def test_a_rebuilt_pack_leaves_no_format_it_no_longer_makes(archives: Generated, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert bootstrap("run", data, archives, "--formats", "webdataset,tree").returncode == 0
+    assert (data / "webdataset" / "train-000000.tar").exists() and (data / "imagenet" / "meta.bin").exists()
+    refused = bootstrap("run", data, archives)
+    assert refused.returncode == 2 and "formats 'webdataset,tree' -> 'recordio'" in one_line(refused)
+    forced = bootstrap("run", data, archives, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert not (data / "webdataset").exists() and not (data / "imagenet").exists()  # never backed up nor published
+    assert (data / "recordio" / "train.rec").exists()
+
+
 def test_adding_a_bucket_to_a_finished_run_backs_it_up(finished: Path, archives: Generated, aws_endpoint: str) -> None:
     from tests.fixtures.aws_emulator import client
 

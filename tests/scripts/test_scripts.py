@@ -59,6 +59,20 @@ def test_plan_for_imagenet_on_the_defaults_restores_a_right_sized_volume() -> No
     assert rows["restored volume fully initialized"].hours * 3600 < 300
 
 
+def test_plan_counts_every_format_in_the_published_volume_backup_and_snapshot() -> None:
+    base = PlanInputs(archive_bytes=100 * 10**9, packed_bytes=25 * 10**9, images=1_000_000,
+                      format_ratios=(("recordio", 1.0), ("webdataset", 1.1), ("tree", 1.2)))  # fmt: skip
+    every = dataclasses.replace(base, formats=("recordio", "webdataset", "tree"))
+    one, three = ({r.item: r for r in plan(i, load_prices())} for i in (base, every))
+    # 25e9 x (1 + 1.1 + 1.2) = 82.5e9 B; + 2%; + 4 KiB x (12 files + 77 shards + 1e6 tree files + 2) + 1 GiB
+    need = 82.5e9 * 1.02 + 4096 * (12 + 77 + 1_000_000 + 2) + 2**30
+    assert f"{-(-need // 2**30):.0f} GiB gp3" in three["restored volume per GPU instance"].assumption
+    assert "(recordio, webdataset, tree), 82 GB" in three["restored volume per GPU instance"].assumption
+    assert three["S3 backup, per month"].usd == pytest.approx((100 + 82.5) * 0.0125)
+    assert three["EBS snapshot, per month"].usd == pytest.approx(82.5 * 0.05)
+    assert one["EBS snapshot, per month"].usd == pytest.approx(25 * 0.05)
+
+
 def test_the_feed_rate_says_what_to_set_when_the_volume_would_starve_the_gpus() -> None:
     starving = {r.item: r for r in plan(PlanInputs(gpu_instance_type="p4d.24xlarge"), load_prices())}
     # 8 x 2470 img/s x 30,050 B/record = 566 MiB/s and 19,760 IOPS, over 125 MiB/s / 3000 IOPS
