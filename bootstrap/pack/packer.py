@@ -318,7 +318,9 @@ _PHASE_KEYS = {1: ("cursor", "packed", "failed", "buckets"), 2: ("next_bucket", 
 
 
 def _resumable(state: Any) -> bool:
-    return isinstance(state, dict) and all(k in state for k in _PHASE_KEYS.get(state.get("phase"), ("?",)))
+    if not isinstance(state, dict) or not all(k in state for k in _PHASE_KEYS.get(state.get("phase"), ("?",))):
+        return False
+    return state["phase"] != "finishing" or isinstance(state["outputs"], dict)  # a list: before the formats
 
 
 def pack_split(job: SplitJob, done: PackReport | None, record: Callable[[PackReport], None]) -> PackReport:

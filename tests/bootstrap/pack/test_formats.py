@@ -215,3 +215,16 @@ def test_formats_parse_with_recordio_always_and_keep_tree_as_an_alias(tmp_path: 
     assert PrepConfig(data_dir=tmp_path, keep_tree=True).output_formats == ("recordio", "tree")
     with pytest.raises(ConfigError, match=r"formats: 'recordio,lmdb' .*comma-separated list of recordio, webdataset"):
         PrepConfig(data_dir=tmp_path, formats="recordio,lmdb")
+
+
+def test_a_checkpoint_from_before_the_formats_is_packed_again_not_a_crash(packed: tuple[Engine, dict[str, Any]],
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    engine = _copy(packed[0], tmp_path)
+    want = {p.name: p.read_bytes() for p in engine.paths.webdataset.iterdir()}
+    engine.markers.clear("pack-val")
+    work = engine.paths.pack_work("val")
+    work.root.mkdir(parents=True)
+    old = {"phase": "finishing", "outputs": ["val.rec", "val.idx"], "packed": 1, "failed": 0, "settings": {}}
+    work.checkpoint.write_text(json.dumps(old))  # what the version before the formats left half-moved
+    engine.pack()
+    assert {p.name: p.read_bytes() for p in engine.paths.webdataset.iterdir()} == want
