@@ -11,6 +11,7 @@
                                     manifest.json, the dataset volume's record and copy journal
         pack-SPLIT/                 a split being packed: checkpoint, scatter buckets, outputs in the making
       status.json                   the live status the operator and SSM see
+      timeline.png                  the run's stages over time (from .state/status-history.jsonl)
 
 Nothing else on the volume is named anywhere else: stages ask this module.
 """
@@ -160,6 +161,16 @@ class DataLayout:
     @property
     def status(self) -> Path:
         return self.root / "status.json"
+
+    @property
+    def status_history(self) -> Path:
+        """Every status update that names a stage, a JSON line each: the timeline's data."""
+        return self.state / "status-history.jsonl"
+
+    @property
+    def timeline(self) -> Path:
+        """The run's stages over time, drawn at the end of ``run``."""
+        return self.root / "timeline.png"
 
     @property
     def reserve(self) -> Path:

@@ -31,7 +31,7 @@ from typing import Any
 from bootstrap.cli import configure_logging
 from bootstrap.contract.names import DEFAULT_PIPELINE, snapshot_parameter, status_parameter
 from bootstrap.contract.tags import OWNER as TAG_OWNER
-from bootstrap.engine import Engine
+from bootstrap.engine import Engine, timeline
 from bootstrap.settings import load_config
 from cdk_app.summary import render as describe_assembly
 from scripts.synthetic_imagenet import Spec, generate
@@ -191,6 +191,7 @@ def main() -> int:
                 return 1
             for name in ("contact_sheet_train.png", "contact_sheet_val.png"):
                 shutil.copy(engine.paths.recordio / name, out / name)  # kept after the volume is unmounted
+            shutil.copy(engine.paths.timeline, out / "timeline.png")
 
             banner(f"7/8 done in {time.monotonic() - started:.0f}s; where everything is")
             describe_outputs(engine, summary, config_path)
@@ -208,6 +209,9 @@ def main() -> int:
                                 "--status-parameter", STATUS_PARAMETER, "--snapshot-parameter", SNAPSHOT_PARAMETER],
                                check=True)  # fmt: skip
             print(f"  contact sheets copied to:   {out}/contact_sheet_{{train,val}}.png")
+            drawn = timeline.summary(timeline.spans(timeline.read_history(engine.paths.status_history)))
+            print(f"  timeline of the run:        {out}/timeline.png ({timeline.describe(drawn)}; the stages "
+                  "run one after another today)")  # fmt: skip
             if world:
                 print(f"  (the data directory lives in {out}/instance/volume.img, unmounted when the demo ends; "
                       "`mount -o loop` it to look inside)")  # fmt: skip

@@ -11,6 +11,7 @@ never sees half a file.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -39,19 +40,29 @@ def human_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-class StatusFile:
-    """The JSON status of a run, shared by all its stages."""
+HISTORY_FIELDS = ("stage", "state", "done", "total", "unit")
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+
+class StatusFile:
+    """The JSON status of a run, shared by all its stages; and, with ``history``, every update that names a stage,
+    one JSON line each, appended (what the run's timeline is drawn from)."""
+
+    def __init__(self, path: Path | None, history: Path | None = None) -> None:
+        self.path, self.history = path, history
 
     def update(self, **fields: Any) -> None:
         if self.path is None:
             return
+        now = time.time()
         try:
             status = read_state(self.path) or {}
-            status.update(fields, updated_at=time.time())
+            status.update(fields, updated_at=now)
             atomic_write_json(self.path, status)
+            if self.history is not None and "stage" in fields:
+                line = {"t": round(now, 3), **{k: fields[k] for k in HISTORY_FIELDS if k in fields}}
+                self.history.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.history, "a") as f:  # one short line per write: whole lines even if killed
+                    f.write(json.dumps(line) + "\n")
         except (OSError, ValueError) as e:  # a full disk must not hide the error that filled it
             log.warning("could not update the status file %s: %s", self.path, e)
 

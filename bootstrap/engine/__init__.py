@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.dataset.devkit import Devkit
-from bootstrap.engine import data_stages, instance_stages
+from bootstrap.engine import data_stages, instance_stages, timeline
 from bootstrap.engine.context import SPLITS, STAGE_MARKERS, StageContext
 from bootstrap.layout import pack_marker
 from bootstrap.pack.packer import PackReport
@@ -84,6 +84,7 @@ class Engine:
             log.info("snapshot and publish will be skipped: no snapshot parameter is set (--snapshot-parameter, or "
                      "snapshot_parameter in the config)")  # fmt: skip
         with instance_stages.status_publisher(self.ctx), instance_stages.heartbeat(self.ctx):
+            self.status.update(stage="run", state="running")
             self.fetch()
             self.organise()
             self.pack()
@@ -97,7 +98,20 @@ class Engine:
             summary = self.summary()
             self.markers.mark("run", summary)
             self.status.update(stage="run", state="done")
+            self.draw_timeline()
         return summary
+
+    def draw_timeline(self) -> None:
+        """``timeline.png`` from the status history, and its numbers in the log; a picture never fails the run."""
+        if self.ctx.read_only:
+            return
+        try:
+            drawn = timeline.draw(self.paths.status_history, self.paths.timeline)
+        except OSError as e:
+            log.warning("could not draw the timeline: %s", e)
+            return
+        if drawn:
+            log.info("timeline: %s -> %s", drawn, self.paths.timeline)
 
     def wanted(self) -> list[tuple[str, str]]:
         """(marker, stage) of everything ``run`` does with this configuration."""
