@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,17 +309,28 @@ def command(args: argparse.Namespace) -> tuple[Any, str]:
     rows = plan(inputs, prices, table)
     sums, compared = totals(inputs, rows, prices, table), compare(inputs, prices, table)
     source = "--images-per-vcpu-s" if args.images_per_vcpu_s else "measured by make bench" if measured else "default"
-    data = {"inputs": dataclasses.asdict(inputs), "rows": [dataclasses.asdict(r) for r in rows], "totals": sums,
-            "compare": compared,
+    data = {"headline": headline(inputs, rows, sums), "inputs": dataclasses.asdict(inputs),
+            "rows": [dataclasses.asdict(r) for r in rows], "totals": sums, "compare": compared,
             "prices": {"region": prices["region"], "date": prices["date"], "instances_date": table.date}}  # fmt: skip
     return data, render(inputs, rows, sums, compared, f"prices: {prices['region']} list prices of {prices['date']} "
                         f"(scripts/prices.json), instances of {table.date} (scripts/instance_types.json); pack rate "
                         f"{inputs.images_per_vcpu_s:.0f} img/s per vCPU ({source})")  # fmt: skip
 
 
+def headline(inputs: PlanInputs, rows: list[Row], sums: dict[str, float]) -> str:
+    """When the dataset is published, what that took, and what it costs: the one line to read first."""
+    hours = {r.item: r.hours or 0.0 for r in rows}
+    return (
+        f"The dataset is published about {sums['hours to dataset']:.1f} h after the download instance starts "
+        f"({hours['download']:.1f} h download at {inputs.bandwidth_mb_s:g} MB/s, {hours['pack']:.1f} h pack on a "
+        f"{inputs.instance_type} with {inputs.cpu_credits} credits, {hours['backup + snapshot']:.1f} h backup "
+        f"and snapshot, one after another): ${sums['one-off']:.2f} once, then ${sums['monthly']:.2f} a month."
+    )
+
+
 def render(inputs: PlanInputs, rows: list[Row], sums: dict[str, float], compared: list[dict[str, Any]],
            footer: str) -> str:  # fmt: skip
-    lines = [f"{'item':36} {'hours':>7} {'USD':>9}  assumption"]
+    lines = [textwrap.fill(headline(inputs, rows, sums), 110), "", f"{'item':36} {'hours':>7} {'USD':>9}  assumption"]
     for r in rows:
         hours = f"{r.hours:7.1f}" if r.hours is not None else " " * 7
         lines.append(f"{r.item:36} {hours} {r.usd:9.2f}  {r.assumption}")

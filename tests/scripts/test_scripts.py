@@ -13,7 +13,7 @@ from bootstrap.contract import tags
 from scripts.cli import COMMANDS, build_parser
 from scripts.cli import run as scripts_run
 from scripts.common import deployed_config
-from scripts.plan import PlanInputs, compare, load_prices, plan, totals
+from scripts.plan import PlanInputs, compare, headline, load_prices, plan, totals
 from scripts.status import gather, render
 from tests.fixtures.aws_emulator import client
 from tests.fixtures.paths import GOLDEN
@@ -57,6 +57,20 @@ def test_plan_for_imagenet_on_the_defaults_restores_a_right_sized_volume() -> No
     # auto rate: 39 x 1024 / 240 s = 166.4 -> 170 MiB/s; 39 x 1024 / 170 = 235 s to every block
     assert rows["restored volume fully initialized"].hours == pytest.approx(39 * 1024 / 170 / 3600)
     assert rows["restored volume fully initialized"].hours * 3600 < 300
+
+
+def test_the_plan_headline_says_when_the_dataset_is_published_and_what_it_costs() -> None:
+    inputs = PlanInputs(archive_bytes=100 * 10**9, images=1_000_000, packed_bytes=25 * 10**9, bandwidth_mb_s=50,
+                        images_per_vcpu_s=100, cpu_credits="standard")  # fmt: skip
+    prices = load_prices()
+    rows = plan(inputs, prices)
+    sums = totals(inputs, rows, prices)
+    # the hand-computed case above: 2,000 s download, 8,667 s pack, 2,500 s backup = 3.66 h
+    assert headline(inputs, rows, sums) == (
+        "The dataset is published about 3.7 h after the download instance starts (0.6 h download at 50 MB/s, 2.4 h "
+        "pack on a t2.large with standard credits, 0.7 h backup and snapshot, one after another): "
+        f"${sums['one-off']:.2f} once, then ${sums['monthly']:.2f} a month.")  # fmt: skip
+    assert sums["hours to dataset"] == pytest.approx((2000 + 8666.67 + 2500) / 3600, rel=1e-5)
 
 
 def test_plan_counts_every_format_in_the_published_volume_backup_and_snapshot() -> None:
