@@ -414,6 +414,60 @@ def bench_download(runs: int, size_mib: int, rate_mib: float) -> dict[str, Any]:
     }
 
 
+# -- 3b. pack following the download --------------------------------------------------------
+
+
+def _to_packed(data: Path) -> float:
+    """Seconds from the start of the last ``run`` to the end of its pack stage, from the run's status history."""
+    from bootstrap.engine.timeline import read_history
+
+    history = read_history(data / ".state" / "status-history.jsonl")
+    start = max(h["t"] for h in history if h["stage"] == "run" and h.get("state") == "running")
+    return float(max(h["t"] for h in history if h["stage"] == "pack" and h.get("state") == "done") - start)
+
+
+def bench_following(src: Path, runs: int, rate_mib: float) -> dict[str, Any]:
+    """``run`` to packed RecordIO with pack following the download, against fetch alone, pack alone, and the run
+    that fetches first; the archives served over HTTP at ``rate_mib`` per connection, 8 connections."""
+    port_file = WORK / "port"
+    port_file.unlink(missing_ok=True)
+    server = subprocess.Popen([PY, "-m", "tests.fixtures.http_server", str(src), "--rate-mib", str(rate_mib),
+                               "--port-file", str(port_file)], cwd=ROOT)  # fmt: skip
+    data = WORK / "following"
+    try:
+        while not port_file.exists():
+            time.sleep(0.05)
+        remote = ["--source", f"http://127.0.0.1:{port_file.read_text()}", "--connections", "8"]
+
+        def fetch_once() -> Measure:
+            shutil.rmtree(data, ignore_errors=True)
+            return measure([[*bootstrap_cmd("fetch", data, src), *remote]], cold=False)
+
+        def pack_once() -> Measure:
+            for done in (data / ".state").glob("pack-*"):
+                shutil.rmtree(done) if done.is_dir() else done.unlink()
+            return measure([bootstrap_cmd("organise", data, src), bootstrap_cmd("pack", data, src)], cold=False)
+
+        def run_once(follow: bool) -> float:
+            shutil.rmtree(data, ignore_errors=True)
+            flag = "--follow-download" if follow else "--no-follow-download"
+            measure([[*bootstrap_cmd("run", data, src), *remote, flag]], cold=False)
+            return _to_packed(data)
+
+        fetch = median(runs, fetch_once).seconds
+        pack = median(runs, pack_once).seconds
+        following = statistics.median(run_once(True) for _ in range(runs))
+        sequential = statistics.median(run_once(False) for _ in range(runs))
+    finally:
+        server.terminate()
+        server.wait()
+    return {"archive_bytes": sum(p.stat().st_size for p in src.glob("*.tar*")), "per_connection_mib_s": rate_mib,
+            "connections": 8, "fetch_seconds": round(fetch, 2), "pack_seconds": round(pack, 2),
+            "following_seconds": round(following, 2), "sequential_seconds": round(sequential, 2),
+            "vs_slowest": round(following / max(fetch, pack), 2),
+            "sequential_vs_slowest": round(sequential / max(fetch, pack), 2)}  # fmt: skip
+
+
 # -- 4. memory -----------------------------------------------------------------------------
 
 
@@ -501,6 +555,15 @@ def table(results: dict[str, Any]) -> str:
                      f"RecordIO alone: pack {f['recordio_pack_seconds']} s",
                      f"{f['every_format_pack_seconds'] / f['recordio_pack_seconds']:.2f}x the pack time for "
                      f"{ratio:.1f}x the bytes"))  # fmt: skip
+    if "following" in results:
+        w = results["following"]
+        rows.append((f"Pack following the download, run to packed RecordIO ({w['archive_bytes'] / 1e6:,.0f} MB at "
+                     f"{w['connections']} x {w['per_connection_mib_s']:g} MiB/s)",
+                     f"{w['following_seconds']} s",
+                     f"fetch alone {w['fetch_seconds']} s, pack alone {w['pack_seconds']} s; fetch then pack "
+                     f"{w['sequential_seconds']} s",
+                     f"{w['vs_slowest']}x the slower of the two (target <= 1.25; fetching first: "
+                     f"{w['sequential_vs_slowest']}x)"))  # fmt: skip
     machine = results["machine"]
     order = (
         "pack",
@@ -513,6 +576,7 @@ def table(results: dict[str, Any]) -> str:
         "decode_scales",
         "readers",
         "formats",
+        "following",
     )
     dates = [results[k].get("measured", results.get("date", "")) for k in order if k in results]
     lines = [
@@ -560,8 +624,11 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--download-mib", type=int, default=256)
     parser.add_argument("--rate-mib", type=float, default=8.0)
+    parser.add_argument("--follow-rate-mib", type=float, default=12.0,
+                        help="per-connection rate for the following benchmark (8 x 12 MiB/s: fetch takes about as "
+                        "long as pack here)")  # fmt: skip
     names = ("pack", "pack_large_tail", "end_to_end", "download", "memory", "read", "quality", "decode_scales",
-             "readers", "formats")  # fmt: skip
+             "readers", "formats", "following")  # fmt: skip
     parser.add_argument("--only", choices=names, action="append")
     parser.add_argument("--report", action="store_true", help="only render the table from bench/results.json")
     args = parser.parse_args()
@@ -589,6 +656,7 @@ def main() -> None:
         "decode_scales": lambda: bench_decode_scales(src),
         "readers": lambda: bench_readers(WORK / f"ours-pack-{src.name}" / "recordio"),
         "formats": lambda: bench_formats(src, args.runs),
+        "following": lambda: bench_following(src, args.runs, args.follow_rate_mib),
     }
     for name, step in steps.items():
         if args.only and name not in args.only:

@@ -91,6 +91,7 @@ class PrepConfig:
     """The secret's value is JSON with the source credentials."""
     dataset_table: Path | None = knob(None, "archive table JSON for another dataset (default: ILSVRC2012)",
                                       stages=DATA)  # fmt: skip
+    follow_download: bool = knob(True, "run packs each archive while it downloads (default: on)", stages=("run",))
     connections: int = knob(8, "parallel connections per archive (default {default}; at least 1)", low=1,
                             stages=FETCH)  # fmt: skip
     chunk_mib: int = knob(64, "download range size in MiB (default {default}; at least 1)", low=1, stages=FETCH)

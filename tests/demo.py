@@ -210,8 +210,8 @@ def main() -> int:
                                check=True)  # fmt: skip
             print(f"  contact sheets copied to:   {out}/contact_sheet_{{train,val}}.png")
             drawn = timeline.summary(timeline.spans(timeline.read_history(engine.paths.status_history)))
-            print(f"  timeline of the run:        {out}/timeline.png ({timeline.describe(drawn)}; the stages "
-                  "run one after another today)")  # fmt: skip
+            print(f"  timeline of the run:        {out}/timeline.png ({timeline.describe(drawn)}: organise "
+                  "and pack ran while the archives downloaded)")  # fmt: skip
             if world:
                 print(f"  (the data directory lives in {out}/instance/volume.img, unmounted when the demo ends; "
                       "`mount -o loop` it to look inside)")  # fmt: skip

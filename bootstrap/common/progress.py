@@ -49,22 +49,27 @@ class StatusFile:
 
     def __init__(self, path: Path | None, history: Path | None = None) -> None:
         self.path, self.history = path, history
+        self._lock = threading.Lock()  # pack and the fetch it follows update it from two threads
 
     def update(self, **fields: Any) -> None:
         if self.path is None:
             return
+        with self._lock:
+            self._update(self.path, fields)
+
+    def _update(self, path: Path, fields: dict[str, Any]) -> None:
         now = time.time()
         try:
-            status = read_state(self.path) or {}
+            status = read_state(path) or {}
             status.update(fields, updated_at=now)
-            atomic_write_json(self.path, status)
+            atomic_write_json(path, status)
             if self.history is not None and "stage" in fields:
                 line = {"t": round(now, 3), **{k: fields[k] for k in HISTORY_FIELDS if k in fields}}
                 self.history.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.history, "a") as f:  # one short line per write: whole lines even if killed
                     f.write(json.dumps(line) + "\n")
         except (OSError, ValueError) as e:  # a full disk must not hide the error that filled it
-            log.warning("could not update the status file %s: %s", self.path, e)
+            log.warning("could not update the status file %s: %s", path, e)
 
 
 class Progress:

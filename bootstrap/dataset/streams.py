@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from bootstrap.common.errors import ArchiveError
 from bootstrap.dataset.devkit import SynsetClass
@@ -42,13 +43,18 @@ Stream = Iterator["Item | Cursor"]
 StreamFactory = Callable[["Cursor | None"], Stream]
 
 
+Opener = Callable[[], IO[bytes]]
+"""Opens the archive for reading (by default the finished file; ``following`` passes one that waits for a download)."""
+
+
 def train_stream(
-    path: Path, classes: Mapping[str, SynsetClass], max_image_bytes: int, start: Cursor | None = None
-) -> Stream:
+    path: Path, classes: Mapping[str, SynsetClass], max_image_bytes: int, start: Cursor | None = None, *,
+    opener: Opener | None = None,
+) -> Stream:  # fmt: skip
     """Images of a train tar of class tars, labelled by their class tar's WNID."""
     name = path.name
     next_id = start.next_id if start else 0
-    with open(path, "rb", buffering=READ_BUFFER) as f:
+    with opener() if opener else open(path, "rb", buffering=READ_BUFFER) as f:
         outer = open_tar(f, name, start.offset if start else 0)
         for member, base in iter_members(outer, name, max_bytes=1 << 40):
             yield Cursor(member.offset, next_id)
@@ -77,11 +83,13 @@ def val_stream(
     val_wnids: list[str],
     max_image_bytes: int,
     start: Cursor | None = None,
+    *,
+    opener: Opener | None = None,
 ) -> Stream:
     """Images of a flat val tar, labelled from the devkit's ground truth."""
     name = path.name
     next_id = start.next_id if start else 0
-    with open(path, "rb", buffering=READ_BUFFER) as f:
+    with opener() if opener else open(path, "rb", buffering=READ_BUFFER) as f:
         tar = open_tar(f, name, start.offset if start else 0)
         for member, base in iter_members(tar, name, max_image_bytes):
             yield Cursor(member.offset, next_id)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.dataset.devkit import Devkit
-from bootstrap.engine import data_stages, instance_stages, timeline
+from bootstrap.engine import data_stages, following, instance_stages, timeline
 from bootstrap.engine.context import SPLITS, STAGE_MARKERS, StageContext
 from bootstrap.layout import pack_marker
 from bootstrap.pack.packer import PackReport
@@ -85,9 +85,7 @@ class Engine:
                      "snapshot_parameter in the config)")  # fmt: skip
         with instance_stages.status_publisher(self.ctx), instance_stages.heartbeat(self.ctx):
             self.status.update(stage="run", state="running")
-            self.fetch()
-            self.organise()
-            self.pack()
+            self.fetch_organise_pack()
             self.verify(again=False)
             self.inspect()
             if self.config.bucket:
@@ -112,6 +110,18 @@ class Engine:
             return
         if drawn:
             log.info("timeline: %s -> %s", drawn, self.paths.timeline)
+
+    def fetch_organise_pack(self) -> None:
+        """One after another; or, with ``follow_download`` and archives still to fetch, pack following the fetch."""
+        if not self.config.follow_download or self.ctx.done("fetch", "fetch") is not None:
+            self.fetch()
+            self.organise()
+            self.pack()
+            return
+        with following.BackgroundFetch(self.ctx, self.fetch) as background:
+            background.wait_verified("devkit")
+            self.organise()
+            data_stages.pack(self.ctx, following=background)
 
     def wanted(self) -> list[tuple[str, str]]:
         """(marker, stage) of everything ``run`` does with this configuration."""

@@ -10,16 +10,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bootstrap.common.aws import secret_string
-from bootstrap.common.errors import ArchiveError, BootstrapError, ConfigError
+from bootstrap.common.errors import ArchiveError, BootstrapError, ConfigError, FetchError
 from bootstrap.common.state import atomic_write_bytes, atomic_write_json, read_state
 from bootstrap.dataset.devkit import Devkit, SynsetClass, read_devkit
 from bootstrap.dataset.streams import StreamFactory, train_stream, val_stream
 from bootstrap.engine.context import SPLITS, StageContext
+from bootstrap.engine.following import BackgroundFetch, discard
 from bootstrap.engine.options import fetch_options, pack_options
 from bootstrap.fetch.download import fetch_all
 from bootstrap.fetch.sources import open_source, resolve_credentials
@@ -87,7 +89,9 @@ def organise(ctx: StageContext) -> Devkit:
     return ctx.stage("organise", lambda: load_classes(ctx))
 
 
-def pack(ctx: StageContext) -> dict[str, PackReport]:
+def pack(ctx: StageContext, following: BackgroundFetch | None = None) -> dict[str, PackReport]:
+    """Pack each split; with ``following``, from its archive while it downloads (accepted once its MD5 matches)."""
+
     def body() -> dict[str, PackReport]:
         devkit = load_classes(ctx)
         classes = devkit.by_wnid()
@@ -97,23 +101,48 @@ def pack(ctx: StageContext) -> dict[str, PackReport]:
             write_tree_meta(ctx.paths.tree, devkit, ctx.require_archive("devkit"))
         reports = {}
         for split in SPLITS:
-            path = ctx.require_archive(split)
+            follow = following is not None and not following.verified(split)
+            path = ctx.archive(split) if follow else ctx.require_archive(split)
+            opener = following.opener(split) if following is not None and follow else None
             if split == "train":
-                stream: StreamFactory = partial(train_stream, path, classes, max_image)
+                stream: StreamFactory = partial(train_stream, path, classes, max_image, opener=opener)
                 expected = ctx.dataset.train_images
             else:
-                stream = partial(val_stream, path, classes, devkit.val_wnids, max_image)
+                stream = partial(val_stream, path, classes, devkit.val_wnids, max_image, opener=opener)
                 expected = ctx.dataset.val_images
-            job = SplitJob(split, stream, os.path.getsize(path), expected, ctx.paths.recordio,
+            size = following.size(split) if following is not None and follow else os.path.getsize(path)
+            job = SplitJob(split, stream, size, expected, ctx.paths.recordio,
                            ctx.paths.pack_work(split), pack_options(ctx.config, split), ctx.status,
                            TreeWriter(ctx.paths.tree / split) if tree else None, settings=ctx.bound("pack"),
                            rebuild=ctx.force, shard_dir=ctx.paths.webdataset)  # fmt: skip
             done = ctx.done(pack_marker(split), "pack")
-            reports[split] = pack_split(job, PackReport(**_report_fields(done)) if done is not None else None,
-                                        partial(_record_pack, ctx))  # fmt: skip
+            record = partial(_record_pack, ctx)
+            if following is not None and follow:
+                reports[split] = _pack_following(following, job, done, record)
+            else:
+                reports[split] = pack_split(job, PackReport(**_report_fields(done)) if done is not None else None,
+                                            record)  # fmt: skip
         return reports
 
     return ctx.stage("pack", body)
+
+
+def _pack_following(following: BackgroundFetch, job: SplitJob, done: dict[str, Any] | None,
+                    record: Callable[[PackReport], None]) -> PackReport:  # fmt: skip
+    """``pack_split`` on an archive still downloading: recorded only once the archive verifies; thrown away if the
+    download fails first."""
+
+    def accept_then_record(report: PackReport) -> None:
+        following.accept(job.split, job.work.root)
+        record(report)
+
+    try:
+        return pack_split(job, PackReport(**_report_fields(done)) if done is not None else None, accept_then_record)
+    except FetchError:
+        discard(following.ctx, job.split, job.work.root)
+        if following.error is not None:
+            raise following.error from None  # the download's own error (a wrong MD5, a source that gave up)
+        raise
 
 
 def _report_fields(info: dict[str, Any]) -> dict[str, Any]:

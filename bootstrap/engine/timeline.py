@@ -69,20 +69,24 @@ def spans(history: Iterable[Mapping[str, Any]]) -> list[Span]:
 
 
 def summary(found: list[Span]) -> dict[str, Any]:
-    """Wall time, the top-level stages' own times, and how much of their sum overlapped (ran at once)."""
+    """Wall time, the top-level stages' own times, and how much of their sum overlapped (ran while another did)."""
     stages = [s for s in found if " " not in s.name and s.name != "run"]
     if not found:
         return {"wall_seconds": 0.0, "stage_seconds": {}, "overlap_seconds": 0.0}
     wall = max(s.end for s in found) - min(s.start for s in found)
+    covered, reach = 0.0, float("-inf")  # the union of the stages' intervals
+    for span in sorted(stages, key=lambda s: s.start):
+        covered += max(0.0, span.end - max(span.start, reach))
+        reach = max(reach, span.end)
     total = sum(s.seconds for s in stages)
     return {"wall_seconds": round(wall, 1), "stage_seconds": {s.name: round(s.seconds, 1) for s in stages},
-            "overlap_seconds": round(max(0.0, total - wall), 1)}  # fmt: skip
+            "overlap_seconds": round(total - covered, 1)}  # fmt: skip
 
 
 def describe(numbers: Mapping[str, Any]) -> str:
     stages = sum(numbers["stage_seconds"].values())
-    return (f"{numbers['wall_seconds']:,.0f} s wall, the stages' own times add up to {stages:,.0f} s, "
-            f"{numbers['overlap_seconds']:,.0f} s of it overlapped")  # fmt: skip
+    return (f"{numbers['wall_seconds']:,.1f} s wall, the stages' own times add up to {stages:,.1f} s, "
+            f"{numbers['overlap_seconds']:,.1f} s of it overlapped")  # fmt: skip
 
 
 def draw(history: Path, out: Path) -> str | None:

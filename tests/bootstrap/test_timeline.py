@@ -49,6 +49,10 @@ def test_spans_are_the_last_run_that_did_work_from_each_names_first_to_last_upda
 def test_overlapping_stages_are_counted_once_in_the_wall_time() -> None:
     found = [Span("run", 0, 100), Span("fetch", 0, 80), Span("pack", 20, 100)]
     assert summary(found) == {"wall_seconds": 100, "stage_seconds": {"fetch": 80, "pack": 80}, "overlap_seconds": 60}
+    # a gap between stages is not overlap: fetch 0-30, organise 30-35, pack 32-60, a pause, backup 200-300
+    gaps = [Span("run", 0, 300), Span("fetch", 0, 30), Span("organise", 30, 35), Span("pack", 32, 60),
+            Span("backup", 200, 300)]  # fmt: skip
+    assert summary(gaps)["overlap_seconds"] == 3
 
 
 def test_the_picture_puts_each_bar_where_its_span_is(tmp_path: Path) -> None:

@@ -1,0 +1,114 @@
+"""Pack follows the download: archives served slowly over HTTP, packed while they arrive, byte for byte as a run that
+fetches first; a wrong MD5 found at the end throws the pack away; kill -9 while pack waits resumes identically."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bootstrap.common.errors import ChecksumError
+from bootstrap.engine import Engine
+from bootstrap.engine.timeline import read_history
+from bootstrap.settings import PrepConfig
+from scripts.synthetic_imagenet import TRAIN, Generated, Spec, generate
+from tests.bootstrap.pack.test_pack import digests
+from tests.fixtures.http_server import ArchiveServer, ServerOptions
+
+SLOW = ServerOptions(bytes_per_second=1 << 20)  # per connection: the train archive takes a few seconds
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory: pytest.TempPathFactory) -> Generated:
+    return generate(tmp_path_factory.mktemp("medium"), Spec(classes=6, train_per_class=80, val_per_class=4, seed=7))
+
+
+def settings(data: Path, source: str, archives: Generated, **overrides: Any) -> PrepConfig:
+    values: dict[str, Any] = {"data_dir": data, "source": source, "dataset_table": archives.table, "resize": 64,
+                              "workers": 1, "max_failure_rate": 0.2, "checkpoint_seconds": 0.0, "connections": 2,
+                              "chunk_mib": 1, "formats": "webdataset"}  # fmt: skip
+    return PrepConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def reference(medium: Generated, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same archives fetched first, then packed."""
+    data = tmp_path_factory.mktemp("sequential")
+    Engine(settings(data, str(medium.root), medium, follow_download=False)).run()
+    return data
+
+
+def first(history: list[dict[str, Any]], stage: str) -> float:
+    return min(h["t"] for h in history if h["stage"] == stage)
+
+
+def last(history: list[dict[str, Any]], stage: str) -> float:
+    return max(h["t"] for h in history if h["stage"] == stage)
+
+
+def test_pack_runs_while_the_archives_download_and_makes_the_same_bytes(medium: Generated, reference: Path,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    with ArchiveServer(medium.root, SLOW) as server:
+        engine = Engine(settings(tmp_path, server.url, medium))
+        engine.run()
+    history = read_history(engine.paths.status_history)
+    # the train pack began long before the train archive's last byte arrived
+    assert first(history, "pack train") < last(history, f"fetch {TRAIN}") - 1.0
+    assert first(history, "pack val") < last(history, f"fetch {TRAIN}")
+    for folder in ("recordio", "webdataset"):
+        assert digests(engine.paths.root / folder) == digests(reference / folder)
+    assert engine.markers.is_done("pack-train") and engine.markers.is_done("fetch")
+
+
+def test_a_wrong_md5_found_at_the_end_throws_the_split_away(medium: Generated, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    table = json.loads(medium.table.read_text())
+    table["archives"]["train"]["md5"] = "0" * 32  # the bytes arrive, are packed, then fail the check
+    wrong = tmp_path / "table.json"
+    wrong.write_text(json.dumps(table))
+    with ArchiveServer(medium.root, SLOW) as server:
+        engine = Engine(settings(tmp_path / "data", server.url, medium, dataset_table=wrong))
+        with pytest.raises(ChecksumError, match=f"{TRAIN}: MD5 is .* but the dataset table pins 0000"):
+            engine.run()
+    # it had transcoded train images from the download (the damaged ones were listed) before the check failed
+    assert any(r.message.startswith("train: cannot pack") for r in caplog.records)
+    assert not engine.markers.is_done("pack-train") and engine.markers.is_done("pack-val")
+    assert not engine.paths.pack_work("train").root.exists()  # nothing made from those bytes is kept
+    assert not (engine.paths.archives / TRAIN).exists()
+
+
+def test_kill_9_while_pack_waits_on_the_download_resumes_to_the_same_bytes(medium: Generated, reference: Path,
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    data = tmp_path / "data"
+    with ArchiveServer(medium.root, SLOW) as server:
+        argv = [sys.executable, "-m", "bootstrap", "run", "--data-dir", str(data), "--source", server.url,
+                "--dataset-table", str(medium.table), "--resize", "64", "--workers", "1", "--max-failure-rate",
+                "0.2", "--checkpoint-seconds", "0", "--connections", "2", "--chunk-mib", "1", "--formats",
+                "webdataset"]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        checkpoint = data / ".state" / "pack-train" / "checkpoint.json"
+        partial = data / "archives" / f".{TRAIN}.part"
+        deadline, killed = time.monotonic() + 60, False
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                waiting = json.loads(checkpoint.read_text())["cursor"]["next_id"] > 20 and partial.exists()
+            except (OSError, ValueError, KeyError, TypeError):
+                waiting = False
+            if waiting:  # packed a part of train while the rest of it is still downloading
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.01)
+        proc.wait()
+        assert killed, "the run finished before pack caught up with the download; slow the server down"
+        resumed = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming pass one" in resumed.stderr
+    for folder in ("recordio", "webdataset"):
+        assert digests(data / folder) == digests(reference / folder)
