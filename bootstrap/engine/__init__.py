@@ -119,9 +119,14 @@ class Engine:
             self.pack()
             return
         with following.BackgroundFetch(self.ctx, self.fetch) as background:
-            background.wait_verified("devkit")
-            self.organise()
-            data_stages.pack(self.ctx, following=background)
+            try:
+                background.wait_verified("devkit")
+                self.organise()
+                data_stages.pack(self.ctx, following=background)
+            except BaseException as e:
+                if e is background.error:  # the download failed, not the pack that followed it: say so last
+                    self.status.update(stage="fetch", state="failed", last_error=str(e))
+                raise
 
     def wanted(self) -> list[tuple[str, str]]:
         """(marker, stage) of everything ``run`` does with this configuration."""
