@@ -70,7 +70,7 @@ class BackgroundFetch:
         while not self.verified(role):
             if self.error is not None:
                 raise self.error
-            if not self._thread.is_alive():
+            if not self._thread.is_alive() and not self.verified(role):  # again: it may have just finished
                 raise FetchError(f"the fetch ended without verifying the {role} archive; run again")
             time.sleep(self.poll_seconds)
 
