@@ -215,10 +215,10 @@ def add_flags(parser: argparse.ArgumentParser, stage: str) -> None:
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, type=_flag_type(name), choices=spec.choices, help=text)
+            parser.add_argument(flag, type=flag_type(name), choices=spec.choices, help=text)
 
 
-def _flag_type(key: str) -> Callable[[str], Any]:
+def flag_type(key: str) -> Callable[[str], Any]:
     """Parse a flag's text as its setting's type and check its range, so the message names both."""
     kind, spec = _kind(key), KNOBS[key]
     if kind in (int, float) and spec.choices is None:

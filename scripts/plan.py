@@ -18,7 +18,7 @@ from typing import Any
 from bootstrap.common.argparsing import number
 from bootstrap.gpu.initialization import rate_for, seconds_to_initialize
 from bootstrap.instance.dataset_volume import volume_gib
-from bootstrap.settings import FORMATS, KNOBS, output_formats
+from bootstrap.settings import FORMATS, flag_type, output_formats
 from cdk_app.config import StagingConfig
 from scripts.instance_types import InstanceTable, InstanceType
 
@@ -252,12 +252,6 @@ def compare(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | N
 HELP = "expected time and cost of a run, with every assumption"
 
 
-def _formats(text: str) -> str:
-    if not KNOBS["formats"].allows(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be {KNOBS['formats'].describe()}")
-    return text
-
-
 def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> None:
     """Defaults: what ./cdk.json deploys, else the plan's own; every number checked for its range."""
     d = PlanInputs()
@@ -287,7 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
         help=f"MiB/s (default {deployed.restored_throughput}, from ./cdk.json; 125-2000)")  # fmt: skip
     add("--fsr-azs", type=number(int, low=0), default=0, help="fast snapshot restore in this many AZs (default 0)")
     formats = ",".join(output_formats(deployed.formats, deployed.keep_tree))
-    add("--formats", type=_formats, default=formats,
+    add("--formats", type=flag_type("formats"), default=formats,
         help=f"what pack writes: {', '.join(FORMATS)} (default {formats}, from ./cdk.json)")  # fmt: skip
     parser.set_defaults(dataset_snapshot=deployed.dataset_snapshot,
                         initialization_rate=deployed.restored_initialization_rate)  # fmt: skip

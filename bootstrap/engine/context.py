@@ -74,7 +74,7 @@ class StageContext:
     @classmethod
     def of(cls, config: PrepConfig, *, force: bool = False, read_only: bool = False) -> StageContext:
         paths = config.paths
-        status = StatusFile(None, None) if read_only else StatusFile(paths.status, paths.status_history)
+        status = StatusFile(None) if read_only else StatusFile(paths.status, paths.status_history)
         return cls(config, paths, load_dataset(config.dataset_table), Markers(paths.state), status, force,
                    read_only)  # fmt: skip
 

@@ -101,44 +101,43 @@ def pack(ctx: StageContext, following: BackgroundFetch | None = None) -> dict[st
             write_tree_meta(ctx.paths.tree, devkit, ctx.require_archive("devkit"))
         reports = {}
         for split in SPLITS:
-            follow = following is not None and not following.verified(split)
+            follow = following if following is not None and not following.verified(split) else None
             path = ctx.archive(split) if follow else ctx.require_archive(split)
-            opener = following.opener(split) if following is not None and follow else None
+            opener = follow.opener(split) if follow else None
             if split == "train":
                 stream: StreamFactory = partial(train_stream, path, classes, max_image, opener=opener)
                 expected = ctx.dataset.train_images
             else:
                 stream = partial(val_stream, path, classes, devkit.val_wnids, max_image, opener=opener)
                 expected = ctx.dataset.val_images
-            size = following.size(split) if following is not None and follow else os.path.getsize(path)
+            size = follow.size(split) if follow else os.path.getsize(path)
             job = SplitJob(split, stream, size, expected, ctx.paths.recordio,
                            ctx.paths.pack_work(split), pack_options(ctx.config, split), ctx.status,
                            TreeWriter(ctx.paths.tree / split) if tree else None, settings=ctx.bound("pack"),
                            rebuild=ctx.force, shard_dir=ctx.paths.webdataset)  # fmt: skip
             done = ctx.done(pack_marker(split), "pack")
+            prior = PackReport(**_report_fields(done)) if done is not None else None
             record = partial(_record_pack, ctx)
-            if following is not None and follow:
-                reports[split] = _pack_following(following, job, done, record)
-            else:
-                reports[split] = pack_split(job, PackReport(**_report_fields(done)) if done is not None else None,
-                                            record)  # fmt: skip
+            reports[split] = _pack_following(follow, job, prior, record) if follow else pack_split(job, prior, record)
         return reports
 
     return ctx.stage("pack", body)
 
 
-def _pack_following(following: BackgroundFetch, job: SplitJob, done: dict[str, Any] | None,
+def _pack_following(following: BackgroundFetch, job: SplitJob, prior: PackReport | None,
                     record: Callable[[PackReport], None]) -> PackReport:  # fmt: skip
     """``pack_split`` on an archive still downloading: recorded only once the archive verifies; thrown away if the
-    download fails first."""
+    download fails, before or after the pack finished reading."""
 
-    def accept_then_record(report: PackReport) -> None:
-        following.accept(job.split, job.work.root)
+    def verified_then_record(report: PackReport) -> None:
+        following.wait_verified(job.split)
         record(report)
 
     try:
-        return pack_split(job, PackReport(**_report_fields(done)) if done is not None else None, accept_then_record)
-    except FetchError:
+        return pack_split(job, prior, verified_then_record)
+    except BaseException as e:
+        if following.error is None and not isinstance(e, FetchError):
+            raise  # the pack's own failure: its checkpoint stays, to resume from
         discard(following.ctx, job.split, job.work.root)
         if following.error is not None:
             raise following.error from None  # the download's own error (a wrong MD5, a source that gave up)

@@ -26,11 +26,10 @@ from types import TracebackType
 from typing import IO
 
 from bootstrap.common.errors import FetchError
-from bootstrap.common.state import Markers
 from bootstrap.dataset.safetar import READ_BUFFER
 from bootstrap.engine.context import StageContext
+from bootstrap.fetch.download import fetched
 from bootstrap.fetch.growing import GrowingArchive
-from bootstrap.layout import fetch_marker
 
 log = logging.getLogger("bootstrap.engine")
 
@@ -61,9 +60,7 @@ class BackgroundFetch:
                 raise self.error
 
     def verified(self, role: str) -> bool:
-        spec = self.ctx.dataset.archives[role]
-        info = Markers(self.ctx.paths.archive_dir.markers).info(fetch_marker(spec.name))
-        return bool(info) and info.get("md5") == spec.md5 and self.ctx.archive(role).exists()
+        return fetched(self.ctx.paths.archives, self.ctx.dataset.archives[role])
 
     def wait_verified(self, role: str) -> None:
         """Block until ``role``'s archive is downloaded and its MD5 matched; raise the fetch's error instead."""
@@ -95,14 +92,6 @@ class BackgroundFetch:
             if self.error is not None:
                 raise self.error
             time.sleep(self.poll_seconds)
-
-    def accept(self, role: str, split_work: Path) -> None:
-        """Wait for the archive a split was packed from to verify; if it fails, throw the split's pack away."""
-        try:
-            self.wait_verified(role)
-        except BaseException:
-            discard(self.ctx, role, split_work)
-            raise
 
 
 def discard(ctx: StageContext, role: str, split_work: Path) -> None:

@@ -197,8 +197,7 @@ def fetch_archive(
     dest.mkdir(parents=True, exist_ok=True)
     markers = Markers(ArchiveDir(dest).markers)
     final = ArchiveDir(dest).final(spec.name)
-    info = markers.info(fetch_marker(spec.name))
-    if info and final.exists() and final.stat().st_size == info.get("size") and info.get("md5") == spec.md5:
+    if fetched(dest, spec):
         log.info("%s: already downloaded and verified", spec.name)
         return final
 
@@ -219,6 +218,12 @@ def fetch_archive(
     markers.mark(fetch_marker(spec.name), {"md5": digest, "size": remote.size})
     log.info("%s: verified (md5 %s)", spec.name, digest)
     return final
+
+
+def fetched(dest: Path, spec: ArchiveSpec) -> bool:
+    """``spec``'s archive is in ``dest``, marked downloaded with its size and the pinned MD5."""
+    final, info = ArchiveDir(dest).final(spec.name), Markers(ArchiveDir(dest).markers).info(fetch_marker(spec.name))
+    return bool(info) and final.exists() and final.stat().st_size == info.get("size") and info.get("md5") == spec.md5
 
 
 def _verify_in_place(final: Path, spec: ArchiveSpec, size: int, status: StatusFile | None) -> str:
