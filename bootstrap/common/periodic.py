@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Self
+
+log = logging.getLogger(__name__)
 
 
 class Periodic:
@@ -26,7 +29,10 @@ class Periodic:
     def _loop(self) -> None:
         self.started()
         while not self._stop.wait(self.interval):
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # one failed tick must not end the thread: the next one tries again
+                log.exception("%s: this tick failed; trying again in %.0fs", self._thread.name, self.interval)
 
     def __enter__(self) -> Self:
         self._thread.start()
