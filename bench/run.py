@@ -40,13 +40,13 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench.image_quality import bench_decode_scales, bench_quality, bench_readers
 from bootstrap.dataset.devkit import read_devkit
-from scripts import synthetic_imagenet
+from scripts import plan, synthetic_imagenet
 from scripts.synthetic_imagenet import DEVKIT, TRAIN, VAL, Spec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -471,6 +471,23 @@ def bench_following(src: Path, runs: int, rate_mib: float) -> dict[str, Any]:
 # -- 4. memory -----------------------------------------------------------------------------
 
 
+def bench_plan(results: dict[str, Any], bandwidth_mb_s: float = 100.0) -> dict[str, Any]:
+    """``scripts.plan``'s headline for ImageNet on the defaults, at the pack rate this benchmark measured: computed
+    from stated assumptions (every row's is kept), not measured."""
+    pack = results["pack"]
+    inputs = plan.PlanInputs(bandwidth_mb_s=bandwidth_mb_s,
+                             images_per_vcpu_s=float(pack["ours_images_per_s"]) / float(pack["processes"]))  # fmt: skip
+    out: dict[str, Any] = {"bandwidth_mb_s": bandwidth_mb_s, "images_per_vcpu_s": inputs.images_per_vcpu_s}
+    prices = plan.load_prices()
+    for name, case in (("following", inputs), ("fetch_first", replace(inputs, follow_download=False))):
+        rows = plan.plan(case, prices)
+        sums = plan.totals(case, rows, prices)
+        out[name] = {"headline": plan.headline(case, rows, sums), "hours": round(sums["hours to dataset"], 2),
+                     "one_off_usd": round(sums["one-off"], 2),
+                     "assumptions": {r.item: r.assumption for r in rows}}  # fmt: skip
+    return out
+
+
 def bench_memory(sizes: list[int], runs: int) -> dict[str, Any]:
     peaks = {}
     for per_class in sizes:
@@ -564,6 +581,12 @@ def table(results: dict[str, Any]) -> str:
                      f"{w['sequential_seconds']} s",
                      f"{w['vs_slowest']}x the slower of the two (target <= 1.25; fetching first: "
                      f"{w['sequential_vs_slowest']}x)"))  # fmt: skip
+    if "plan" in results:
+        h = results["plan"]
+        rows.append((f"`scripts plan` headline: ImageNet on the defaults at {h['bandwidth_mb_s']:g} MB/s (computed, "
+                     "not measured)", f"{h['following']['hours']} h to the published dataset, "
+                     f"${h['following']['one_off_usd']} once", f"fetching first {h['fetch_first']['hours']} h",
+                     h["following"]["headline"]))  # fmt: skip
     machine = results["machine"]
     order = (
         "pack",
@@ -577,6 +600,7 @@ def table(results: dict[str, Any]) -> str:
         "readers",
         "formats",
         "following",
+        "plan",
     )
     dates = [results[k].get("measured", results.get("date", "")) for k in order if k in results]
     lines = [
@@ -628,7 +652,7 @@ def main() -> None:
                         help="per-connection rate for the following benchmark (8 x 12 MiB/s: fetch takes about as "
                         "long as pack here)")  # fmt: skip
     names = ("pack", "pack_large_tail", "end_to_end", "download", "memory", "read", "quality", "decode_scales",
-             "readers", "formats", "following")  # fmt: skip
+             "readers", "formats", "following", "plan")  # fmt: skip
     parser.add_argument("--only", choices=names, action="append")
     parser.add_argument("--report", action="store_true", help="only render the table from bench/results.json")
     args = parser.parse_args()
@@ -657,6 +681,7 @@ def main() -> None:
         "readers": lambda: bench_readers(WORK / f"ours-pack-{src.name}" / "recordio"),
         "formats": lambda: bench_formats(src, args.runs),
         "following": lambda: bench_following(src, args.runs, args.follow_rate_mib),
+        "plan": lambda: bench_plan(results),
     }
     for name, step in steps.items():
         if args.only and name not in args.only:

@@ -34,11 +34,16 @@ class PlanInputs:
     packed_bytes: int = 40 * 10**9
     """RecordIO at resize 256 / quality 90 is about a quarter of the archives."""
     bandwidth_mb_s: float = 60.0
+    """The download source's speed to the instance."""
+    upload_mb_s: float = 60.0
+    """The instance's speed to S3 (t2's network is "low to moderate": about 0.5 Gbit/s), whatever the source's."""
     instance_type: str = "t2.large"
     cpu_credits: str = "unlimited"
     data_volume_type: str = "sc1"
     data_volume_gib: int = 1000
     images_per_vcpu_s: float = 100.0
+    follow_download: bool = True
+    """Pack reads each archive while it downloads (the default); False: the download finishes first."""
     backup_storage_class: str = "STANDARD_IA"
     packed_files: int = 12
     """The published files: rec/idx/lst per split, synsets, failures, contact sheets, the manifest."""
@@ -178,6 +183,24 @@ def fleet_rows(i: PlanInputs, p: dict[str, Any], table: InstanceTable, rates: di
     return rows
 
 
+def packed_hours(i: PlanInputs, download_h: float, pack_h: float, disk_mib_s: float, rows: list[Row]) -> float:
+    """When the packed data is complete (its row appended to ``rows``).
+
+    Following the download: the slower of pack and the download plus what pack still has to do after the last
+    byte (the train split's second pass: the records gathered and written, the other formats written, at the
+    disk's rate).  Otherwise: the download, then pack.
+    """
+    if not i.follow_download:
+        rows.append(Row("to packed data", download_h + pack_h, 0.0, "download, then pack (follow_download off)"))
+        return download_h + pack_h
+    tail_h = (i.packed_bytes + published_bytes(i)) / (disk_mib_s * MIB) / 3600
+    hours = max(pack_h, download_h + tail_h)
+    rows.append(Row("to packed data", hours, 0.0,
+                    f"pack follows the download: the slower of pack ({pack_h:.1f} h) and the download plus "
+                    f"{tail_h * 60:.0f} min of pack after its last byte (the train records' second pass)"))  # fmt: skip
+    return hours
+
+
 def plan(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None = None) -> list[Row]:
     p, i, table = prices, inputs, table or InstanceTable()
     month, itype = p["hours_per_month"], table[i.instance_type]
@@ -190,20 +213,24 @@ def plan(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None
                     f"{i.archive_bytes / GB:.0f} GB at min({i.bandwidth_mb_s:g} MB/s link, "
                     f"{disk_mib_s:.0f} MiB/s {i.data_volume_type} burst)"))  # fmt: skip
 
-    cpu = table.cpu_time(itype, i.images / i.images_per_vcpu_s / 3600, i.cpu_credits, idle_hours=download_h)
+    # Following the download, pack starts with it and never banks the download's idle credits.
+    idle_h = 0.0 if i.follow_download else download_h
+    cpu = table.cpu_time(itype, i.images / i.images_per_vcpu_s / 3600, i.cpu_credits, idle_hours=idle_h)
     # read the archives once; the records scattered, gathered, written; the other formats written once
     io_h = (i.archive_bytes + 2 * i.packed_bytes + published_bytes(i)) / (disk_mib_s * MIB) / 3600
     pack_h = max(cpu.hours, io_h)
     rows.append(Row("pack", pack_h, table.surplus_usd(itype, cpu.surplus_vcpu_hours),
                     f"{i.images:,} images at {i.images_per_vcpu_s:.0f} img/s per vCPU on {cpu.how}, or the disk, "
                     "whichever is slower", "one-off"))  # fmt: skip
+    packed_h = packed_hours(i, download_h, pack_h, disk_mib_s, rows)
 
-    backup_h = (i.archive_bytes + published_bytes(i)) / download_rate / 3600
-    rows.append(
-        Row("backup + snapshot", backup_h, 0.0, "upload at the same link rate; the snapshot copies in the background")
-    )
+    upload_rate = min(i.upload_mb_s * 1e6, disk_mib_s * MIB)
+    backup_h = (i.archive_bytes + published_bytes(i)) / upload_rate / 3600
+    sent = (i.archive_bytes + published_bytes(i)) / GB
+    rows.append(Row("backup + snapshot", backup_h, 0.0, f"once the data is packed, {sent:.0f} GB to S3 at min("
+                    f"{i.upload_mb_s:g} MB/s upload, the disk); the snapshot copies in the background"))  # fmt: skip
 
-    hours = download_h + pack_h + backup_h
+    hours = packed_h + backup_h
     rows.append(Row(f"{itype.name} instance", hours, hours * itype.usd_hour, f"${itype.usd_hour}/h for the whole run",
                     "one-off"))  # fmt: skip
     disk = i.data_volume_gib * p["ebs_gb_month"][i.data_volume_type] * hours / month
@@ -228,7 +255,7 @@ def totals(inputs: PlanInputs, rows: list[Row], prices: dict[str, Any], table: I
     volume = gp3_month(restored_gib(inputs), inputs.restored_iops, inputs.restored_throughput, prices)
     out = {kind: sum(r.usd for r in rows if r.kind == kind) for kind in ("one-off", "monthly", "fleet")}
     out["per GPU-instance day"] = 24 * (gpu.usd_hour + volume / prices["hours_per_month"])
-    out["hours to dataset"] = sum(r.hours or 0.0 for r in rows if r.item in ("download", "pack", "backup + snapshot"))
+    out["hours to dataset"] = sum(r.hours or 0.0 for r in rows if r.item in ("to packed data", "backup + snapshot"))
     return out
 
 
@@ -258,6 +285,8 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
     add = parser.add_argument
     add("--bandwidth-mb-s", type=number(float, above=0), default=d.bandwidth_mb_s,
         help=f"download link in MB/s (default {d.bandwidth_mb_s:g}; more than 0)")  # fmt: skip
+    add("--upload-mb-s", type=number(float, above=0), default=d.upload_mb_s,
+        help=f"the instance's upload to S3 in MB/s (default {d.upload_mb_s:g}; more than 0)")  # fmt: skip
     add("--instance-type", default=deployed.download_instance_type,
         help=f"download instance (default {deployed.download_instance_type}, from ./cdk.json)")  # fmt: skip
     add("--cpu-credits", choices=("standard", "unlimited"), default=deployed.cpu_credits,
@@ -279,6 +308,8 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
         help=f"(default {deployed.restored_iops}, from ./cdk.json; 3000-80000)")  # fmt: skip
     add("--restored-throughput", type=number(int, low=125, high=2000), default=deployed.restored_throughput,
         help=f"MiB/s (default {deployed.restored_throughput}, from ./cdk.json; 125-2000)")  # fmt: skip
+    add("--no-follow-download", dest="follow_download", action="store_false",
+        help="model a run that downloads everything before it packs (follow_download off)")  # fmt: skip
     add("--fsr-azs", type=number(int, low=0), default=0, help="fast snapshot restore in this many AZs (default 0)")
     formats = ",".join(output_formats(deployed.formats, deployed.keep_tree))
     add("--formats", type=flag_type("formats"), default=formats,
@@ -290,7 +321,8 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
 def command(args: argparse.Namespace) -> tuple[Any, str]:
     measured = args.images_per_vcpu_s or measured_images_per_vcpu_s()
     inputs = PlanInputs(
-        bandwidth_mb_s=args.bandwidth_mb_s, instance_type=args.instance_type, cpu_credits=args.cpu_credits,
+        bandwidth_mb_s=args.bandwidth_mb_s, upload_mb_s=args.upload_mb_s, instance_type=args.instance_type,
+        cpu_credits=args.cpu_credits, follow_download=args.follow_download,
         data_volume_type=args.data_volume_type, data_volume_gib=args.data_volume_gib,
         gpu_instances=args.gpu_instances, gpu_hours=args.gpu_hours, restored_iops=args.restored_iops,
         restored_throughput=args.restored_throughput, fsr_azs=args.fsr_azs, gpu_instance_type=args.gpu_instance_type,
@@ -314,11 +346,14 @@ def command(args: argparse.Namespace) -> tuple[Any, str]:
 def headline(inputs: PlanInputs, rows: list[Row], sums: dict[str, float]) -> str:
     """When the dataset is published, what that took, and what it costs: the one line to read first."""
     hours = {r.item: r.hours or 0.0 for r in rows}
+    pack = f"{hours['pack']:.1f} h pack on a {inputs.instance_type} with {inputs.cpu_credits} credits"
+    download = f"{hours['download']:.1f} h download at {inputs.bandwidth_mb_s:g} MB/s"
+    how = "packed as it arrives:" if inputs.follow_download else "then"
+    packed = f"packed after {hours['to packed data']:.1f} h ({download}, {how} {pack})"
     return (
-        f"The dataset is published about {sums['hours to dataset']:.1f} h after the download instance starts "
-        f"({hours['download']:.1f} h download at {inputs.bandwidth_mb_s:g} MB/s, {hours['pack']:.1f} h pack on a "
-        f"{inputs.instance_type} with {inputs.cpu_credits} credits, {hours['backup + snapshot']:.1f} h backup "
-        f"and snapshot, one after another): ${sums['one-off']:.2f} once, then ${sums['monthly']:.2f} a month."
+        f"The dataset is published about {sums['hours to dataset']:.1f} h after the download instance starts: "
+        f"{packed}, then {hours['backup + snapshot']:.1f} h backup and snapshot. "
+        f"${sums['one-off']:.2f} once, then ${sums['monthly']:.2f} a month."
     )
 
 

@@ -22,7 +22,7 @@ from tests.fixtures.strict_aws import available_volume, completed_snapshot
 
 def test_plan_matches_a_hand_computed_case() -> None:
     inputs = PlanInputs(archive_bytes=100 * 10**9, images=1_000_000, packed_bytes=25 * 10**9, bandwidth_mb_s=50,
-                        images_per_vcpu_s=100, cpu_credits="standard",
+                        upload_mb_s=50, images_per_vcpu_s=100, cpu_credits="standard", follow_download=False,
                         gpu_instances=2, gpu_hours=10, restored_iops=4000,
                         restored_throughput=250, fsr_azs=1, fsr_hours=0.5)  # fmt: skip
     rows = {r.item: r for r in plan(inputs, load_prices())}
@@ -61,16 +61,43 @@ def test_plan_for_imagenet_on_the_defaults_restores_a_right_sized_volume() -> No
 
 def test_the_plan_headline_says_when_the_dataset_is_published_and_what_it_costs() -> None:
     inputs = PlanInputs(archive_bytes=100 * 10**9, images=1_000_000, packed_bytes=25 * 10**9, bandwidth_mb_s=50,
-                        images_per_vcpu_s=100, cpu_credits="standard")  # fmt: skip
+                        upload_mb_s=50, images_per_vcpu_s=100, cpu_credits="standard",
+                        follow_download=False)  # fmt: skip
     prices = load_prices()
     rows = plan(inputs, prices)
     sums = totals(inputs, rows, prices)
     # the hand-computed case above: 2,000 s download, 8,667 s pack, 2,500 s backup = 3.66 h
     assert headline(inputs, rows, sums) == (
-        "The dataset is published about 3.7 h after the download instance starts (0.6 h download at 50 MB/s, 2.4 h "
-        "pack on a t2.large with standard credits, 0.7 h backup and snapshot, one after another): "
+        "The dataset is published about 3.7 h after the download instance starts: packed after 3.0 h (0.6 h download "
+        "at 50 MB/s, then 2.4 h pack on a t2.large with standard credits), then 0.7 h backup and snapshot. "
         f"${sums['one-off']:.2f} once, then ${sums['monthly']:.2f} a month.")  # fmt: skip
     assert sums["hours to dataset"] == pytest.approx((2000 + 8666.67 + 2500) / 3600, rel=1e-5)
+
+
+def test_following_the_download_the_plan_takes_the_slower_of_pack_and_the_download_plus_its_tail() -> None:
+    base = PlanInputs(archive_bytes=100 * 10**9, images=1_000_000, packed_bytes=25 * 10**9, upload_mb_s=50,
+                      images_per_vcpu_s=100, cpu_credits="unlimited")  # fmt: skip
+    prices = load_prices()
+    # a fast link: pack (1e6 / 100 / 2 vCPU = 5,000 s) is the slower; the download (2,000 s) hides under it
+    fast = {r.item: r for r in plan(base, prices)}
+    assert fast["pack"].hours == pytest.approx(5000 / 3600)
+    assert fast["to packed data"].hours == pytest.approx(5000 / 3600)
+    # a slow link, 10 MB/s: 10,000 s of download, then the train records' second pass after the last byte:
+    # 25e9 B gathered and written = 50e9 B at sc1's 80 MiB/s burst on 1000 GiB = 596 s
+    slow = dataclasses.replace(base, bandwidth_mb_s=10)
+    rows = plan(slow, prices)
+    by_item, sums = {r.item: r for r in rows}, totals(slow, rows, prices)
+    tail = 50e9 / (78.125 * 2**20)
+    assert by_item["to packed data"].hours == pytest.approx((10_000 + tail) / 3600)
+    assert "10 min of pack after its last byte" in by_item["to packed data"].assumption
+    # the backup goes at the instance's upload rate, not the slow source's: 125 GB at 50 MB/s
+    assert by_item["backup + snapshot"].hours == pytest.approx(2500 / 3600)
+    assert sums["hours to dataset"] == pytest.approx((10_000 + tail + 2500) / 3600)
+    assert headline(slow, rows, sums).startswith(
+        "The dataset is published about 3.6 h after the download instance starts: packed after 2.9 h (2.8 h "
+        "download at 10 MB/s, packed as it arrives: 1.4 h pack on a t2.large with unlimited credits)")  # fmt: skip
+    sequential = {r.item: r for r in plan(dataclasses.replace(slow, follow_download=False), prices)}
+    assert sequential["to packed data"].hours == pytest.approx((10_000 + 5000) / 3600)
 
 
 def test_plan_counts_every_format_in_the_published_volume_backup_and_snapshot() -> None:
@@ -109,14 +136,18 @@ def test_unlimited_credits_cost_surplus_but_pack_faster() -> None:
 
 def test_a_t3_in_unlimited_mode_pays_for_the_credits_it_borrows() -> None:
     inputs = PlanInputs(archive_bytes=36 * 10**9, images=720_000, packed_bytes=9 * 10**9, bandwidth_mb_s=50,
-                        images_per_vcpu_s=100, instance_type="t3.large", cpu_credits="unlimited")  # fmt: skip
+                        upload_mb_s=50, images_per_vcpu_s=100, instance_type="t3.large", cpu_credits="unlimited",
+                        follow_download=False)  # fmt: skip
     rows = {r.item: r for r in plan(inputs, load_prices())}
-    # download 36e9 B / 50e6 B/s = 720 s; t3 has no launch credits, so 0.6 vCPU x 720 s = 432 vCPU-s banked.
+    # download 36e9 B / 50e6 B/s = 720 s, then pack; t3 has no launch credits, so 0.6 vCPU x 720 s = 432 vCPU-s banked.
     # work 720,000 / 100 = 7,200 vCPU-s at full speed on 2 vCPU = 3,600 s, earning 0.6 x 3,600 = 2,160 vCPU-s;
     # surplus 7,200 - 432 - 2,160 = 4,608 vCPU-s = 1.28 vCPU-h x $0.05
     assert rows["pack"].hours == pytest.approx(1.0)
     assert rows["pack"].usd == pytest.approx(1.28 * 0.05)
     assert rows["t3.large instance"].usd == pytest.approx((720 + 3600 + 45e9 / 50e6) / 3600 * 0.0832)
+    # following the download, pack starts with it and banks nothing: 7,200 - 2,160 = 5,040 vCPU-s borrowed
+    following = {r.item: r for r in plan(dataclasses.replace(inputs, follow_download=True), load_prices())}
+    assert following["pack"].usd == pytest.approx(1.4 * 0.05)
 
 
 def test_the_comparison_prices_each_download_instance_in_each_credit_mode() -> None:
