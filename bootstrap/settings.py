@@ -95,6 +95,9 @@ class PrepConfig:
     connections: int = knob(8, "parallel connections per archive (default {default}; at least 1)", low=1,
                             stages=FETCH)  # fmt: skip
     chunk_mib: int = knob(64, "download range size in MiB (default {default}; at least 1)", low=1, stages=FETCH)
+    stall_seconds: float = knob(60.0, "a download connection silent this long is dropped and its range fetched again "
+                                "from where it stopped (default {default:g}; more than 0)", above=0,
+                                stages=FETCH)  # fmt: skip
     resize: int = knob(256, "short side in pixels, 0 keeps the size (default {default}; 0-4096)", low=0, high=4096,
                        stages=PACK)  # fmt: skip
     center_crop: bool = knob(False, "square centre crop (default: off)", stages=PACK)

@@ -48,7 +48,8 @@ def fetch(ctx: StageContext) -> None:
         credentials = resolve_credentials(
             config.source_secret, fetch_secret=lambda name: secret_string(name, ctx.client("secretsmanager"))
         )
-        source = open_source(config.source, credentials, s3=lambda: ctx.client("s3"))
+        source = open_source(config.source, credentials, s3=lambda: ctx.client("s3"),
+                             stall_seconds=config.stall_seconds)  # fmt: skip
         paths = fetch_all(source, ctx.dataset, ctx.paths.archives, fetch_options(config), status=ctx.status)
         ctx.record("fetch", "fetch", {a.role: a.md5 for a in ctx.dataset.archives.values()}, paths.values())
 

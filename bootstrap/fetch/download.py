@@ -61,7 +61,7 @@ def _stat_with_retries(source: Source, name: str, opts: FetchOptions, sleep: Cal
                 raise FetchError(
                     f"{name}: the source keeps failing ({e}) after {attempt} attempts; check it and run again"
                 ) from None
-            log.warning("%s: %s; retry %d/%d", name, e, attempt, opts.max_attempts)
+            log.warning("%s; retry %d/%d", e, attempt, opts.max_attempts)  # e begins with the archive's name
             sleep(_backoff(opts, attempt))
     raise AssertionError("unreachable")
 
@@ -148,7 +148,7 @@ class _Download:
                         "check the network and the source, then run again: finished ranges are kept"
                     ) from None
                 delay = _backoff(self.opts, attempt)
-                log.warning("%s: %s; retry %d/%d in %.1fs", self.spec.name, e, attempt, self.opts.max_attempts, delay)
+                log.warning("%s; retry %d/%d in %.1fs", e, attempt, self.opts.max_attempts, delay)  # e names it
                 if not self.ranges:
                     # Without range support the stream restarts at 0: rewind, and take back progress.
                     progress.advance(start - pos)

@@ -188,7 +188,8 @@ class HttpSource:
         try:
             if start and resp.status != 206:
                 raise TransientError(f"{name}: asked for a range, got HTTP {resp.status}")
-            for block in read_exactly(resp.read, remaining, name, (urllib3.exceptions.HTTPError, OSError)):
+            # read1: whatever has arrived, so a connection that stalls or drops loses none of what it delivered
+            for block in read_exactly(resp.read1, remaining, name, (urllib3.exceptions.HTTPError, OSError)):
                 remaining -= len(block)
                 yield block
         finally:
@@ -297,11 +298,13 @@ class LocalSource:
                 yield block
 
 
-def open_source(spec: str, credentials: Credentials | None = None, *, s3: Callable[[], Any] | None = None) -> Source:
-    """A source from its spelling: ``https://…``, ``http://…``, ``s3://…`` or a directory; ``s3`` makes its client."""
+def open_source(spec: str, credentials: Credentials | None = None, *, s3: Callable[[], Any] | None = None,
+                stall_seconds: float = 60.0) -> Source:  # fmt: skip
+    """A source from its spelling: ``https://…``, ``http://…``, ``s3://…`` or a directory; ``s3`` makes its client.
+    An HTTP connection that sends nothing for ``stall_seconds`` is a transient error (the range is fetched again)."""
     scheme = urlsplit(spec).scheme
     if scheme in ("http", "https"):
-        return HttpSource(spec, credentials)
+        return HttpSource(spec, credentials, timeout=stall_seconds)
     if scheme == "s3":
         if s3 is None:
             raise ConfigError(f"source {spec!r}: an s3:// source needs an S3 client (with the region)")

@@ -1,5 +1,6 @@
 """Pack follows the download: archives served slowly over HTTP, packed while they arrive, byte for byte as a run that
-fetches first; a wrong MD5 found at the end throws the pack away; kill -9 while pack waits resumes identically."""
+fetches first; a wrong MD5 found at the end throws the pack away; kill -9 while pack waits resumes identically; a
+server that falls silent mid-archive is hung up on and the range asked for again from where it stopped."""
 
 from __future__ import annotations
 
@@ -114,3 +115,25 @@ def test_kill_9_while_pack_waits_on_the_download_resumes_to_the_same_bytes(mediu
     assert "resuming pass one" in resumed.stderr
     for folder in ("recordio", "webdataset"):
         assert digests(data / folder) == digests(reference / folder)
+
+
+def test_a_server_that_stalls_mid_archive_is_dropped_and_pack_carries_on(
+    medium: Generated, reference: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the first train range falls silent after 256 KiB and stays open for 30 s; we give up on it after 1 s
+    stalling = ServerOptions(bytes_per_second=SLOW.bytes_per_second, stall_after=256 << 10, stall_times=1,
+                             stall_seconds=30.0, stall_file=TRAIN)  # fmt: skip
+    with ArchiveServer(medium.root, stalling) as server:
+        engine = Engine(settings(tmp_path, server.url, medium, stall_seconds=1.0))
+        engine.run()
+        served = list(server.ranges_served)
+    assert stalling.stall_times == 0, "no train range was long enough to stall"
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{TRAIN}: ") and "retry" in
+               r.getMessage()]  # fmt: skip
+    assert len(retries) == 1 and "timed out" in retries[0]  # we hung up on the silence, not the server on us
+    # the range was fetched again from where the silence began, not from its start
+    assert any(start % (1 << 20) == 256 << 10 for start, _ in served)
+    history = read_history(engine.paths.status_history)
+    assert first(history, "pack train") < last(history, f"fetch {TRAIN}")  # pack followed, waited, carried on
+    for folder in ("recordio", "webdataset"):
+        assert digests(engine.paths.root / folder) == digests(reference / folder)
