@@ -92,6 +92,8 @@ class PrepConfig:
     dataset_table: Path | None = knob(None, "archive table JSON for another dataset (default: ILSVRC2012)",
                                       stages=DATA)  # fmt: skip
     follow_download: bool = knob(True, "run packs each archive while it downloads (default: on)", stages=("run",))
+    backup_while_packing: bool = knob(True, "run backs each archive up once verified and each split once packed, "
+                                      "while the rest is still made (default: on)", stages=("run",))  # fmt: skip
     connections: int = knob(8, "parallel connections per archive (default {default}; at least 1)", low=1,
                             stages=FETCH)  # fmt: skip
     chunk_mib: int = knob(64, "download range size in MiB (default {default}; at least 1)", low=1, stages=FETCH)

@@ -11,7 +11,7 @@ from typing import Any
 from bootstrap.contract import tags
 from cdk_app.config import StagingConfig
 from scripts.common import OperatorError, add_pipeline_args, clients, require_published
-from scripts.plan import load_prices
+from scripts.plan_data import load_prices
 
 CAPACITY_ERRORS = {"InsufficientInstanceCapacity", "InsufficientCapacity", "UnfulfillableCapacity"}
 HELP = "N GPU instances from the launch template (CreateFleet, instant)"

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bootstrap.common.argparsing import number
@@ -21,8 +19,8 @@ from bootstrap.instance.dataset_volume import volume_gib
 from bootstrap.settings import FORMATS, flag_type, output_formats
 from cdk_app.config import StagingConfig
 from scripts.instance_types import InstanceTable, InstanceType
+from scripts.plan_data import load_gpu_rates, load_prices, measured
 
-ROOT = Path(__file__).resolve().parent.parent
 GB = 1e9
 MIB = 1 << 20
 
@@ -44,6 +42,8 @@ class PlanInputs:
     images_per_vcpu_s: float = 100.0
     follow_download: bool = True
     """Pack reads each archive while it downloads (the default); False: the download finishes first."""
+    backup_while_packing: bool = True
+    """The archives go to S3 once verified, while pack runs (the default); False: everything after pack."""
     backup_storage_class: str = "STANDARD_IA"
     packed_files: int = 12
     """The published files: rec/idx/lst per split, synsets, failures, contact sheets, the manifest."""
@@ -74,37 +74,9 @@ class Row:
     """What the cost adds to: ``one-off`` (the download side), ``monthly`` (what is kept), ``fleet``, or nothing."""
 
 
-def load_prices(path: Path = ROOT / "scripts" / "prices.json") -> dict[str, Any]:
-    prices: dict[str, Any] = json.loads(path.read_text())
-    return prices
-
-
-def measured_images_per_vcpu_s(results: Path = ROOT / "bench" / "results.json") -> float | None:
-    """Pack throughput per vCPU from the project's own last benchmark, if there is one."""
-    try:
-        pack = json.loads(results.read_text())["pack"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        return None
-    return float(pack["ours_images_per_s"]) / float(pack["processes"])
-
-
 def sc1_burst_mib_s(gib: int) -> float:
     """sc1: 80 MiB/s burst per TiB, capped at 250 MiB/s (baseline 12 MiB/s per TiB)."""
     return min(250.0, 80.0 * gib / 1024)
-
-
-def load_gpu_rates(path: Path = ROOT / "scripts" / "gpu_rates.json") -> dict[str, Any]:
-    rates: dict[str, Any] = json.loads(path.read_text())
-    return rates
-
-
-def measured_format_ratios(results: Path = ROOT / "bench" / "results.json") -> tuple[tuple[str, float], ...] | None:
-    """Each format's bytes on disk over the RecordIO's, from the project's own last benchmark, if there is one."""
-    try:
-        held = json.loads(results.read_text())["formats"]["allocated_per_image"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        return None
-    return tuple((name, round(held[name] / held["recordio"], 3)) for name in ("recordio", "webdataset", "tree"))
 
 
 def published_bytes(i: PlanInputs) -> int:
@@ -133,8 +105,8 @@ def gp3_month(gib: int, iops: int, throughput: int, p: dict[str, Any]) -> float:
 
 def feed_rate(i: PlanInputs, gpu: InstanceType, rates: dict[str, Any]) -> Row:
     """What the GPUs read (images/s x bytes per record, and one I/O per record at random) against the volume."""
-    measured = rates["gpus"].get(gpu.gpu or "")
-    per_gpu = i.images_per_gpu_s or (measured["images_per_gpu_s"] if measured else None)
+    known = rates["gpus"].get(gpu.gpu or "")
+    per_gpu = i.images_per_gpu_s or (known["images_per_gpu_s"] if known else None)
     if per_gpu is None:
         return Row(f"feed rate ({i.gpu_instance_type})", None, 0.0, f"unknown: {rates['unmeasured']}")
     gpus = max(gpu.gpus, 1)
@@ -201,6 +173,27 @@ def packed_hours(i: PlanInputs, download_h: float, pack_h: float, disk_mib_s: fl
     return hours
 
 
+def backup_hours(i: PlanInputs, download_h: float, packed_h: float, upload_b_s: float, rows: list[Row]) -> float:
+    """How long after the packed data the backup (and so the snapshot's start) ends (its row appended to ``rows``).
+
+    With ``backup_while_packing`` the archives go up from the end of the download (train's is the last to verify)
+    while pack runs, and only the packed data is left after it; otherwise everything goes up after pack.
+    """
+    archives_h, packed_up_h = i.archive_bytes / upload_b_s / 3600, published_bytes(i) / upload_b_s / 3600
+    rate = f"at min({i.upload_mb_s:g} MB/s upload, the disk); the snapshot copies in the background"
+    unshared = " (the disk's throughput is not shared out here)"
+    if not i.backup_while_packing:
+        rows.append(Row("backup + snapshot", archives_h + packed_up_h, 0.0, f"once the data is packed, "
+                        f"{(i.archive_bytes + published_bytes(i)) / GB:.0f} GB to S3 {rate}"))  # fmt: skip
+        return archives_h + packed_up_h
+    waiting_h = max(0.0, download_h + archives_h - packed_h)
+    rows.append(Row("backup + snapshot", waiting_h + packed_up_h, 0.0,
+                    f"the archives ({i.archive_bytes / GB:.0f} GB, {archives_h:.1f} h) go up from the end of the "
+                    f"download, while pack runs ({waiting_h:.1f} h of it left once packed); then the packed data, "
+                    f"{published_bytes(i) / GB:.0f} GB, {rate}{unshared}"))  # fmt: skip
+    return waiting_h + packed_up_h
+
+
 def plan(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None = None) -> list[Row]:
     p, i, table = prices, inputs, table or InstanceTable()
     month, itype = p["hours_per_month"], table[i.instance_type]
@@ -224,11 +217,7 @@ def plan(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None
                     "whichever is slower", "one-off"))  # fmt: skip
     packed_h = packed_hours(i, download_h, pack_h, disk_mib_s, rows)
 
-    upload_rate = min(i.upload_mb_s * 1e6, disk_mib_s * MIB)
-    backup_h = (i.archive_bytes + published_bytes(i)) / upload_rate / 3600
-    sent = (i.archive_bytes + published_bytes(i)) / GB
-    rows.append(Row("backup + snapshot", backup_h, 0.0, f"once the data is packed, {sent:.0f} GB to S3 at min("
-                    f"{i.upload_mb_s:g} MB/s upload, the disk); the snapshot copies in the background"))  # fmt: skip
+    backup_h = backup_hours(i, download_h, packed_h, min(i.upload_mb_s * 1e6, disk_mib_s * MIB), rows)
 
     hours = packed_h + backup_h
     rows.append(Row(f"{itype.name} instance", hours, hours * itype.usd_hour, f"${itype.usd_hour}/h for the whole run",
@@ -310,6 +299,8 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
         help=f"MiB/s (default {deployed.restored_throughput}, from ./cdk.json; 125-2000)")  # fmt: skip
     add("--no-follow-download", dest="follow_download", action="store_false",
         help="model a run that downloads everything before it packs (follow_download off)")  # fmt: skip
+    add("--no-backup-while-packing", dest="backup_while_packing", action="store_false",
+        help="model a run that backs everything up after pack (backup_while_packing off)")  # fmt: skip
     add("--fsr-azs", type=number(int, low=0), default=0, help="fast snapshot restore in this many AZs (default 0)")
     formats = ",".join(output_formats(deployed.formats, deployed.keep_tree))
     add("--formats", type=flag_type("formats"), default=formats,
@@ -319,22 +310,30 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
 
 
 def command(args: argparse.Namespace) -> tuple[Any, str]:
-    measured = args.images_per_vcpu_s or measured_images_per_vcpu_s()
+    bench = measured()
+    rate = args.images_per_vcpu_s or bench.images_per_vcpu_s
     inputs = PlanInputs(
         bandwidth_mb_s=args.bandwidth_mb_s, upload_mb_s=args.upload_mb_s, instance_type=args.instance_type,
         cpu_credits=args.cpu_credits, follow_download=args.follow_download,
+        backup_while_packing=args.backup_while_packing,
         data_volume_type=args.data_volume_type, data_volume_gib=args.data_volume_gib,
         gpu_instances=args.gpu_instances, gpu_hours=args.gpu_hours, restored_iops=args.restored_iops,
         restored_throughput=args.restored_throughput, fsr_azs=args.fsr_azs, gpu_instance_type=args.gpu_instance_type,
-        images_per_gpu_s=args.images_per_gpu_s, images_per_vcpu_s=measured or PlanInputs.images_per_vcpu_s,
+        images_per_gpu_s=args.images_per_gpu_s, images_per_vcpu_s=rate or PlanInputs.images_per_vcpu_s,
         dataset_snapshot=args.dataset_snapshot, initialization_rate=args.initialization_rate,
         formats=output_formats(args.formats, False),
-        format_ratios=measured_format_ratios() or PlanInputs.format_ratios,
+        format_ratios=bench.format_ratios or PlanInputs.format_ratios,
     )  # fmt: skip
     prices, table = load_prices(), InstanceTable()
     rows = plan(inputs, prices, table)
     sums, compared = totals(inputs, rows, prices, table), compare(inputs, prices, table)
-    source = "--images-per-vcpu-s" if args.images_per_vcpu_s else "measured by make bench" if measured else "default"
+    source = (
+        "--images-per-vcpu-s"
+        if args.images_per_vcpu_s
+        else "measured by make bench"
+        if bench.images_per_vcpu_s
+        else "default"
+    )
     data = {"headline": headline(inputs, rows, sums), "inputs": dataclasses.asdict(inputs),
             "rows": [dataclasses.asdict(r) for r in rows], "totals": sums, "compare": compared,
             "prices": {"region": prices["region"], "date": prices["date"], "instances_date": table.date}}  # fmt: skip

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from bootstrap.dataset.devkit import Devkit
 from bootstrap.engine import data_stages, following, instance_stages, timeline
+from bootstrap.engine.background_backup import BackgroundBackup
 from bootstrap.engine.context import SPLITS, STAGE_MARKERS, StageContext
 from bootstrap.layout import pack_marker
 from bootstrap.pack.packer import PackReport
@@ -85,9 +87,10 @@ class Engine:
                      "snapshot_parameter in the config)")  # fmt: skip
         with instance_stages.status_publisher(self.ctx), instance_stages.heartbeat(self.ctx):
             self.status.update(stage="run", state="running")
-            self.fetch_organise_pack()
-            self.verify(again=False)
-            self.inspect()
+            with self.backing_up_early():
+                self.fetch_organise_pack()
+                self.verify(again=False)
+                self.inspect()
             if self.config.bucket:
                 self.backup()
             if self.config.snapshot_parameter:
@@ -98,6 +101,14 @@ class Engine:
             self.status.update(stage="run", state="done")
             self.draw_timeline()
         return summary
+
+    def backing_up_early(self) -> AbstractContextManager[Any]:
+        """With a bucket and ``backup_while_packing``, what is final goes to S3 while the rest is made."""
+        if not (self.config.bucket and self.config.backup_while_packing) or self.ctx.read_only:
+            return nullcontext()
+        if self.ctx.done("backup", "backup") is not None:
+            return nullcontext()
+        return BackgroundBackup(self.ctx, instance_stages.backup_job(self.ctx))
 
     def draw_timeline(self) -> None:
         """``timeline.png`` from the status history, and its numbers in the log; a picture never fails the run."""

@@ -42,8 +42,7 @@ def backup(ctx: StageContext, verify_only: bool = False) -> dict[str, Any]:
         return done
 
     def body() -> dict[str, Any]:
-        opts = backup_options(ctx.config)
-        job = Backup(ctx.paths.root, ctx.client("s3"), opts, ctx.status)
+        opts, job = backup_options(ctx.config), backup_job(ctx)
         if verify_only:
             problems = job.verify()
             if problems:
@@ -136,6 +135,10 @@ def publish_snapshot(ctx: StageContext, images: dict[str, int]) -> dict[str, Any
         return info
 
     return ctx.stage("publish", body)
+
+
+def backup_job(ctx: StageContext) -> Backup:
+    return Backup(ctx.paths.root, ctx.client("s3"), backup_options(ctx.config), ctx.status)
 
 
 def heartbeat(ctx: StageContext) -> AbstractContextManager[Any]:

@@ -104,9 +104,13 @@ def scan(data_dir: Path) -> list[LocalFile]:
         if path.is_file() and not path.is_symlink():
             rel = path.relative_to(data_dir).as_posix()
             if backed_up(rel):
-                st = path.stat()
-                files.append(LocalFile(rel, st.st_size, st.st_mtime_ns))
+                files.append(local_file(data_dir, rel))
     return files
+
+
+def local_file(data_dir: Path, relpath: str) -> LocalFile:
+    st = (data_dir / relpath).stat()
+    return LocalFile(relpath, st.st_size, st.st_mtime_ns)
 
 
 class _HashingReader:
@@ -241,19 +245,29 @@ class Backup:
         self._record(entry)
         return entry
 
-    def run(self) -> dict[str, Any]:
-        files = scan(self.data_dir)
+    def send(self, files: list[LocalFile], remote: dict[str, tuple[int, str]] | None = None,
+             stage: str = "backup") -> tuple[dict[str, Uploaded], int]:  # fmt: skip
+        """Upload those of ``files`` that S3 does not hold as they are now, each journalled once it is up.
+
+        ``remote``: the listing to compare with (default: list the prefix now).  Returns the journal after, and how
+        many files were sent.
+        """
         journal = self._journal()
-        pending = to_upload(files, journal, self.remote(), self.opts)
+        pending = to_upload(files, journal, self.remote() if remote is None else remote, self.opts)
         total = sum(f.size for f in pending)
-        log.info("backup: %d files, %d to send (%s) to s3://%s/%s", len(files), len(pending), human_bytes(total),
+        log.info("%s: %d files, %d to send (%s) to s3://%s/%s", stage, len(files), len(pending), human_bytes(total),
                  self.opts.bucket, self.opts.key(""))  # fmt: skip
-        progress = Progress("backup", total, "B", status=self.status)
+        progress = Progress(stage, total, "B", status=self.status)
         # Big files already use every connection; small ones go several at a time.
         with ThreadPoolExecutor(max_workers=4) as pool:
             for entry in pool.map(lambda f: self._upload(f, progress), pending):
                 journal[entry.relpath] = entry
         progress.finish()
+        return journal, len(pending)
+
+    def run(self) -> dict[str, Any]:
+        files = scan(self.data_dir)
+        journal, sent = self.send(files)
         manifest = {
             "files": [asdict(journal[f.relpath]) for f in files],
             "bucket": self.opts.bucket,
@@ -268,7 +282,7 @@ class Backup:
             raise _translate(e, self.opts, "writing the manifest") from None
         atomic_write_bytes(DataLayout(self.data_dir).local_manifest, body)
         manifest["sha256"] = hashlib.sha256(body).hexdigest()
-        manifest["sent"] = len(pending)
+        manifest["sent"] = sent
         return manifest
 
     def remote(self) -> dict[str, tuple[int, str]]:

@@ -30,7 +30,7 @@ from bootstrap.common.errors import ConfigError
 from cdk_app.config import StagingConfig
 from scripts.common import OperatorError
 from scripts.instance_types import InstanceTable
-from scripts.plan import load_prices
+from scripts.plan_data import load_prices
 from scripts.smoke.cleanup import Clients, Waits, leftovers, teardown
 from scripts.smoke.deploy import CdkCli, user_context
 from scripts.smoke.plan import ASSUMED, DATA_VOLUME, Durations, SmokePlan, estimate_cost, new_run_id

@@ -1,10 +1,13 @@
 """Pack follows the download: archives served slowly over HTTP, packed while they arrive, byte for byte as a run that
 fetches first; a wrong MD5 found at the end throws the pack away; kill -9 while pack waits resumes identically; a
-server that falls silent mid-archive is hung up on and the range asked for again from where it stopped."""
+server that falls silent mid-archive is hung up on and the range asked for again from where it stopped; what is
+final goes to S3 while the rest is still being packed."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
@@ -16,10 +19,13 @@ import pytest
 
 from bootstrap.common.errors import ChecksumError
 from bootstrap.engine import Engine
+from bootstrap.engine.background_backup import STAGE
 from bootstrap.engine.timeline import read_history
+from bootstrap.instance.backup import Backup, BackupError, LocalFile
 from bootstrap.settings import PrepConfig
 from scripts.synthetic_imagenet import TRAIN, Generated, Spec, generate
 from tests.bootstrap.pack.test_pack import digests
+from tests.fixtures.aws_emulator import REGION, client
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 
 SLOW = ServerOptions(bytes_per_second=512 << 10)  # per connection: the 2.7 MB train archive takes about 3 s
@@ -137,3 +143,47 @@ def test_a_server_that_stalls_mid_archive_is_dropped_and_pack_carries_on(
     assert first(history, "pack train") < last(history, f"fetch {TRAIN}")  # pack followed, waited, carried on
     for folder in ("recordio", "webdataset"):
         assert digests(engine.paths.root / folder) == digests(reference / folder)
+
+
+@pytest.mark.usefixtures("aws_endpoint")
+def test_the_backup_sends_what_is_final_while_pack_still_runs(medium: Generated, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO)
+    client("s3").create_bucket(Bucket="bk-follow")
+    with ArchiveServer(medium.root, SLOW) as server:
+        engine = Engine(settings(tmp_path, server.url, medium, bucket="bk-follow", region=REGION))
+        engine.run()
+    history = read_history(engine.paths.status_history)
+    # the devkit and val archives and val's records went up while train was still downloading and being packed
+    assert first(history, STAGE) < last(history, "pack train")
+    journal = [json.loads(line)["relpath"] for line in engine.paths.backup_journal.read_text().splitlines()]
+    assert len(journal) == len(set(journal))  # nothing was sent twice
+    sends = [re.match(r"(.+): (\d+) files, (\d+) to send", r.getMessage()) for r in caplog.records]
+    sent_early = sum(int(m[3]) for m in sends if m and m[1] == STAGE)
+    assert sent_early >= 3  # at least the devkit, the val archive, val's records
+    (stage,) = [(int(m[2]), int(m[3])) for m in sends if m and m[1] == "backup"]
+    assert stage[1] == stage[0] - sent_early  # the backup stage sent only the rest, then the manifest
+    manifest = json.loads(client("s3").get_object(Bucket="bk-follow", Key="manifest.json")["Body"].read())
+    assert {e["relpath"] for e in manifest["files"]} >= {f"archives/{TRAIN}", "recordio/train.rec", "recordio/val.rec"}
+    again = Engine(settings(tmp_path, server.url, medium, bucket="bk-follow", region=REGION))
+    assert again.backup(verify_only=True)["verified"]
+
+
+@pytest.mark.usefixtures("aws_endpoint")
+def test_a_backup_that_fails_while_pack_runs_leaves_it_to_the_backup_stage(
+    medium: Generated, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sending = Backup.send
+
+    def refused_while_packing(self: Backup, files: list[LocalFile], remote: Any = None, stage: str = "backup") -> Any:
+        if stage == STAGE:
+            raise BackupError("injected: access denied to s3://bk-fail-early/")
+        return sending(self, files, remote, stage)
+
+    monkeypatch.setattr(Backup, "send", refused_while_packing)
+    client("s3").create_bucket(Bucket="bk-fail-early")
+    with ArchiveServer(medium.root, SLOW) as server:
+        Engine(settings(tmp_path, server.url, medium, bucket="bk-fail-early", region=REGION)).run()
+    assert any(r.getMessage().startswith(f"{STAGE} stopped: injected") for r in caplog.records)
+    manifest = json.loads(client("s3").get_object(Bucket="bk-fail-early", Key="manifest.json")["Body"].read())
+    assert {e["relpath"] for e in manifest["files"]} >= {f"archives/{TRAIN}", "recordio/train.rec", "recordio/val.rec"}

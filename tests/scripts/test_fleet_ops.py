@@ -250,7 +250,7 @@ def _fsr(az: str, state: str) -> dict[str, Any]:
 
 def test_fast_restore_shows_its_cost_and_waits_until_enabled_per_az() -> None:
     from scripts.launch import enable_fast_restore, fast_restore_cost, fast_restore_credits
-    from scripts.plan import load_prices
+    from scripts.plan_data import load_prices
 
     assert fast_restore_cost(["us-east-1a", "us-east-1b"], load_prices(), hours=0.25) == pytest.approx(1.5)
     assert (fast_restore_credits(1000), fast_restore_credits(64), fast_restore_credits(100)) == (1, 10, 10)

@@ -13,7 +13,8 @@ from bootstrap.contract import tags
 from scripts.cli import COMMANDS, build_parser
 from scripts.cli import run as scripts_run
 from scripts.common import deployed_config
-from scripts.plan import PlanInputs, compare, headline, load_prices, plan, totals
+from scripts.plan import PlanInputs, compare, headline, plan, totals
+from scripts.plan_data import load_prices
 from scripts.status import gather, render
 from tests.fixtures.aws_emulator import client
 from tests.fixtures.paths import GOLDEN
@@ -23,7 +24,7 @@ from tests.fixtures.strict_aws import available_volume, completed_snapshot
 def test_plan_matches_a_hand_computed_case() -> None:
     inputs = PlanInputs(archive_bytes=100 * 10**9, images=1_000_000, packed_bytes=25 * 10**9, bandwidth_mb_s=50,
                         upload_mb_s=50, images_per_vcpu_s=100, cpu_credits="standard", follow_download=False,
-                        gpu_instances=2, gpu_hours=10, restored_iops=4000,
+                        backup_while_packing=False, gpu_instances=2, gpu_hours=10, restored_iops=4000,
                         restored_throughput=250, fsr_azs=1, fsr_hours=0.5)  # fmt: skip
     rows = {r.item: r for r in plan(inputs, load_prices())}
     # download: 100 GB at min(50 MB/s, 78.125 MiB/s) = 2000 s
@@ -62,7 +63,7 @@ def test_plan_for_imagenet_on_the_defaults_restores_a_right_sized_volume() -> No
 def test_the_plan_headline_says_when_the_dataset_is_published_and_what_it_costs() -> None:
     inputs = PlanInputs(archive_bytes=100 * 10**9, images=1_000_000, packed_bytes=25 * 10**9, bandwidth_mb_s=50,
                         upload_mb_s=50, images_per_vcpu_s=100, cpu_credits="standard",
-                        follow_download=False)  # fmt: skip
+                        follow_download=False, backup_while_packing=False)  # fmt: skip
     prices = load_prices()
     rows = plan(inputs, prices)
     sums = totals(inputs, rows, prices)
@@ -90,12 +91,15 @@ def test_following_the_download_the_plan_takes_the_slower_of_pack_and_the_downlo
     tail = 50e9 / (78.125 * 2**20)
     assert by_item["to packed data"].hours == pytest.approx((10_000 + tail) / 3600)
     assert "10 min of pack after its last byte" in by_item["to packed data"].assumption
-    # the backup goes at the instance's upload rate, not the slow source's: 125 GB at 50 MB/s
-    assert by_item["backup + snapshot"].hours == pytest.approx(2500 / 3600)
-    assert sums["hours to dataset"] == pytest.approx((10_000 + tail + 2500) / 3600)
+    # the backup goes at the instance's upload rate, not the slow source's: the archives (100 GB at 50 MB/s,
+    # 2,000 s) from the end of the download while pack finishes, then the packed data (25 GB, 500 s)
+    assert by_item["backup + snapshot"].hours == pytest.approx((10_000 + 2000 - (10_000 + tail) + 500) / 3600)
+    assert sums["hours to dataset"] == pytest.approx((10_000 + 2000 + 500) / 3600)
     assert headline(slow, rows, sums).startswith(
-        "The dataset is published about 3.6 h after the download instance starts: packed after 2.9 h (2.8 h "
+        "The dataset is published about 3.5 h after the download instance starts: packed after 2.9 h (2.8 h "
         "download at 10 MB/s, packed as it arrives: 1.4 h pack on a t2.large with unlimited credits)")  # fmt: skip
+    after = {r.item: r for r in plan(dataclasses.replace(slow, backup_while_packing=False), prices)}
+    assert after["backup + snapshot"].hours == pytest.approx(2500 / 3600)  # 125 GB at 50 MB/s, all after pack
     sequential = {r.item: r for r in plan(dataclasses.replace(slow, follow_download=False), prices)}
     assert sequential["to packed data"].hours == pytest.approx((10_000 + 5000) / 3600)
 
@@ -137,7 +141,7 @@ def test_unlimited_credits_cost_surplus_but_pack_faster() -> None:
 def test_a_t3_in_unlimited_mode_pays_for_the_credits_it_borrows() -> None:
     inputs = PlanInputs(archive_bytes=36 * 10**9, images=720_000, packed_bytes=9 * 10**9, bandwidth_mb_s=50,
                         upload_mb_s=50, images_per_vcpu_s=100, instance_type="t3.large", cpu_credits="unlimited",
-                        follow_download=False)  # fmt: skip
+                        follow_download=False, backup_while_packing=False)  # fmt: skip
     rows = {r.item: r for r in plan(inputs, load_prices())}
     # download 36e9 B / 50e6 B/s = 720 s, then pack; t3 has no launch credits, so 0.6 vCPU x 720 s = 432 vCPU-s banked.
     # work 720,000 / 100 = 7,200 vCPU-s at full speed on 2 vCPU = 3,600 s, earning 0.6 x 3,600 = 2,160 vCPU-s;

@@ -26,7 +26,7 @@ from bootstrap.common.errors import ConfigError
 from bootstrap.contract import tags
 from scripts.cli import run as scripts_run
 from scripts.instance_types import InstanceTable
-from scripts.plan import load_prices
+from scripts.plan_data import load_prices
 from scripts.smoke import clients, execute, measured, steps
 from scripts.smoke.cleanup import Waits
 from scripts.smoke.deploy import CdkCli
