@@ -33,13 +33,14 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -418,27 +419,45 @@ def bench_download(runs: int, size_mib: int, rate_mib: float) -> dict[str, Any]:
 # -- 3b. pack following the download --------------------------------------------------------
 
 
-def _to_packed(data: Path) -> float:
-    """Seconds from the start of the last ``run`` to the end of its pack stage, from the run's status history."""
+def _seconds_to(data: Path, stage: str) -> float:
+    """Seconds from the start of the last ``run`` to the end of ``stage``, from the run's status history."""
     from bootstrap.engine.timeline import read_history
 
     history = read_history(data / ".state" / "status-history.jsonl")
     start = max(h["t"] for h in history if h["stage"] == "run" and h.get("state") == "running")
-    return float(max(h["t"] for h in history if h["stage"] == "pack" and h.get("state") == "done") - start)
+    return float(max(h["t"] for h in history if h["stage"] == stage and h.get("state") == "done") - start)
+
+
+def _stage_seconds(data: Path, stage: str) -> float:
+    """How long ``stage`` itself ran in the last ``run``."""
+    from bootstrap.engine.timeline import read_history
+
+    history = read_history(data / ".state" / "status-history.jsonl")
+    began = max(h["t"] for h in history if h["stage"] == stage and h.get("state") == "running")
+    return float(max(h["t"] for h in history if h["stage"] == stage and h.get("state") == "done") - began)
+
+
+@contextlib.contextmanager
+def _archive_server(src: Path, rate_mib: float) -> Iterator[list[str]]:
+    """The archives over HTTP at ``rate_mib`` per connection; yields ``run``'s source flags (8 connections)."""
+    port_file = WORK / "port"
+    port_file.unlink(missing_ok=True)
+    server = subprocess.Popen([PY, "-m", "tests.fixtures.http_server", str(src), "--rate-mib", str(rate_mib),
+                               "--port-file", str(port_file)], cwd=ROOT)  # fmt: skip
+    try:
+        while not port_file.exists():
+            time.sleep(0.05)
+        yield ["--source", f"http://127.0.0.1:{port_file.read_text()}", "--connections", "8"]
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def bench_following(src: Path, runs: int, rate_mib: float) -> dict[str, Any]:
     """``run`` to packed RecordIO with pack following the download, against fetch alone, pack alone, and the run
     that fetches first; the archives served over HTTP at ``rate_mib`` per connection, 8 connections."""
-    port_file = WORK / "port"
-    port_file.unlink(missing_ok=True)
-    server = subprocess.Popen([PY, "-m", "tests.fixtures.http_server", str(src), "--rate-mib", str(rate_mib),
-                               "--port-file", str(port_file)], cwd=ROOT)  # fmt: skip
     data = WORK / "following"
-    try:
-        while not port_file.exists():
-            time.sleep(0.05)
-        remote = ["--source", f"http://127.0.0.1:{port_file.read_text()}", "--connections", "8"]
+    with _archive_server(src, rate_mib) as remote:
 
         def fetch_once() -> Measure:
             shutil.rmtree(data, ignore_errors=True)
@@ -453,20 +472,69 @@ def bench_following(src: Path, runs: int, rate_mib: float) -> dict[str, Any]:
             shutil.rmtree(data, ignore_errors=True)
             flag = "--follow-download" if follow else "--no-follow-download"
             measure([[*bootstrap_cmd("run", data, src), *remote, flag]], cold=False)
-            return _to_packed(data)
+            return _seconds_to(data, "pack")
 
         fetch = median(runs, fetch_once).seconds
         pack = median(runs, pack_once).seconds
         following = statistics.median(run_once(True) for _ in range(runs))
         sequential = statistics.median(run_once(False) for _ in range(runs))
-    finally:
-        server.terminate()
-        server.wait()
     return {"archive_bytes": sum(p.stat().st_size for p in src.glob("*.tar*")), "per_connection_mib_s": rate_mib,
             "connections": 8, "fetch_seconds": round(fetch, 2), "pack_seconds": round(pack, 2),
             "following_seconds": round(following, 2), "sequential_seconds": round(sequential, 2),
             "vs_slowest": round(following / max(fetch, pack), 2),
             "sequential_vs_slowest": round(sequential / max(fetch, pack), 2)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _s3_emulator(bucket: str) -> Iterator[None]:
+    """moto's server on localhost with ``bucket`` in it, and the environment that points the SDK at it."""
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(PY).parent / "moto_server"), "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                break
+            time.sleep(0.05)
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        server.terminate()
+        server.wait()
+
+
+def bench_following_backup(src: Path, runs: int, rate_mib: float) -> dict[str, Any]:
+    """``run`` to backed-up data with pack following the download and the backup following pack, against the
+    stages one after another; the archives served as in ``bench_following``, S3 emulated by moto on localhost."""
+    data, bucket = WORK / "following-backup", "bench-backup"
+    with _archive_server(src, rate_mib) as remote, _s3_emulator(bucket):
+
+        def run_once(overlap: bool) -> tuple[float, float]:
+            shutil.rmtree(data, ignore_errors=True)
+            flags = ["--follow-download", "--backup-while-packing"] if overlap else \
+                ["--no-follow-download", "--no-backup-while-packing"]  # fmt: skip
+            measure([[*bootstrap_cmd("run", data, src), *remote, "--bucket", bucket, *flags]], cold=False)
+            return _seconds_to(data, "backup"), _stage_seconds(data, "backup")
+
+        overlapped = [run_once(True) for _ in range(runs)]
+        sequential = [run_once(False) for _ in range(runs)]
+    backup_alone = statistics.median(s for _, s in sequential)
+    return {"archive_bytes": sum(p.stat().st_size for p in src.glob("*.tar*")), "per_connection_mib_s": rate_mib,
+            "connections": 8, "overlapped_seconds": round(statistics.median(t for t, _ in overlapped), 2),
+            "sequential_seconds": round(statistics.median(t for t, _ in sequential), 2),
+            "backup_alone_seconds": round(backup_alone, 2),
+            "backup_stage_after_pack_seconds": round(statistics.median(s for _, s in overlapped), 2)}  # fmt: skip
 
 
 # -- 4. memory -----------------------------------------------------------------------------
@@ -583,6 +651,16 @@ def table(results: dict[str, Any]) -> str:
                      f"{w['sequential_seconds']} s",
                      f"{w['vs_slowest']}x the slower of the two (target <= 1.25; fetching first: "
                      f"{w['sequential_vs_slowest']}x)"))  # fmt: skip
+    if "following_backup" in results and "following" in results:
+        b, w = results["following_backup"], results["following"]
+        slowest = max(w["fetch_seconds"], w["pack_seconds"], b["backup_alone_seconds"])
+        rows.append((f"Run to backed-up data, backup following pack ({b['archive_bytes'] / 1e6:,.0f} MB at "
+                     f"{b['connections']} x {b['per_connection_mib_s']:g} MiB/s; S3 = moto on localhost)",
+                     f"{b['overlapped_seconds']} s (backup stage after pack {b['backup_stage_after_pack_seconds']} s)",
+                     f"stages one after another {b['sequential_seconds']} s; fetch alone {w['fetch_seconds']} s, pack "
+                     f"alone {w['pack_seconds']} s, backup alone {b['backup_alone_seconds']} s",
+                     f"{b['overlapped_seconds'] / slowest:.2f}x the slowest of the three; one after another "
+                     f"{b['sequential_seconds'] / slowest:.2f}x"))  # fmt: skip
     if "plan" in results:
         h = results["plan"]
         rows.append((f"`scripts plan` headline: ImageNet on the defaults at {h['bandwidth_mb_s']:g} MB/s (computed, "
@@ -603,6 +681,7 @@ def table(results: dict[str, Any]) -> str:
         "readers",
         "formats",
         "following",
+        "following_backup",
         "plan",
     )
     dates = [results[k].get("measured", results.get("date", "")) for k in order if k in results]
@@ -655,7 +734,7 @@ def main() -> None:
                         help="per-connection rate for the following benchmark (8 x 12 MiB/s: fetch takes about as "
                         "long as pack here)")  # fmt: skip
     names = ("pack", "pack_large_tail", "end_to_end", "download", "memory", "read", "quality", "decode_scales",
-             "readers", "formats", "following", "plan")  # fmt: skip
+             "readers", "formats", "following", "following_backup", "plan")  # fmt: skip
     parser.add_argument("--only", choices=names, action="append")
     parser.add_argument("--report", action="store_true", help="only render the table from bench/results.json")
     args = parser.parse_args()
@@ -684,6 +763,7 @@ def main() -> None:
         "readers": lambda: bench_readers(WORK / f"ours-pack-{src.name}" / "recordio"),
         "formats": lambda: bench_formats(src, args.runs),
         "following": lambda: bench_following(src, args.runs, args.follow_rate_mib),
+        "following_backup": lambda: bench_following_backup(src, args.runs, args.follow_rate_mib),
         "plan": lambda: bench_plan(results),
     }
     for name, step in steps.items():

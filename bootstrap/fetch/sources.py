@@ -202,17 +202,28 @@ class HttpSource:
 def read_exactly(
     read: Callable[[int], bytes], size: int, name: str, lost: tuple[type[BaseException], ...]
 ) -> Iterator[bytes]:
-    """``size`` bytes from ``read`` in blocks; a dropped or short stream is a ``TransientError`` (retried)."""
-    remaining = size
+    """``size`` bytes from ``read`` in blocks of up to ``READ_BLOCK``; a dropped or short stream is a
+    ``TransientError`` (retried).  ``read`` may return less than asked (``read1``): pieces are gathered into whole
+    blocks, and what was gathered is yielded before the error, so a stall or a drop loses nothing delivered."""
+    remaining, block = size, bytearray()
     while remaining > 0:
         try:
-            block = read(min(READ_BLOCK, remaining))
+            piece = read(min(READ_BLOCK - len(block), remaining))
         except lost as e:
-            raise TransientError(f"{name}: connection lost: {e}") from e
-        if not block:
-            raise TransientError(f"{name}: connection closed {remaining} bytes early")
-        remaining -= len(block)
-        yield block
+            error: TransientError = TransientError(f"{name}: connection lost: {e}")
+            error.__cause__ = e
+        else:
+            if piece:
+                block += piece
+                remaining -= len(piece)
+                if len(block) >= READ_BLOCK or not remaining:
+                    yield bytes(block)
+                    block.clear()
+                continue
+            error = TransientError(f"{name}: connection closed {remaining} bytes early")
+        if block:
+            yield bytes(block)
+        raise error
 
 
 # -- s3 --------------------------------------------------------------------------
