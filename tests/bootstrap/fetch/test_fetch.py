@@ -16,7 +16,15 @@ import pytest
 from bootstrap.common.errors import ChecksumError, FetchError
 from bootstrap.dataset.archives import ArchiveSpec
 from bootstrap.fetch.download import FetchOptions, fetch_archive
-from bootstrap.fetch.sources import Credentials, HttpSource, LocalSource, S3Source, resolve_credentials
+from bootstrap.fetch.sources import (
+    Credentials,
+    HttpSource,
+    LocalSource,
+    S3Source,
+    TransientError,
+    read_exactly,
+    resolve_credentials,
+)
 from tests.fixtures.http_server import ArchiveServer, ServerOptions
 
 CHUNK = 256 << 10
@@ -204,3 +212,21 @@ def test_archive_already_in_place_with_wrong_md5_is_reported_and_left(
     with pytest.raises(ChecksumError, match=r"left in place\. Delete or replace it"):
         fetch_archive(LocalSource(root), spec, dest, OPTS, **NO_SLEEP)
     assert (dest / spec.name).exists()
+
+
+def test_pieces_are_gathered_into_blocks_and_kept_when_the_stream_stalls() -> None:
+    pieces: list[bytes | Exception] = [b"a" * 1000, b"b" * 24, TimeoutError("read timed out")]
+
+    def read1(_size: int) -> bytes:
+        piece = pieces.pop(0)
+        if isinstance(piece, Exception):
+            raise piece
+        return piece
+
+    got: list[bytes] = []
+    with pytest.raises(TransientError, match=r"x\.tar: connection lost: read timed out"):
+        for block in read_exactly(read1, 4096, "x.tar", (OSError,)):
+            got.append(block)
+    assert got == [b"a" * 1000 + b"b" * 24]  # one block, handed over before the error: nothing delivered is lost
+    whole = [b"c" * 600] * 4
+    assert list(read_exactly(lambda _n: whole.pop(0), 2400, "y.tar", (OSError,))) == [b"c" * 2400]
