@@ -770,7 +770,11 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        results[name] = {**step(), "measured": time.strftime("%Y-%m-%d")}
+        result = step()
+        if "skipped" in result and name in results:  # a machine that cannot run it keeps the last measurement
+            print(f"skipped ({result['skipped']}); keeping the measurement of {results[name].get('measured')}")
+            continue
+        results[name] = {**result, "measured": time.strftime("%Y-%m-%d")}
         print(json.dumps(results[name], indent=2), flush=True)
     machine = {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()}
     results.update(runs=args.runs, machine=machine)
