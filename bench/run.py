@@ -549,7 +549,12 @@ def bench_plan(results: dict[str, Any], bandwidth_mb_s: float = 100.0) -> dict[s
     out: dict[str, Any] = {"bandwidth_mb_s": bandwidth_mb_s, "images_per_vcpu_s": inputs.images_per_vcpu_s}
     prices = load_prices()
     sequential = replace(inputs, follow_download=False, backup_while_packing=False)
-    for name, case in (("following", inputs), ("one_after_another", sequential)):
+    # The hub's shards hold the same JPEGs in other tars: three members a sample (.jpg, .cls, .json), each a 512-byte
+    # header and half a block of padding on average, where the class tars had one.  An estimate; the exact bytes are
+    # in the table hub-table writes (python -m scripts plan --dataset-table hub-table.json).
+    hub_bytes = inputs.archive_bytes + inputs.images * 2 * (512 + 256)
+    hub = replace(inputs, archive_bytes=hub_bytes, dataset="timm/imagenet-1k-wds's shards (size estimated)")
+    for name, case in (("following", inputs), ("one_after_another", sequential), ("hub", hub)):
         rows = plan.plan(case, prices)
         sums = plan.totals(case, rows, prices)
         out[name] = {"headline": plan.headline(case, rows, sums), "hours": round(sums["hours to dataset"], 2),
@@ -668,6 +673,11 @@ def table(results: dict[str, Any]) -> str:
                      f"${h['following']['one_off_usd']} once",
                      f"the stages one after another {h['one_after_another']['hours']} h",
                      h["following"]["headline"]))  # fmt: skip
+        if "hub" in h:
+            rows.append((f"`scripts plan` headline: the same from the Hugging Face hub at {h['bandwidth_mb_s']:g} MB/s "
+                         "(computed; shard bytes estimated)", f"{h['hub']['hours']} h to the published dataset, "
+                         f"${h['hub']['one_off_usd']} once", h["hub"]["assumptions"]["download"],
+                         h["hub"]["headline"]))  # fmt: skip
     machine = results["machine"]
     order = (
         "pack",

@@ -85,12 +85,12 @@ def knob(default: Any, help: str, **limits: Any) -> Any:
 class PrepConfig:
     data_dir: Path = knob(Path(names.DATA_DIR), "the data directory: the data volume's mount point (default {default})",
                           stages=ENGINE)  # fmt: skip
-    source: str | None = knob(None, "https:// base URL, s3:// prefix or local directory with the archives",
-                              stages=FETCH)  # fmt: skip
+    source: str | None = knob(None, "https:// base URL, s3:// prefix or local directory with the archives, or "
+                              "hf://owner/name (a hub dataset, with its shard table)", stages=FETCH)  # fmt: skip
     source_secret: str | None = knob(None, "Secrets Manager secret holding the source credentials", stages=FETCH)
     """The secret's value is JSON with the source credentials."""
-    dataset_table: Path | None = knob(None, "archive table JSON for another dataset (default: ILSVRC2012)",
-                                      stages=DATA)  # fmt: skip
+    dataset_table: Path | None = knob(None, "archive table JSON for another dataset, or the shard table of a hub "
+                                      "source (default: ILSVRC2012)", stages=DATA)  # fmt: skip
     follow_download: bool = knob(True, "run packs each archive while it downloads (default: on)", stages=("run",))
     backup_while_packing: bool = knob(True, "run backs each archive up once verified and each split once packed, "
                                       "while the rest is still made (default: on)", stages=("run",))  # fmt: skip

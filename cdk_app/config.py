@@ -53,9 +53,9 @@ class StagingConfig:
     region: str | None = None
     # -- the dataset source ----------------------------------------------------------
     source: str = "https://image-net.org/data/ILSVRC/2012"
-    """https:// base URL or s3:// prefix holding the archives."""
+    """https:// base URL or s3:// prefix holding the archives, or hf://owner/name (with its shard table)."""
     source_needs_credentials: bool = True
-    """The https:// source needs a login, read at run time from a Secrets Manager secret."""
+    """The https:// or hf:// source needs a login or token, read at run time from a Secrets Manager secret."""
     source_secret: str | None = None
     """An existing secret holding it; unset: the storage stack creates ``<name>/source-credentials``."""
     # -- the download instance ----------------------------------------------------------
@@ -137,7 +137,14 @@ class StagingConfig:
         need("name", bool(_NAME.match(self.name)), "3-32 lowercase letters, digits and hyphens, starting with a letter")
         need("account", self.account is None or bool(_ACCOUNT.match(self.account)), "a 12-digit account id")
         need("region", self.region is None or bool(_REGION.match(self.region)), "a region like us-east-1")
-        need("source", self.source.startswith(("https://", "s3://")), "an https:// URL or an s3:// prefix")
+        need("source", self.source.startswith(("https://", "s3://", "hf://")),
+             "an https:// URL, an s3:// prefix or hf://owner/name")  # fmt: skip
+        if self.source.startswith("hf://"):
+            repo = self.source.removeprefix("hf://").strip("/")
+            hub_table = self.dataset_table or {}
+            pinned = hub_table.get("layout") == "webdataset" and hub_table.get("name") == repo
+            need("dataset_table", pinned, f"the shard table of {repo}: python -m scripts hub-table {self.source} "
+                 "writes it")  # fmt: skip
         need("source_secret", self.source_secret is None or bool(_SECRET_NAME.match(self.source_secret)),
              "a Secrets Manager secret name")  # fmt: skip
         need("backup_prefix", not self.backup_prefix.startswith("/"), "an S3 key prefix without a leading /")
@@ -203,7 +210,7 @@ class StagingConfig:
 
     @property
     def uses_secret(self) -> bool:
-        return self.source_needs_credentials and self.source.startswith("https://")
+        return self.source_needs_credentials and self.source.startswith(("https://", "hf://"))
 
     @property
     def secret_name(self) -> str:

@@ -20,7 +20,7 @@ from bootstrap.common.argparsing import Parser, add_common, command_name, parse
 from bootstrap.common.errors import ConfigError
 from bootstrap.common.failures import exit_code
 from cdk_app.config import StagingConfig
-from scripts import copy_snapshot, launch, plan, smoke, status, teardown
+from scripts import copy_snapshot, hub_table, launch, plan, smoke, status, teardown
 from scripts.common import deployed_config
 
 COMMANDS: dict[str, ModuleType] = {
@@ -29,6 +29,7 @@ COMMANDS: dict[str, ModuleType] = {
     "launch-fleet": launch,
     "teardown": teardown,
     "copy-snapshot": copy_snapshot,
+    "hub-table": hub_table,
     "smoke": smoke,
 }
 

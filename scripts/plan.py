@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pathlib
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from bootstrap.instance.dataset_volume import volume_gib
 from bootstrap.settings import FORMATS, flag_type, output_formats
 from cdk_app.config import StagingConfig
 from scripts.instance_types import InstanceTable, InstanceType
-from scripts.plan_data import load_gpu_rates, load_prices, measured
+from scripts.plan_data import dataset_inputs, load_gpu_rates, load_prices, measured
 
 GB = 1e9
 MIB = 1 << 20
@@ -29,6 +30,8 @@ MIB = 1 << 20
 class PlanInputs:
     archive_bytes: int = 147_897_477_120 + 6_744_924_160
     images: int = 1_281_167 + 50_000
+    dataset: str = "ILSVRC2012's archives"
+    """What is downloaded (``--dataset-table`` gives another table's files, such as a hub dataset's shards)."""
     packed_bytes: int = 40 * 10**9
     """RecordIO at resize 256 / quality 90 is about a quarter of the archives."""
     bandwidth_mb_s: float = 60.0
@@ -203,7 +206,7 @@ def plan(inputs: PlanInputs, prices: dict[str, Any], table: InstanceTable | None
     download_rate = min(i.bandwidth_mb_s * 1e6, disk_mib_s * MIB)
     download_h = i.archive_bytes / download_rate / 3600
     rows.append(Row("download", download_h, 0.0,
-                    f"{i.archive_bytes / GB:.0f} GB at min({i.bandwidth_mb_s:g} MB/s link, "
+                    f"{i.dataset}, {i.archive_bytes / GB:.0f} GB at min({i.bandwidth_mb_s:g} MB/s link, "
                     f"{disk_mib_s:.0f} MiB/s {i.data_volume_type} burst)"))  # fmt: skip
 
     # Following the download, pack starts with it and never banks the download's idle credits.
@@ -302,10 +305,12 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
     add("--no-backup-while-packing", dest="backup_while_packing", action="store_false",
         help="model a run that backs everything up after pack (backup_while_packing off)")  # fmt: skip
     add("--fsr-azs", type=number(int, low=0), default=0, help="fast snapshot restore in this many AZs (default 0)")
+    add("--dataset-table", type=pathlib.Path, help="the files and counts of another table, e.g. the one hub-table "
+        "wrote (default: ./cdk.json's dataset_table, else ILSVRC2012's archives)")  # fmt: skip
     formats = ",".join(output_formats(deployed.formats, deployed.keep_tree))
     add("--formats", type=flag_type("formats"), default=formats,
         help=f"what pack writes: {', '.join(FORMATS)} (default {formats}, from ./cdk.json)")  # fmt: skip
-    parser.set_defaults(dataset_snapshot=deployed.dataset_snapshot,
+    parser.set_defaults(deployed_table=deployed.dataset_table, dataset_snapshot=deployed.dataset_snapshot,
                         initialization_rate=deployed.restored_initialization_rate)  # fmt: skip
 
 
@@ -323,6 +328,7 @@ def command(args: argparse.Namespace) -> tuple[Any, str]:
         dataset_snapshot=args.dataset_snapshot, initialization_rate=args.initialization_rate,
         formats=output_formats(args.formats, False),
         format_ratios=bench.format_ratios or PlanInputs.format_ratios,
+        **dataset_inputs(args.dataset_table, args.deployed_table),
     )  # fmt: skip
     prices, table = load_prices(), InstanceTable()
     rows = plan(inputs, prices, table)

@@ -25,7 +25,8 @@ class SynsetClass:
     label: int
     wnid: str
     words: str
-    ilsvrc_id: int
+    ilsvrc_id: int | None = None
+    """The devkit's own ILSVRC2012_ID; None for the bundled table (the hub's shards carry their labels)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,24 @@ def parse_ground_truth(text: bytes, classes: list[SynsetClass], source: str = "g
             raise ArchiveError(f"{source}: line {number} holds {line!r}, which is not a leaf ILSVRC2012_ID")
         wnids.append(by_id[int(line)])
     return wnids
+
+
+BUNDLED_CLASSES = Path(__file__).with_name("ilsvrc2012_classes.tsv")
+"""ILSVRC2012's 1000 classes in sorted-WNID order with the devkit's words: the labels of the hub's shards.
+Taken from timm's ``imagenet_synsets.txt`` + ``imagenet_synset_to_lemma.txt``, and checked equal, line by line, to
+the devkit's ``LOC_synset_mapping.txt`` (ImageNet's localisation kit)."""
+
+
+def bundled_classes(path: Path = BUNDLED_CLASSES) -> list[SynsetClass]:
+    classes = []
+    for label, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        wnid, _, words = line.partition("\t")
+        if not WNID.match(wnid) or not words:
+            raise ArchiveError(f"{path}:{label + 1}: expected 'nXXXXXXXX<TAB>words', got {line!r}")
+        classes.append(SynsetClass(label, wnid, words))
+    if [c.wnid for c in classes] != sorted(c.wnid for c in classes):
+        raise ArchiveError(f"{path}: the WNIDs are not in sorted order, so the labels would be wrong")
+    return classes
 
 
 def read_devkit(path: Path) -> Devkit:

@@ -6,20 +6,24 @@ sequential reads and nothing is extracted first.  Between images the stream
 yields ``Cursor``s: points where everything before is accounted for and the
 archive can be reopened (the offset of the next member header).  The packer
 checkpoints at cursors, which is what makes a killed run resume mid-archive.
+
+The hub's layout is a split as WebDataset shards: ``shard_stream`` reads them
+in order as one stream, each sample one image with its label.
 """
 
 from __future__ import annotations
 
+import json
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from bootstrap.common.errors import ArchiveError
 from bootstrap.dataset.devkit import SynsetClass
 from bootstrap.dataset.naming import val_position, wnid_of_class_tar
-from bootstrap.dataset.safetar import READ_BUFFER, iter_members, open_tar, read_member
+from bootstrap.dataset.safetar import READ_BUFFER, SAFE_BASENAME, iter_members, open_tar, read_member
 
 END = -1
 
@@ -102,3 +106,86 @@ def val_stream(
             yield Item(next_id, classes[wnid].label, f"{wnid}/{base}", read_member(tar, member, name))
             next_id += 1
     yield Cursor(END, next_id)
+
+
+SAMPLE_IMAGE = ("jpg", "jpeg", "png")
+SAMPLE_META_BYTES = 1 << 20
+ShardOpener = Callable[[int], IO[bytes]]
+"""Opens shard ``i`` of the split (``following`` passes one that waits until that shard has verified)."""
+
+
+def shard_stream(
+    paths: Sequence[Path], sizes: Sequence[int], classes: Sequence[SynsetClass], max_image_bytes: int,
+    start: Cursor | None = None, *, opener: ShardOpener | None = None,
+) -> Stream:  # fmt: skip
+    """Images of WebDataset shards read one after another, as the hub's ``timm/imagenet-1k-wds`` holds them.
+
+    A sample is the members sharing a key (the path up to the first dot of its base name): ``KEY.jpg`` (or
+    ``.jpeg``, ``.png``) is the image, ``KEY.cls`` its label in sorted-WNID order, and ``KEY.json``, if there,
+    may repeat the label (it must agree) and name the original file.  A cursor's offset counts from the first
+    shard's first byte, so a checkpoint names both the shard and the header to reopen at.
+    """
+    next_id = start.next_id if start else 0
+    begin, base = (start.offset if start else 0), 0
+    for index, (path, size) in enumerate(zip(paths, sizes, strict=True)):
+        if begin >= base + size:
+            base += size
+            continue
+        with opener(index) if opener else open(path, "rb", buffering=READ_BUFFER) as f:
+            tar = open_tar(f, path.name, max(begin - base, 0))
+            sample: dict[str, bytes] = {}
+            key = ""
+            limit = max(max_image_bytes, SAMPLE_META_BYTES)
+            for member, _ in iter_members(tar, path.name, limit):
+                member_key, ext = _split_key(member.name)
+                if member_key != key:
+                    if sample:
+                        yield _sample_item(path.name, key, sample, classes, next_id)
+                        next_id += 1
+                    yield Cursor(base + member.offset, next_id)
+                    key, sample = member_key, {}
+                if ext.lower() not in (*SAMPLE_IMAGE, "cls", "json"):
+                    continue  # other fields a copy may carry: not ours to judge
+                if ext.lower() not in SAMPLE_IMAGE and member.size > SAMPLE_META_BYTES:
+                    raise ArchiveError(f"{path.name}: {member.name!r} is {member.size:,} bytes, too big for a label")
+                sample[ext.lower()] = read_member(tar, member, path.name)
+            if sample:
+                yield _sample_item(path.name, key, sample, classes, next_id)
+                next_id += 1
+        base += size
+    yield Cursor(END, next_id)
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """``dir/KEY.ext.more`` -> (``dir/KEY``, ``ext.more``): as webdataset, the key ends at the base name's first dot."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def _sample_item(shard: str, key: str, sample: dict[str, bytes], classes: Sequence[SynsetClass], id_: int) -> Item:
+    where = f"{shard}: sample {key!r}"
+    image_ext = next((ext for ext in SAMPLE_IMAGE if ext in sample), None)
+    if image_ext is None or "cls" not in sample:
+        missing = "image (.jpg)" if image_ext is None else "label (.cls)"
+        raise ArchiveError(f"{where} lacks its {missing}; the shard is damaged or not an ImageNet WebDataset copy. "
+                           "Fetch it again or check the table")  # fmt: skip
+    try:
+        label = int(sample["cls"].strip())
+    except ValueError:
+        raise ArchiveError(f"{where}: .cls holds {sample['cls'][:20]!r}, not a class number") from None
+    if not 0 <= label < len(classes):
+        raise ArchiveError(f"{where}: label {label} is outside the {len(classes)} classes of the bundled table")
+    name = f"{PurePosixPath(key).name}.{image_ext}"
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ArchiveError(f"{where}: .json is not JSON") from None
+        if isinstance(meta, dict) and "label" in meta and meta["label"] != label:
+            raise ArchiveError(f"{where}: .json says label {meta['label']!r} but .cls says {label}")
+        filename = meta.get("filename") if isinstance(meta, dict) else None
+        if isinstance(filename, str) and SAFE_BASENAME.match(PurePosixPath(filename).name):
+            name = PurePosixPath(filename).name
+    wnid = classes[label].wnid
+    return Item(id_, label, f"{wnid}/{name}", sample[image_ext])

@@ -39,9 +39,9 @@ class BackgroundBackup:
     def final(self) -> list[str]:
         """What is final and not sent yet: verified archives, and the outputs each recorded pack vouches for."""
         root, ready = self.ctx.paths.root, []
-        for role, spec in self.ctx.dataset.archives.items():
+        for spec in self.ctx.dataset.files():
             if fetched(self.ctx.paths.archives, spec):
-                ready.append(self.ctx.archive(role).relative_to(root).as_posix())
+                ready.append((self.ctx.paths.archives / spec.name).relative_to(root).as_posix())
         for split in SPLITS:
             ready += list((self.ctx.markers.info(pack_marker(split)) or {}).get("fingerprints", {}))
         return [relpath for relpath in ready if backed_up(relpath) and relpath not in self.sent]

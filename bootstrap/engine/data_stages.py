@@ -18,8 +18,8 @@ from typing import Any
 from bootstrap.common.aws import secret_string
 from bootstrap.common.errors import ArchiveError, BootstrapError, ConfigError, FetchError
 from bootstrap.common.state import atomic_write_bytes, atomic_write_json, read_state
-from bootstrap.dataset.devkit import Devkit, SynsetClass, read_devkit
-from bootstrap.dataset.streams import StreamFactory, train_stream, val_stream
+from bootstrap.dataset.devkit import Devkit, SynsetClass, bundled_classes, read_devkit
+from bootstrap.dataset.streams import StreamFactory, shard_stream, train_stream, val_stream
 from bootstrap.engine.context import SPLITS, StageContext
 from bootstrap.engine.following import BackgroundFetch, discard
 from bootstrap.engine.options import fetch_options, pack_options
@@ -45,13 +45,18 @@ def fetch(ctx: StageContext) -> None:
         config = ctx.config
         if not config.source:
             raise ConfigError("no source configured: set 'source' (https:// URL, s3:// prefix or directory)")
+        hub = config.source.startswith("hf://")
+        if hub and not ctx.dataset.sharded:
+            raise ConfigError(f"source {config.source} serves WebDataset shards: set dataset_table to the shard "
+                              f"table `python -m scripts hub-table {config.source}` writes")  # fmt: skip
         credentials = resolve_credentials(
-            config.source_secret, fetch_secret=lambda name: secret_string(name, ctx.client("secretsmanager"))
+            config.source_secret, fetch_secret=lambda name: secret_string(name, ctx.client("secretsmanager")), hub=hub
         )
         source = open_source(config.source, credentials, s3=lambda: ctx.client("s3"),
-                             stall_seconds=config.stall_seconds)  # fmt: skip
+                             stall_seconds=config.stall_seconds, revision=ctx.dataset.revision)  # fmt: skip
         paths = fetch_all(source, ctx.dataset, ctx.paths.archives, fetch_options(config), status=ctx.status)
-        ctx.record("fetch", "fetch", {a.role: a.md5 for a in ctx.dataset.archives.values()}, paths.values())
+        pinned = {"shards": len(paths)} if ctx.dataset.sharded else {a.role: a.md5 for a in ctx.dataset.files()}
+        ctx.record("fetch", "fetch", pinned, paths.values())
 
     ctx.stage("fetch", body)
 
@@ -64,8 +69,9 @@ def load_classes(ctx: StageContext) -> Devkit:
             return Devkit([SynsetClass(**c) for c in saved["classes"]], list(saved["val_wnids"]))
     except (KeyError, TypeError) as e:
         log.warning("%s is not a class table (%s); reading the devkit again", ctx.paths.classes, e)
-    devkit = read_devkit(ctx.require_archive("devkit"))
-    expected_classes, expected_val = ctx.dataset.classes, ctx.dataset.val_images
+    # the hub's shards carry their labels, in the order of ILSVRC2012's classes, which we bundle
+    devkit = Devkit(bundled_classes(), []) if ctx.dataset.sharded else read_devkit(ctx.require_archive("devkit"))
+    expected_classes, expected_val = ctx.dataset.classes, None if ctx.dataset.sharded else ctx.dataset.val_images
     if expected_classes is not None and len(devkit.classes) != expected_classes:
         raise ArchiveError(
             f"the devkit lists {len(devkit.classes)} leaf classes but the dataset table promises "
@@ -99,19 +105,22 @@ def pack(ctx: StageContext, following: BackgroundFetch | None = None) -> dict[st
         max_image = ctx.config.max_image_mib << 20
         tree = "tree" in ctx.config.output_formats
         if tree:  # what torchvision's ImageNet needs beside the class folders
-            write_tree_meta(ctx.paths.tree, devkit, ctx.require_archive("devkit"))
+            write_tree_meta(ctx.paths.tree, devkit, None if ctx.dataset.sharded else ctx.require_archive("devkit"))
         reports = {}
         for split in SPLITS:
             follow = following if following is not None and not following.verified(split) else None
-            path = ctx.archive(split) if follow else ctx.require_archive(split)
-            opener = follow.opener(split) if follow else None
-            if split == "train":
-                stream: StreamFactory = partial(train_stream, path, classes, max_image, opener=opener)
-                expected = ctx.dataset.train_images
+            expected = ctx.dataset.train_images if split == "train" else ctx.dataset.val_images
+            stream: StreamFactory
+            if ctx.dataset.sharded:
+                stream, size = _shard_input(ctx, split, devkit, follow)
             else:
-                stream = partial(val_stream, path, classes, devkit.val_wnids, max_image, opener=opener)
-                expected = ctx.dataset.val_images
-            size = follow.size(split) if follow else os.path.getsize(path)
+                path = ctx.archive(split) if follow else ctx.require_archive(split)
+                opener = follow.opener(split) if follow else None
+                if split == "train":
+                    stream = partial(train_stream, path, classes, max_image, opener=opener)
+                else:
+                    stream = partial(val_stream, path, classes, devkit.val_wnids, max_image, opener=opener)
+                size = follow.size(split) if follow else os.path.getsize(path)
             job = SplitJob(split, stream, size, expected, ctx.paths.recordio,
                            ctx.paths.pack_work(split), pack_options(ctx.config, split), ctx.status,
                            TreeWriter(ctx.paths.tree / split) if tree else None, settings=ctx.bound("pack"),
@@ -125,10 +134,26 @@ def pack(ctx: StageContext, following: BackgroundFetch | None = None) -> dict[st
     return ctx.stage("pack", body)
 
 
+def _shard_input(ctx: StageContext, split: str, devkit: Devkit, follow: BackgroundFetch | None,
+                 ) -> tuple[StreamFactory, int]:  # fmt: skip
+    """``split``'s shards as one stream (each opened once verified, when following the fetch), and their size."""
+    specs = ctx.dataset.split_files(split)
+    paths = [ctx.paths.archives / spec.name for spec in specs]
+    sizes = [int(spec.size or 0) for spec in specs]  # pinned by the table
+    if follow is None:
+        for path in paths:
+            if not path.exists():
+                raise ArchiveError(f"{path} is missing: run the fetch stage first")
+    opener = follow.shard_opener(split) if follow else None
+    stream = partial(shard_stream, paths, sizes, devkit.classes, ctx.config.max_image_mib << 20, opener=opener)
+    return stream, sum(sizes)
+
+
 def _pack_following(following: BackgroundFetch, job: SplitJob, prior: PackReport | None,
                     record: Callable[[PackReport], None]) -> PackReport:  # fmt: skip
     """``pack_split`` on an archive still downloading: recorded only once the archive verifies; thrown away if the
-    download fails, before or after the pack finished reading."""
+    download fails, before or after the pack finished reading.  Shards are read only once verified, so a failed
+    download of one leaves the pack's checkpoint to resume from."""
 
     def verified_then_record(report: PackReport) -> None:
         following.wait_verified(job.split)
@@ -139,7 +164,8 @@ def _pack_following(following: BackgroundFetch, job: SplitJob, prior: PackReport
     except BaseException as e:
         if following.error is None and not isinstance(e, FetchError):
             raise  # the pack's own failure: its checkpoint stays, to resume from
-        discard(following.ctx, job.split, job.work.root)
+        if not following.ctx.dataset.sharded:
+            discard(following.ctx, job.split, job.work.root)
         if following.error is not None:
             raise following.error from None  # the download's own error (a wrong MD5, a source that gave up)
         raise

@@ -3,7 +3,8 @@
 ``run`` starts the fetch in the background (smallest archive first: the
 devkit, then val, then train), organises as soon as the devkit is verified,
 and packs each split through a ``GrowingArchive`` that waits at the
-downloaded prefix.  A split's pack is recorded only once its archive's MD5
+downloaded prefix.  A split in shards (the hub's layout) is packed shard by
+shard, each once its own SHA-256 has matched.  A split's pack is recorded only once its archive's MD5
 has matched.  If the download fails instead (a wrong MD5 at the end, a source
 that gives up), the split's half-made pack is thrown away, so nothing made
 from those bytes survives, and the run fails with the fetch's own error; the
@@ -27,7 +28,7 @@ from typing import IO
 
 from bootstrap.common.errors import FetchError
 from bootstrap.dataset.safetar import READ_BUFFER
-from bootstrap.engine.context import StageContext
+from bootstrap.engine.context import SPLITS, StageContext
 from bootstrap.fetch.download import fetched
 from bootstrap.fetch.growing import GrowingArchive
 
@@ -60,16 +61,32 @@ class BackgroundFetch:
                 raise self.error
 
     def verified(self, role: str) -> bool:
-        return fetched(self.ctx.paths.archives, self.ctx.dataset.archives[role])
+        """Every file of ``role`` (an archive, or a split's shards) is downloaded and matched its digest."""
+        files = self.ctx.dataset.split_files(role) if role in SPLITS else [self.ctx.dataset.archives[role]]
+        return all(fetched(self.ctx.paths.archives, spec) for spec in files)
 
     def wait_verified(self, role: str) -> None:
-        """Block until ``role``'s archive is downloaded and its MD5 matched; raise the fetch's error instead."""
-        while not self.verified(role):
+        """Block until ``role``'s archive is downloaded and its digest matched; raise the fetch's error instead."""
+        self._wait(lambda: self.verified(role), f"the {role} archive")
+
+    def _wait(self, done: Callable[[], bool], what: str) -> None:
+        while not done():
             if self.error is not None:
                 raise self.error
-            if not self._thread.is_alive() and not self.verified(role):  # again: it may have just finished
-                raise FetchError(f"the fetch ended without verifying the {role} archive; run again")
+            if not self._thread.is_alive() and not done():  # again: it may have just finished
+                raise FetchError(f"the fetch ended without verifying {what}; run again")
             time.sleep(self.poll_seconds)
+
+    def shard_opener(self, split: str) -> Callable[[int], IO[bytes]]:
+        """Opens shard ``i`` of ``split`` once it has downloaded and its SHA-256 matched: pack never reads a byte
+        that is not verified, so a failed download leaves nothing of the pack to throw away."""
+        specs, archives = self.ctx.dataset.split_files(split), self.ctx.paths.archives
+
+        def open_shard(index: int) -> IO[bytes]:
+            self._wait(lambda: fetched(archives, specs[index]), specs[index].name)
+            return open(archives / specs[index].name, "rb", buffering=READ_BUFFER)
+
+        return open_shard
 
     def opener(self, role: str) -> Callable[[], IO[bytes]]:
         """Opens ``role``'s archive as far as it has downloaded, for the pack's stream."""

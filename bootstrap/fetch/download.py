@@ -1,4 +1,4 @@
-"""Download archives: parallel byte ranges, resumable, MD5-verified before they count.
+"""Download archives: parallel byte ranges, resumable, verified (MD5 or SHA-256, as pinned) before they count.
 
 Layout in the destination directory while an archive downloads:
 
@@ -7,9 +7,9 @@ Layout in the destination directory while an archive downloads:
 
 Worker threads each stream one chunk at a time into the file with ``pwrite``;
 a dropped connection resumes inside its chunk.  The main thread hashes chunks
-in order as they complete, so the MD5 is ready when the last byte lands and
+in order as they complete, so the digest is ready when the last byte lands and
 the 140 GB file is not read a second time (after a restart, the finished
-prefix is re-hashed once).  Only when size and MD5 match is the file renamed
+prefix is re-hashed once).  Only when size and digest match is the file renamed
 to NAME and marked done.
 """
 
@@ -167,8 +167,8 @@ class _Download:
             self.lock.notify_all()
 
     def hash_in_order(self) -> str:
-        """MD5 of the file, reading each chunk as soon as it and all before it are done."""
-        md5 = hashlib.md5(usedforsecurity=False)
+        """The file's digest (the table's algorithm), reading each chunk as soon as it and all before it are done."""
+        digest = hashlib.new(self.spec.digest[0], usedforsecurity=False)
         for index in range(self.nchunks):
             with self.lock:
                 while index not in self.done and self.error is None:
@@ -179,9 +179,9 @@ class _Download:
             pos = start
             while pos < end:
                 block = os.pread(self.fd, min(HASH_BLOCK, end - pos), pos)
-                md5.update(block)
+                digest.update(block)
                 pos += len(block)
-        return md5.hexdigest()
+        return digest.hexdigest()
 
 
 def fetch_archive(
@@ -215,24 +215,28 @@ def fetch_archive(
         dl = _Download(source, spec, dest, size=remote.size, ranges=remote.ranges, opts=opts)
         digest = _download(dl, source, opts, status, sleep)
         _accept(dl, final, digest)
-    markers.mark(fetch_marker(spec.name), {"md5": digest, "size": remote.size})
-    log.info("%s: verified (md5 %s)", spec.name, digest)
+    algorithm = spec.digest[0]
+    markers.mark(fetch_marker(spec.name), {algorithm: digest, "size": remote.size})
+    log.info("%s: verified (%s %s)", spec.name, algorithm, digest)
     return final
 
 
 def fetched(dest: Path, spec: ArchiveSpec) -> bool:
-    """``spec``'s archive is in ``dest``, marked downloaded with its size and the pinned MD5."""
+    """``spec``'s archive is in ``dest``, marked downloaded with its size and the pinned digest."""
     final, info = ArchiveDir(dest).final(spec.name), Markers(ArchiveDir(dest).markers).info(fetch_marker(spec.name))
-    return bool(info) and final.exists() and final.stat().st_size == info.get("size") and info.get("md5") == spec.md5
+    algorithm, expected = spec.digest
+    present = bool(info) and final.exists() and final.stat().st_size == info.get("size")
+    return present and info.get(algorithm) == expected
 
 
 def _verify_in_place(final: Path, spec: ArchiveSpec, size: int, status: StatusFile | None) -> str:
     """An archive placed there by hand or by an earlier version: verify instead of downloading again."""
     log.info("%s: found in %s, verifying", spec.name, final.parent)
-    got = md5_file(final, Progress(f"verify {spec.name}", size, "B", status=status))
-    if got != spec.md5:
+    algorithm, expected = spec.digest
+    got = hash_file(final, algorithm, Progress(f"verify {spec.name}", size, "B", status=status))
+    if got != expected:
         raise ChecksumError(
-            f"{final} has MD5 {got} but the dataset table pins {spec.md5}; it was left in place. "
+            f"{final} has {algorithm.upper()} {got} but the dataset table pins {expected}; it was left in place. "
             "Delete or replace it, then run fetch again"
         )
     return got
@@ -273,29 +277,30 @@ def _download(
 
 
 def _accept(dl: _Download, final: Path, digest: str) -> None:
-    """Rename the finished download into place if its MD5 is the pinned one; otherwise throw it away."""
-    if digest != dl.spec.md5:
+    """Rename the finished download into place if its digest is the pinned one; otherwise throw it away."""
+    algorithm, expected = dl.spec.digest
+    if digest != expected:
         dl.part.unlink(missing_ok=True)
         dl.state_path.unlink(missing_ok=True)
         raise ChecksumError(
-            f"{dl.spec.name}: MD5 is {digest} but the dataset table pins {dl.spec.md5}; the file was removed and "
-            "nothing was marked done. Run fetch again; if it repeats, the source serves a different file "
+            f"{dl.spec.name}: {algorithm.upper()} is {digest} but the dataset table pins {expected}; the file was "
+            "removed and nothing was marked done. Run fetch again; if it repeats, the source serves a different file "
             "(check the source URL and the dataset table)"
         )
     os.replace(dl.part, final)
     dl.state_path.unlink(missing_ok=True)
 
 
-def md5_file(path: Path, progress: Progress | None = None) -> str:
-    md5 = hashlib.md5(usedforsecurity=False)
+def hash_file(path: Path, algorithm: str, progress: Progress | None = None) -> str:
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb", buffering=0) as f:
         while block := f.read(HASH_BLOCK):
-            md5.update(block)
+            digest.update(block)
             if progress:
                 progress.advance(len(block))
     if progress:
         progress.finish()
-    return md5.hexdigest()
+    return digest.hexdigest()
 
 
 def fetch_all(
@@ -306,6 +311,5 @@ def fetch_all(
     *,
     status: StatusFile | None = None,
 ) -> dict[str, Path]:
-    """Fetch every archive of ``dataset``, smallest first so a bad source fails fast."""
-    order = sorted(dataset.archives.values(), key=lambda a: a.size or 0)
-    return {a.role: fetch_archive(source, a, dest, opts, status=status) for a in order}
+    """Fetch every file of ``dataset`` in the order pack reads them (``DatasetSpec.files``); by name, their paths."""
+    return {a.name: fetch_archive(source, a, dest, opts, status=status) for a in dataset.files()}

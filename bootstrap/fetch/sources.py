@@ -84,9 +84,14 @@ def resolve_credentials(
     secret_name: str | None,
     env: dict[str, str] | None = None,
     fetch_secret: Callable[[str], str] | None = None,
+    *,
+    hub: bool = False,
 ) -> Credentials:
-    """Credentials from the environment, else from the named secret, else none."""
+    """Credentials from the environment, else from the named secret, else none.  For a hub source, ``HF_TOKEN``
+    counts as the environment's token too (the name every Hugging Face tool reads)."""
     env = dict(os.environ) if env is None else env
+    if hub and env.get("HF_TOKEN") and not env.get(ENV_TOKEN):
+        return Credentials(token=env["HF_TOKEN"])
     if env.get(ENV_TOKEN) or env.get(ENV_USER):
         return Credentials(env.get(ENV_USER), env.get(ENV_PASSWORD), env.get(ENV_TOKEN))
     if not secret_name:
@@ -115,7 +120,7 @@ _AUTH_HINT = {
 }
 
 
-def _discard(resp: urllib3.BaseHTTPResponse) -> None:
+def discard(resp: urllib3.BaseHTTPResponse) -> None:
     """Give up a response whose body we will not read: never pool a connection with bytes left in it."""
     resp.close()
     resp.release_conn()
@@ -154,15 +159,20 @@ class HttpSource:
             )
         except urllib3.exceptions.HTTPError as e:
             raise TransientError(f"{name}: {type(e).__name__}: {e}") from e
+        return self._check(name, resp)
+
+    def _check(self, name: str, resp: urllib3.BaseHTTPResponse) -> urllib3.BaseHTTPResponse:
+        """``resp`` if it carries the file's bytes; otherwise a ``FetchError`` that says what to do, or a
+        ``TransientError`` (retried) for a throttle or a server error."""
         if resp.status in (401, 403, 404):
-            _discard(resp)
+            discard(resp)
             hint = _AUTH_HINT[resp.status].format(user=ENV_USER, pw=ENV_PASSWORD, tok=ENV_TOKEN)
             raise FetchError(f"{self.describe()}{name}: HTTP {resp.status}; {hint}")
         if resp.status == 429 or resp.status >= 500:
-            _discard(resp)
+            discard(resp)
             raise TransientError(f"{name}: HTTP {resp.status}")
         if resp.status not in (200, 206):
-            _discard(resp)
+            discard(resp)
             raise FetchError(f"{self.describe()}{name}: unexpected HTTP {resp.status}")
         return resp
 
@@ -179,7 +189,7 @@ class HttpSource:
                 raise FetchError(f"{self.describe()}{name}: the server gives no size (no Content-Length)")
             return RemoteFile(int(length), ranges=False)
         finally:
-            _discard(resp)
+            discard(resp)
 
     def read(self, name: str, start: int, end: int) -> Iterator[bytes]:
         headers = {"Range": f"bytes={start}-{end - 1}"} if start or end else {}
@@ -194,7 +204,7 @@ class HttpSource:
                 yield block
         finally:
             if remaining:
-                _discard(resp)
+                discard(resp)
             else:
                 resp.release_conn()
 
@@ -310,10 +320,20 @@ class LocalSource:
 
 
 def open_source(spec: str, credentials: Credentials | None = None, *, s3: Callable[[], Any] | None = None,
-                stall_seconds: float = 60.0) -> Source:  # fmt: skip
-    """A source from its spelling: ``https://…``, ``http://…``, ``s3://…`` or a directory; ``s3`` makes its client.
+                stall_seconds: float = 60.0, revision: str | None = None) -> Source:  # fmt: skip
+    """A source from its spelling: ``https://…``, ``http://…``, ``s3://…``, ``hf://owner/name`` (at the pinned
+    ``revision``; the hub's address from ``HF_ENDPOINT``) or a directory; ``s3`` makes its client.
     An HTTP connection that sends nothing for ``stall_seconds`` is a transient error (the range is fetched again)."""
     scheme = urlsplit(spec).scheme
+    if scheme == "hf":
+        from bootstrap.fetch.hub import ENV_ENDPOINT, HUB_ENDPOINT, HubSource, hub_repo
+
+        repo = hub_repo(spec)
+        if revision is None:
+            raise ConfigError(f"source {spec!r} needs its pinned shard table: run `python -m scripts hub-table "
+                              f"{spec}` and set dataset_table to the file it writes")  # fmt: skip
+        return HubSource(repo, revision, credentials, endpoint=os.environ.get(ENV_ENDPOINT, HUB_ENDPOINT),
+                         timeout=stall_seconds)  # fmt: skip
     if scheme in ("http", "https"):
         return HttpSource(spec, credentials, timeout=stall_seconds)
     if scheme == "s3":
@@ -325,4 +345,4 @@ def open_source(spec: str, credentials: Credentials | None = None, *, s3: Callab
         if not root.is_dir():
             raise ConfigError(f"source directory {root} does not exist")
         return LocalSource(root)
-    raise ConfigError(f"source {spec!r}: use an https:// URL, an s3:// prefix or a local directory")
+    raise ConfigError(f"source {spec!r}: use an https:// URL, an s3:// prefix, hf://owner/name or a local directory")

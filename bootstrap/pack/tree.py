@@ -63,11 +63,16 @@ def imagenet_meta(devkit: Devkit) -> tuple[dict[str, tuple[str, ...]], list[str]
     return {c.wnid: tuple(c.words.split(", ")) for c in devkit.classes}, list(devkit.val_wnids)
 
 
-def write_tree_meta(root: Path, devkit: Devkit, devkit_archive: Path) -> list[Path]:
-    """``meta.bin`` and a copy of the devkit archive in ``root``; returns both paths."""
+def write_tree_meta(root: Path, devkit: Devkit, devkit_archive: Path | None) -> list[Path]:
+    """``meta.bin`` and a copy of the devkit archive in ``root``; returns their paths.
+
+    From the hub's shards there is no devkit archive, and ``meta.bin`` lists no validation WNIDs: torchvision's
+    ``ImageNet`` reads only the class names from it once ``meta.bin`` and the split folders exist."""
     root.mkdir(parents=True, exist_ok=True)
     meta = root / META_FILE
     atomic_write_bytes(meta, torch_legacy_bytes(imagenet_meta(devkit)))
+    if devkit_archive is None:
+        return [meta]
     copy, partial = root / devkit_archive.name, root / f".{devkit_archive.name}.tmp"
     shutil.copyfile(devkit_archive, partial)  # 2.5 MB for ImageNet
     partial.replace(copy)

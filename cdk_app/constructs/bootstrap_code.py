@@ -7,6 +7,8 @@ instance reads its source credentials from Secrets Manager at run time.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,18 @@ class BootstrapCode(Construct):
             f"{HOME}/venv/bin/pip install -q --disable-pip-version-check -r {HOME}/bootstrap/{requirements}",
         )
         return user_data
+
+
+def copy_json_asset(scope: Construct, id: str, user_data: ec2.UserData, *, role: iam.IRole, path: str,
+                    value: Any) -> None:  # fmt: skip
+    """Ship ``value`` as a JSON file asset and copy it to ``path`` at boot: for what may outgrow user data, which
+    EC2 caps at 16 KB (a hub dataset's shard table is about 150 KB)."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / Path(path).name
+        local.write_text(json.dumps(value, sort_keys=True, indent=1))
+        asset = s3_assets.Asset(scope, id, path=str(local))  # staged (copied into the cloud assembly) right here
+    allow(role, ["s3:GetObject"], [asset.bucket.arn_for_objects(asset.s3_object_key)])
+    user_data.add_commands(f"aws s3 cp '{asset.s3_object_url}' {path}")
 
 
 def write_json(scope: Construct, user_data: ec2.UserData, path: str, value: Any) -> None:

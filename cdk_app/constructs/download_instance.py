@@ -35,7 +35,7 @@ from bootstrap.contract.names import (
     heartbeat_metric,
 )
 from cdk_app.constructs.alerts import alerts_topic, notify
-from cdk_app.constructs.bootstrap_code import BootstrapCode, write_json
+from cdk_app.constructs.bootstrap_code import BootstrapCode, copy_json_asset, write_json
 from cdk_app.constructs.grants import allow, instance_role
 from cdk_app.constructs.log_group import log_group
 from cdk_app.constructs.nag import accept_fixed_availability_zone, acknowledge, spelled
@@ -137,7 +137,8 @@ class DownloadInstance(Construct):
             "dataset_table": DATASET_TABLE if settings.dataset_table else None,
         }
         if settings.dataset_table:
-            write_json(self, user_data, DATASET_TABLE, settings.dataset_table)
+            copy_json_asset(self, "DatasetTable", user_data, role=self.role, path=DATASET_TABLE,
+                            value=settings.dataset_table)  # fmt: skip
         write_json(self, user_data, CONFIG, {k: v for k, v in config.items() if v is not None})
         write_json(self, user_data, AGENT_CONFIG, agent_config(self.log_group.log_group_name))
         user_data.add_commands(

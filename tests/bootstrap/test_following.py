@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,27 @@ def test_a_wrong_md5_found_at_the_end_throws_the_split_away(medium: Generated, t
     assert (status["stage"], status["state"]) == ("fetch", "failed") and "MD5" in status["last_error"]
 
 
+def kill_9_while_packing_then_resume(argv: list[str], data: Path,
+                                     when: Callable[[int], bool]) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run ``argv``, kill -9 it once ``when(train images packed)`` holds, then run it again to the end."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = data / ".state" / "pack-train" / "checkpoint.json"
+    deadline, killed = time.monotonic() + 60, False
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            ready = when(json.loads(checkpoint.read_text())["cursor"]["next_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            ready = False
+        if ready:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed, "the run finished before pack caught up with the download; slow the server down"
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+
+
 def test_kill_9_while_pack_waits_on_the_download_resumes_to_the_same_bytes(medium: Generated, reference: Path,
                                                                           tmp_path: Path) -> None:  # fmt: skip
     data = tmp_path / "data"
@@ -100,23 +122,9 @@ def test_kill_9_while_pack_waits_on_the_download_resumes_to_the_same_bytes(mediu
                 "--dataset-table", str(medium.table), "--resize", "64", "--workers", "1", "--max-failure-rate",
                 "0.2", "--checkpoint-seconds", "0", "--connections", "2", "--chunk-mib", "1", "--formats",
                 "webdataset"]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        checkpoint = data / ".state" / "pack-train" / "checkpoint.json"
         partial = data / "archives" / f".{TRAIN}.part"
-        deadline, killed = time.monotonic() + 60, False
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                waiting = json.loads(checkpoint.read_text())["cursor"]["next_id"] > 20 and partial.exists()
-            except (OSError, ValueError, KeyError, TypeError):
-                waiting = False
-            if waiting:  # packed a part of train while the rest of it is still downloading
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.01)
-        proc.wait()
-        assert killed, "the run finished before pack caught up with the download; slow the server down"
-        resumed = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        # packed a part of train while the rest of it is still downloading
+        resumed = kill_9_while_packing_then_resume(argv, data, lambda packed: packed > 20 and partial.exists())
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming pass one" in resumed.stderr
     for folder in ("recordio", "webdataset"):

@@ -125,7 +125,7 @@ def test_context_strings_from_the_command_line_are_coerced() -> None:
         ({"download_instance_type": "T2 Large"}, "'download_instance_type': like t2.large"),
         ({"cpu_credits": "infinite"}, "'cpu_credits': standard or unlimited"),
         ({"name": "ImageNet"}, "'name': 3-32 lowercase"),
-        ({"source": "ftp://x"}, "'source': an https:// URL or an s3:// prefix"),
+        ({"source": "ftp://x"}, "'source': an https:// URL, an s3:// prefix or hf://owner/name"),
         ({"dlm_interval_hours": "5"}, "'dlm_interval_hours'"),
         ({"detailed_monitoring": "yes"}, "'detailed_monitoring': expected bool"),
         ({"source_secret": "has spaces"}, "'source_secret': a Secrets Manager secret name"),
@@ -267,22 +267,56 @@ def test_the_config_written_to_the_instance_is_what_bootstrap_accepts(default: S
     assert config.data_volume_id == f"${{{volume_id}}}"  # the volume's id, resolved at deploy time
 
 
-def test_another_dataset_s_table_is_written_next_to_the_config(tmp_path: Path, archives: Generated) -> None:
-    """``dataset_table`` (JSON text with ``-c``) reaches the instance as a file the engine reads as its table."""
-    table = json.loads(archives.table.read_text())
-    synthesized = synth(tmp_path / "cdk.out", dataset_table=json.dumps(table), max_failure_rate="0.05",
-                        source="s3://my-bucket/ilsvrc/")  # fmt: skip
+USER_DATA_LIMIT = 16 * 1024
+"""EC2's limit on user data, in raw form before base64 (RunInstances: "User data is limited to 16 KB")."""
+
+
+def hub_table(shards: int) -> dict[str, Any]:
+    """A shard table the size of timm/imagenet-1k-wds's (1024 train + 64 val shards)."""
+
+    def shard(kind: str, i: int) -> dict[str, Any]:
+        return {"name": f"imagenet1k-{kind}-{i:04d}.tar", "size": 146_000_000, "sha256": f"{i:064x}"}
+
+    split = {"train": [shard("train", i) for i in range(shards)], "val": [shard("validation", i) for i in range(64)]}
+    return {"name": "timm/imagenet-1k-wds", "layout": "webdataset", "revision": "a" * 40, "shards": split,
+            "counts": {"train": 1_281_167, "val": 50_000, "classes": 1000}}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["ilsvrc layout", "hub shards"])
+def test_another_dataset_s_table_reaches_the_instance_next_to_the_config(tmp_path: Path, archives: Generated,
+                                                                         kind: str) -> None:  # fmt: skip
+    """``dataset_table`` (JSON text with ``-c``) reaches the instance as a file the engine reads as its table: an
+    asset copied at boot, since a hub table (150 KB) would never fit the 16 KB of user data."""
+    if kind == "hub shards":
+        table, source = hub_table(1024), "hf://timm/imagenet-1k-wds"
+    else:
+        table, source = json.loads(archives.table.read_text()), "s3://my-bucket/ilsvrc/"
+    synthesized = synth(tmp_path / "cdk.out", dataset_table=json.dumps(table), max_failure_rate="0.05", source=source)
     script = user_data(synthesized.templates["download"], "AWS::EC2::Instance")
+    assert len(script.encode()) < USER_DATA_LIMIT
     written = {path: body for path, body in re.findall(r"cat > (\S+) <<'JSON'\n(.*?)\nJSON", script, re.S)}
     (tmp_path / "config.json").write_text(written["/opt/imagenet-staging/config.json"])
-    (tmp_path / "table.json").write_text(written["/opt/imagenet-staging/dataset-table.json"])
-    config = load_config(tmp_path / "config.json", {"dataset_table": str(tmp_path / "table.json")})
+    (asset_hash,) = re.findall(r"aws s3 cp 's3://[^/]+/(\w+)\.json' /opt/imagenet-staging/dataset-table\.json", script)
+    shipped = synthesized.outdir / f"asset.{asset_hash}.json"
+    config = load_config(tmp_path / "config.json", {"dataset_table": str(shipped)})
     assert config.max_failure_rate == 0.05
     assert (
         json.loads(written["/opt/imagenet-staging/config.json"])["dataset_table"]
         == "/opt/imagenet-staging/dataset-table.json"
     )
     assert dataset_to_dict(load_dataset(config.dataset_table)) == dataset_to_dict(dataset_from_dict(table))
+    # the instance may read that one object and no other of the asset bucket
+    role = next(r for r in resources(synthesized.templates["download"], "AWS::IAM::Policy").values()
+                if asset_hash in json.dumps(r))  # fmt: skip
+    assert asset_hash in json.dumps(role["Properties"]["PolicyDocument"])
+
+
+def test_an_hf_source_needs_its_shard_table() -> None:
+    with pytest.raises(ConfigError, match="'dataset_table': the shard table of timm/imagenet-1k-wds: python -m scripts "
+                                          "hub-table hf://timm/imagenet-1k-wds writes it"):  # fmt: skip
+        from_context({"source": "hf://timm/imagenet-1k-wds"})
+    config = from_context({"source": "hf://timm/imagenet-1k-wds", "dataset_table": json.dumps(hub_table(3))})
+    assert config.uses_secret  # the token lives in the source secret
 
 
 def test_no_credentials_in_any_user_data(default: Synthesized, variant: Synthesized) -> None:

@@ -229,6 +229,27 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["inputs"]["gpu_instances"] == 4 and data["prices"]["region"] == "us-east-1"
 
 
+def test_plan_downloads_the_files_of_the_dataset_table_it_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hub table's shards (as hub-table writes it): their bytes and the counts, not ILSVRC2012's archives."""
+
+    def shard(kind: str, i: int) -> dict[str, object]:
+        return {"name": f"imagenet1k-{kind}-{i:04d}.tar", "size": 10**9, "sha256": f"{i:064x}"}
+
+    shards = {"train": [shard("train", i) for i in range(150)], "val": [shard("validation", i) for i in range(7)]}
+    table = {"name": "timm/imagenet-1k-wds", "layout": "webdataset", "revision": "a" * 40, "shards": shards,
+             "counts": {"train": 1_000_000, "val": 40_000, "classes": 1000}}  # fmt: skip
+    (tmp_path / "hub.json").write_text(json.dumps(table))
+    assert scripts_run(["--json", "plan", "--dataset-table", str(tmp_path / "hub.json")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"]["archive_bytes"] == 157 * 10**9 and data["inputs"]["images"] == 1_040_000
+    download = next(r for r in data["rows"] if r["item"] == "download")
+    assert download["assumption"].startswith("timm/imagenet-1k-wds's shards, 157 GB at")
+    default = PlanInputs()
+    assert (default.archive_bytes, default.images) == (154_642_401_280, 1_331_167)  # ILSVRC2012's, without a table
+
+
 def test_defaults_follow_the_deployed_cdk_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """Run from the repository, the CLI targets what `cdk deploy` created from ./cdk.json; flags still override."""
