@@ -179,8 +179,9 @@ def packed_hours(i: PlanInputs, download_h: float, pack_h: float, disk_mib_s: fl
 def backup_hours(i: PlanInputs, download_h: float, packed_h: float, upload_b_s: float, rows: list[Row]) -> float:
     """How long after the packed data the backup (and so the snapshot's start) ends (its row appended to ``rows``).
 
-    With ``backup_while_packing`` the archives go up from the end of the download (train's is the last to verify)
-    while pack runs, and only the packed data is left after it; otherwise everything goes up after pack.
+    With ``backup_while_packing`` the archives go up as they download (multipart parts right behind the download;
+    a hub dataset's shards each once verified), so they are up when both the download and their upload are done,
+    and only the packed data is left after pack; otherwise everything goes up after pack.
     """
     archives_h, packed_up_h = i.archive_bytes / upload_b_s / 3600, published_bytes(i) / upload_b_s / 3600
     rate = f"at min({i.upload_mb_s:g} MB/s upload, the disk); the snapshot copies in the background"
@@ -189,10 +190,10 @@ def backup_hours(i: PlanInputs, download_h: float, packed_h: float, upload_b_s: 
         rows.append(Row("backup + snapshot", archives_h + packed_up_h, 0.0, f"once the data is packed, "
                         f"{(i.archive_bytes + published_bytes(i)) / GB:.0f} GB to S3 {rate}"))  # fmt: skip
         return archives_h + packed_up_h
-    waiting_h = max(0.0, download_h + archives_h - packed_h)
+    waiting_h = max(0.0, max(download_h, archives_h) - packed_h)
     rows.append(Row("backup + snapshot", waiting_h + packed_up_h, 0.0,
-                    f"the archives ({i.archive_bytes / GB:.0f} GB, {archives_h:.1f} h) go up from the end of the "
-                    f"download, while pack runs ({waiting_h:.1f} h of it left once packed); then the packed data, "
+                    f"the archives ({i.archive_bytes / GB:.0f} GB, {archives_h:.1f} h) go up as they download, "
+                    f"while pack runs ({waiting_h:.1f} h of it left once packed); then the packed data, "
                     f"{published_bytes(i) / GB:.0f} GB, {rate}{unshared}"))  # fmt: skip
     return waiting_h + packed_up_h
 

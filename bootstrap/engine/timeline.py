@@ -2,7 +2,8 @@
 
 ``spans`` is pure: one span per name that the history shows (a stage such as
 ``pack``, or a piece of work such as ``pack train`` or ``fetch
-ILSVRC2012_img_val.tar``), from its first update to its last, within the last
+ILSVRC2012_img_val.tar``; a hub dataset's numbered shards are one name),
+from its first update to its last, within the last
 ``run`` (an earlier, interrupted run's lines are in the history too).
 ``render`` draws them as bars on a common time axis with OpenCV, which the
 download instance has anyway; ``summary`` gives the numbers the run reports:
@@ -12,6 +13,7 @@ the wall time, the sum of the stages' times, and how much of it overlapped.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ STAGE_COLOURS = {  # BGR
     "publish": (40, 40, 160), "run": (90, 90, 90),
 }  # fmt: skip
 WIDTH, ROW, LABEL, MARGIN = 1100, 26, 300, 20
+SHARD_NUMBER = re.compile(r"-\d{3,}(\.tar)$")
+"""``fetch imagenet1k-train-0007.tar`` is drawn and summed as ``fetch imagenet1k-train-*.tar``."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ def spans(history: Iterable[Mapping[str, Any]]) -> list[Span]:
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     for line in lines:
-        first.setdefault(line["stage"], line["t"])
-        last[line["stage"]] = line["t"]
+        name = SHARD_NUMBER.sub(r"-*\1", line["stage"])  # a thousand shards are one row
+        first.setdefault(name, line["t"])
+        last[name] = line["t"]
     return sorted((Span(name, first[name], last[name]) for name in first), key=lambda s: (s.start, s.name))
 
 

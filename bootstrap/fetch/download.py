@@ -192,8 +192,10 @@ def fetch_archive(
     *,
     status: StatusFile | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    progress: Progress | None = None,
 ) -> Path:
-    """Download ``spec`` from ``source`` into ``dest``, verify it, and return its path."""
+    """Download ``spec`` from ``source`` into ``dest``, verify it, and return its path.  ``progress``: count the
+    bytes there (one bar for many files) instead of on a bar of the file's own."""
     dest.mkdir(parents=True, exist_ok=True)
     markers = Markers(ArchiveDir(dest).markers)
     final = ArchiveDir(dest).final(spec.name)
@@ -211,9 +213,11 @@ def fetch_archive(
         log.warning("%s: the source ignores Range requests; downloading in one stream, which cannot resume", spec.name)
     if final.exists() and final.stat().st_size == remote.size:
         digest = _verify_in_place(final, spec, remote.size, status)
+        if progress is not None:
+            progress.advance(remote.size)
     else:
         dl = _Download(source, spec, dest, size=remote.size, ranges=remote.ranges, opts=opts)
-        digest = _download(dl, source, opts, status, sleep)
+        digest = _download(dl, source, opts, status, sleep, shared=progress)
         _accept(dl, final, digest)
     algorithm = spec.digest[0]
     markers.mark(fetch_marker(spec.name), {algorithm: digest, "size": remote.size})
@@ -242,12 +246,15 @@ def _verify_in_place(final: Path, spec: ArchiveSpec, size: int, status: StatusFi
     return got
 
 
-def _download(
-    dl: _Download, source: Source, opts: FetchOptions, status: StatusFile | None, sleep: Callable[[float], None]
-) -> str:
-    """Fetch the missing chunks on parallel connections while hashing in order; returns the MD5."""
+def _download(dl: _Download, source: Source, opts: FetchOptions, status: StatusFile | None,
+              sleep: Callable[[float], None], *, shared: Progress | None = None) -> str:  # fmt: skip
+    """Fetch the missing chunks on parallel connections while hashing in order; returns the digest."""
     pending = [i for i in range(dl.nchunks) if i not in dl.done]
-    progress = Progress(f"fetch {dl.spec.name}", dl.size, "B", status=status, done=dl.done_bytes())
+    if shared is not None:
+        progress = shared
+        progress.advance(dl.done_bytes())
+    else:
+        progress = Progress(f"fetch {dl.spec.name}", dl.size, "B", status=status, done=dl.done_bytes())
     workers = opts.connections if dl.ranges else 1
     log.info("%s: %s from %s, %d of %d chunks to go, %d connections", dl.spec.name, human_bytes(dl.size),
              source.describe(), len(pending), dl.nchunks, workers)  # fmt: skip
@@ -272,7 +279,8 @@ def _download(
                 raise
     finally:
         os.close(dl.fd)
-    progress.finish()
+    if shared is None:
+        progress.finish()
     return digest
 
 
@@ -311,5 +319,19 @@ def fetch_all(
     *,
     status: StatusFile | None = None,
 ) -> dict[str, Path]:
-    """Fetch every file of ``dataset`` in the order pack reads them (``DatasetSpec.files``); by name, their paths."""
-    return {a.name: fetch_archive(source, a, dest, opts, status=status) for a in dataset.files()}
+    """Fetch every file of ``dataset`` in the order pack reads them (``DatasetSpec.files``); by name, their paths.
+    A hub dataset's shards count on one bar: a thousand bars of 140 MB each would give no useful rate or ETA."""
+    files = dataset.files()
+    if not dataset.sharded:
+        return {a.name: fetch_archive(source, a, dest, opts, status=status) for a in files}
+    here = sum(int(a.size or 0) for a in files if fetched(dest, a))
+    progress = Progress(f"fetch {len(files)} shards", sum(int(a.size or 0) for a in files), "B", status=status,
+                        done=here)  # fmt: skip
+    paths = {}
+    for spec in files:
+        if fetched(dest, spec):
+            paths[spec.name] = ArchiveDir(dest).final(spec.name)
+            continue
+        paths[spec.name] = fetch_archive(source, spec, dest, opts, status=status, progress=progress)
+    progress.finish()
+    return paths

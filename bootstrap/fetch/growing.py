@@ -38,9 +38,12 @@ class GrowingArchive(io.RawIOBase):
     """A read-only, seekable view of an archive that is being downloaded; reads past the prefix wait."""
 
     def __init__(self, archives: ArchiveDir, name: str, size: int, *, failure: Callable[[], BaseException | None],
-                 poll_seconds: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+                 poll_seconds: float = 0.2, sleep: Callable[[float], None] = time.sleep,
+                 hold_tail: bool = False) -> None:  # fmt: skip
+        """``hold_tail``: the last byte only once the file has verified, for a reader whose end makes something final
+        (a multipart upload completes at its last part)."""
         super().__init__()
-        self.archives, self.name, self.size = archives, name, size
+        self.archives, self.name, self.size, self.hold_tail = archives, name, size, hold_tail
         self.failure, self.poll_seconds, self.sleep = failure, poll_seconds, sleep
         self.pos = 0
         self.prefix = 0
@@ -49,7 +52,7 @@ class GrowingArchive(io.RawIOBase):
     def _check(self) -> None:
         error = self.failure()
         if error is not None:
-            raise FetchError(f"{self.name}: its download failed while it was being packed ({error})")
+            raise FetchError(f"{self.name}: its download failed while it was being read ({error})")
 
     def _open(self) -> int:
         """The verified file, else the partial one (it appears once the download starts)."""
@@ -62,11 +65,25 @@ class GrowingArchive(io.RawIOBase):
             self._check()
             self.sleep(self.poll_seconds)
 
+    def _same_file(self) -> None:
+        """Still the file the download writes: one it started over (a new ``.part``) holds other bytes."""
+        for path in (self.archives.final(self.name), self.archives.partial(self.name)):
+            try:
+                if os.stat(path).st_ino != os.fstat(self.fd).st_ino:
+                    raise FetchError(f"{self.name}: the download started the file over while it was being read; "
+                                     "run again")  # fmt: skip
+                return
+            except FileNotFoundError:
+                continue
+
     def _refresh(self) -> None:
+        self._same_file()
         if self.archives.final(self.name).exists():
             self.prefix = self.size  # renamed into place: downloaded in full (its MD5 is checked by then)
         else:
             self.prefix = max(self.prefix, contiguous_prefix(read_state(self.archives.partial_state(self.name))))
+            if self.hold_tail:
+                self.prefix = min(self.prefix, self.size - 1)
 
     def readable(self) -> bool:
         return True

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,7 +203,8 @@ class Backup:
             f.flush()
             os.fsync(f.fileno())
 
-    def _upload(self, f: LocalFile, progress: Progress) -> Uploaded:
+    def _upload(self, f: LocalFile, progress: Progress, opener: Callable[[], IO[bytes]] | None = None) -> Uploaded:
+        """``opener``: read the file through it (one still being written) instead of from the disk as it is."""
         from boto3.s3.transfer import TransferConfig
 
         part = part_size(f.size)
@@ -219,7 +221,7 @@ class Backup:
         if self.opts.kms_key_id:
             extra["SSEKMSKeyId"] = self.opts.kms_key_id
         key = self.opts.key(f.relpath)
-        with open(self.data_dir / f.relpath, "rb") as raw:
+        with opener() if opener else open(self.data_dir / f.relpath, "rb") as raw:
             body: IO[bytes] | _HashingReader
             if f.size < part:  # one PUT; botocore may read the body twice, so hand it a buffer
                 data = raw.read()
@@ -235,6 +237,8 @@ class Backup:
                 raise _translate(e, self.opts, f"uploading {f.relpath}") from None
         if isinstance(body, _HashingReader):
             digests = body.digests()
+        if opener is not None:  # all read, so written in full: its size and mtime as they stay
+            f = local_file(self.data_dir, f.relpath)
         sha256, etag = digests
         s3_etag = head["ETag"].strip('"')
         # With SSE-KMS the ETag is not an MD5, so only the size can be compared.
@@ -264,6 +268,18 @@ class Backup:
                 journal[entry.relpath] = entry
         progress.finish()
         return journal, len(pending)
+
+    def send_growing(self, relpath: str, size: int, opener: Callable[[], IO[bytes]], stage: str) -> Uploaded:
+        """Upload ``relpath`` while it is still being written, in parts as its bytes arrive.
+
+        ``opener`` gives a reader that waits for the bytes, and for the file's verification before its last one,
+        so S3 completes the object only once the file is final; a reader that fails aborts the upload.
+        """
+        log.info("%s: %s (%s) goes up as it downloads", stage, relpath, human_bytes(size))
+        progress = Progress(f"{stage}: {relpath}", size, "B", status=self.status)
+        entry = self._upload(LocalFile(relpath, size, 0), progress, opener)
+        progress.finish()
+        return entry
 
     def run(self) -> dict[str, Any]:
         files = scan(self.data_dir)

@@ -46,6 +46,14 @@ def test_spans_are_the_last_run_that_did_work_from_each_names_first_to_last_upda
     assert summary(found) == {"wall_seconds": 140, "stage_seconds": {"fetch": 49, "pack": 90}, "overlap_seconds": 0}
 
 
+def test_a_thousand_shards_are_one_row() -> None:
+    history = [line(0, "run", state="running"), line(0, "fetch", state="running"),
+               *(line(i, f"fetch imagenet1k-train-{i:04d}.tar", done=i) for i in range(1, 1025)),
+               line(1030, "fetch", state="done")]  # fmt: skip
+    assert [(s.name, s.start, s.end) for s in spans(history)] == [
+        ("fetch", 0, 1030), ("run", 0, 0), ("fetch imagenet1k-train-*.tar", 1, 1024)]  # fmt: skip
+
+
 def test_overlapping_stages_are_counted_once_in_the_wall_time() -> None:
     found = [Span("run", 0, 100), Span("fetch", 0, 80), Span("pack", 20, 100)]
     assert summary(found) == {"wall_seconds": 100, "stage_seconds": {"fetch": 80, "pack": 80}, "overlap_seconds": 60}

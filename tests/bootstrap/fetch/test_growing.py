@@ -57,7 +57,7 @@ def test_the_verified_file_counts_whole_and_a_failed_download_fails_the_reader(t
     other = ArchiveDir(tmp_path / "other")
     _partial(other, [])  # nothing finished yet, and the download fails
     failing = GrowingArchive(other, "a.tar", SIZE, failure=lambda: RuntimeError("MD5 mismatch"), sleep=lambda s: None)
-    with pytest.raises(FetchError, match=r"a.tar: its download failed while it was being packed \(MD5 mismatch"):
+    with pytest.raises(FetchError, match=r"a.tar: its download failed while it was being read \(MD5 mismatch"):
         failing.read(1)
     with pytest.raises(FetchError, match="its download failed"):  # one that never started fails as it opens
         GrowingArchive(ArchiveDir(tmp_path / "none"), "a.tar", SIZE, failure=lambda: RuntimeError("gone"),
