@@ -695,6 +695,8 @@ def table(results: dict[str, Any]) -> str:
         "plan",
     )
     dates = [results[k].get("measured", results.get("date", "")) for k in order if k in results]
+    if "hub" in results.get("plan", {}):  # the plan's second row, the same computation
+        dates.append(dates[-1])
     lines = [
         f"Measured on {machine['cpus']} CPUs ({machine['cpu']}), medians of {results['runs']} runs; the pack rows on "
         f"{p['images']:,} train images per profile. The imagenet profile is the headline: ImageNet's size mix and "
