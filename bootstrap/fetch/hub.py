@@ -20,7 +20,7 @@ import json
 import re
 import threading
 from typing import Any
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
 
@@ -72,19 +72,29 @@ class HubSource(HttpSource):
         return f"{SCHEME}{self.repo}@{self.revision[:12]}/"
 
     def _resolve(self, name: str) -> str:
-        """The signed URL the hub redirects ``name`` to; the hub's own URL if it serves the file itself."""
+        """The signed URL the hub redirects ``name`` to; the hub's own URL if it serves the file itself.
+
+        Redirects on the hub's own host (a renamed repository) are followed with the token; the first one to
+        another host is the signed URL, which is kept and never sent the token."""
         with self._lock:
             if name in self._signed:
                 return self._signed[name]
         url = self._url(name)
-        try:
-            resp = self._pool.request("GET", url, headers={**self._headers, "Range": "bytes=0-0"},
-                                      preload_content=False, timeout=self._timeout, redirect=False)  # fmt: skip
-        except urllib3.exceptions.HTTPError as e:
-            raise TransientError(f"{name}: {type(e).__name__}: {e}") from e
-        discard(resp)
-        if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
-            signed = urljoin(url, resp.headers["Location"])
+        for _ in range(5):
+            try:
+                resp = self._pool.request("GET", url, headers={**self._headers, "Range": "bytes=0-0"},
+                                          preload_content=False, timeout=self._timeout, redirect=False)  # fmt: skip
+            except urllib3.exceptions.HTTPError as e:
+                raise TransientError(f"{name}: {type(e).__name__}: {e}") from e
+            discard(resp)
+            location = resp.headers.get("Location")
+            if resp.status not in (301, 302, 303, 307, 308) or not location:
+                break
+            url = urljoin(url, location)
+            if urlsplit(url).netloc != urlsplit(self.base_url).netloc:
+                break
+        if resp.status in (301, 302, 303, 307, 308) and urlsplit(url).netloc != urlsplit(self.base_url).netloc:
+            signed = url
         elif resp.status in (200, 206):
             signed = url  # a small file the hub serves itself, with the token
         elif resp.status in (401, 403, 404):
@@ -92,17 +102,17 @@ class HubSource(HttpSource):
         elif resp.status == 429 or resp.status >= 500:
             raise TransientError(f"{name}: the hub answered HTTP {resp.status}")
         else:
-            raise FetchError(f"{self.describe()}{name}: unexpected HTTP {resp.status} from the hub")
+            raise FetchError(f"{self.describe()}{name}: unexpected HTTP {resp.status} from the hub (after {url})")
         with self._lock:
             self._signed[name] = signed
         return signed
 
     def _request(self, name: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
         signed = self._resolve(name)
-        on_hub = signed == self._url(name)
-        try:
+        on_hub = urlsplit(signed).netloc == urlsplit(self.base_url).netloc
+        try:  # the CDN may redirect again; no token goes with it either way
             resp = self._pool.request("GET", signed, headers={**(self._headers if on_hub else {}), **headers},
-                                      preload_content=False, timeout=self._timeout, redirect=False)  # fmt: skip
+                                      preload_content=False, timeout=self._timeout, redirect=not on_hub)  # fmt: skip
         except urllib3.exceptions.HTTPError as e:
             raise TransientError(f"{name}: {type(e).__name__}: {e}") from e
         if resp.status in (400, 401, 403) and not on_hub:

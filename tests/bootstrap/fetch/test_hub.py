@@ -128,6 +128,15 @@ def test_signed_urls_are_reused_renewed_when_they_expire_and_never_see_the_token
     assert path.read_bytes() == shard.read_bytes()
 
 
+def test_a_renamed_repository_is_followed_on_the_hub_and_the_token_stays_there(repo: HubRepo, tmp_path: Path) -> None:
+    spec = dataset_from_dict(table_of(repo)).shards["val"][0]
+    with HubServer(repo.root, renamed_from="timm/old-name") as hub:
+        source = HubSource("timm/old-name", COMMIT, Credentials(token=TOKEN), endpoint=hub.endpoint)
+        path = fetch_archive(source, spec, tmp_path, OPTS, sleep=lambda _: None)
+        assert hub.resolves == {spec.name: 1} and hub.refusals == {"expired": 0, "forged": 0, "token": 0}
+    assert path.read_bytes() == (repo.root / spec.name).read_bytes()
+
+
 def test_a_shard_the_hub_serves_with_other_bytes_is_refused(repo: HubRepo, tmp_path: Path) -> None:
     table = table_of(repo)
     table["shards"]["val"][0]["sha256"] = "0" * 64
