@@ -78,6 +78,9 @@ def test_the_installed_commands_run_from_any_folder(installed: Path, tmp_path: P
     pack = command(str(engine), "pack", "--data-dir", str(tmp_path))
     assert pack.returncode == 2 and "pip install 'imagenet-staging[download]'" in pack.stderr
     assert "Traceback" not in pack.stderr
+    # the bundled class table a hub source's labels are read against is installed next to the code that reads it
+    (table,) = installed.glob("lib/python*/site-packages/imagenet_staging/bootstrap/dataset/ilsvrc2012_classes.tsv")
+    assert table.read_bytes() == (ROOT / "bootstrap" / "dataset" / "ilsvrc2012_classes.tsv").read_bytes()
 
 
 def test_the_install_shadows_no_other_distribution(installed: Path, tmp_path: Path) -> None:

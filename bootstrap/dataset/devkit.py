@@ -92,7 +92,7 @@ def parse_ground_truth(text: bytes, classes: list[SynsetClass], source: str = "g
 BUNDLED_CLASSES = Path(__file__).with_name("ilsvrc2012_classes.tsv")
 """ILSVRC2012's 1000 classes in sorted-WNID order with the devkit's words: the labels of the hub's shards.
 Taken from timm's ``imagenet_synsets.txt`` + ``imagenet_synset_to_lemma.txt``, and checked equal, line by line, to
-the devkit's ``LOC_synset_mapping.txt`` (ImageNet's localisation kit)."""
+a copy of ``LOC_synset_mapping.txt``, the class list of ImageNet's object localisation challenge."""
 
 
 def bundled_classes(path: Path = BUNDLED_CLASSES) -> list[SynsetClass]:
