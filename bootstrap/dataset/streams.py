@@ -122,7 +122,8 @@ def shard_stream(
 
     A sample is the members sharing a key (the path up to the first dot of its base name): ``KEY.jpg`` (or
     ``.jpeg``, ``.png``) is the image, ``KEY.cls`` its label in sorted-WNID order, and ``KEY.json``, if there,
-    may repeat the label (it must agree) and name the original file.  A cursor's offset counts from the first
+    may repeat the label (a number there must agree; anything else is not read as one) and name the original
+    file.  A cursor's offset counts from the first
     shard's first byte, so a checkpoint names both the shard and the header to reopen at.
     """
     next_id = start.next_id if start else 0
@@ -182,8 +183,9 @@ def _sample_item(shard: str, key: str, sample: dict[str, bytes], classes: Sequen
             meta = json.loads(sample["json"])
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ArchiveError(f"{where}: .json is not JSON") from None
-        if isinstance(meta, dict) and "label" in meta and meta["label"] != label:
-            raise ArchiveError(f"{where}: .json says label {meta['label']!r} but .cls says {label}")
+        given = meta.get("label") if isinstance(meta, dict) else None
+        if isinstance(given, int) and not isinstance(given, bool) and given != label:  # a number must agree
+            raise ArchiveError(f"{where}: .json says label {given} but .cls says {label}")
         filename = meta.get("filename") if isinstance(meta, dict) else None
         if isinstance(filename, str) and SAFE_BASENAME.match(PurePosixPath(filename).name):
             name = PurePosixPath(filename).name

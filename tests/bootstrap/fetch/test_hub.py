@@ -177,6 +177,13 @@ def test_shards_read_as_one_stream_resume_at_any_cursor(repo: HubRepo) -> None:
         assert rest == images[cursor.next_id :]
 
 
+def test_a_json_label_that_is_not_a_number_is_not_taken_for_one(tmp_path: Path) -> None:
+    meta = b'{"label": "n01491361", "filename": "n01491361_7.JPEG"}'
+    path = shard_of(tmp_path, [("a.jpg", b"x"), ("a.cls", b"3"), ("a.json", meta)])
+    (item,) = [obj for obj in items([path]) if isinstance(obj, Item)]
+    assert (item.label, item.relpath, item.data) == (3, "n01491361/n01491361_7.JPEG", b"x")
+
+
 @pytest.mark.parametrize(("members", "message"), [
     ([("a.jpg", b"x"), ("a.cls", b"1000")], "label 1000 is outside the 1000 classes"),
     ([("a.jpg", b"x"), ("a.cls", b"3"), ("a.json", b'{"label": 4}')], ".json says label 4 but .cls says 3"),
