@@ -18,7 +18,7 @@ from typing import Any, get_type_hints
 from bootstrap import settings
 from bootstrap.common.errors import ConfigError as TableError
 from bootstrap.contract import names
-from bootstrap.dataset.archives import dataset_from_dict
+from bootstrap.dataset.archives import HUB_SCHEME, dataset_from_dict, hub_repo
 
 EBS_SIZE_GIB = {"sc1": (125, 16384), "st1": (125, 16384), "gp3": (1, 65536)}
 GP3_IOPS = (3000, 80000)
@@ -139,12 +139,7 @@ class StagingConfig:
         need("region", self.region is None or bool(_REGION.match(self.region)), "a region like us-east-1")
         need("source", self.source.startswith(("https://", "s3://", "hf://")),
              "an https:// URL, an s3:// prefix or hf://owner/name")  # fmt: skip
-        if self.source.startswith("hf://"):
-            repo = self.source.removeprefix("hf://").strip("/")
-            hub_table = self.dataset_table or {}
-            pinned = hub_table.get("layout") == "webdataset" and hub_table.get("name") == repo
-            need("dataset_table", pinned, f"the shard table of {repo}: python -m scripts hub-table {self.source} "
-                 "writes it")  # fmt: skip
+        self._hub_problems(need)
         need("source_secret", self.source_secret is None or bool(_SECRET_NAME.match(self.source_secret)),
              "a Secrets Manager secret name")  # fmt: skip
         need("backup_prefix", not self.backup_prefix.startswith("/"), "an S3 key prefix without a leading /")
@@ -160,6 +155,20 @@ class StagingConfig:
              "at most 3 regions like us-west-2")  # fmt: skip
         for key in ("download_ami_parameter", "gpu_ami_parameter"):
             need(key, bool(_SSM_NAME.match(getattr(self, key))), "an SSM parameter name starting with /")
+
+    def _hub_problems(self, need: _Need) -> None:
+        """An hf:// source: the repository's spelling, and that repository's shard table in ``dataset_table``."""
+        if not self.source.startswith(HUB_SCHEME):
+            return
+        try:
+            repo = hub_repo(self.source)
+        except TableError as e:
+            need("source", False, str(e))
+            return
+        hub_table = self.dataset_table or {}
+        pinned = hub_table.get("layout") == "webdataset" and hub_table.get("name") == repo
+        need("dataset_table", pinned, f"the shard table of {repo}: python -m scripts hub-table {self.source} "
+             "writes it")  # fmt: skip
 
     def _download_problems(self, need: _Need) -> None:
         need("download_instance_type", bool(_INSTANCE_TYPE.match(self.download_instance_type)), "like t2.large")

@@ -13,9 +13,9 @@ import urllib3
 from bootstrap.common.errors import FetchError
 from bootstrap.common.progress import human_bytes
 from bootstrap.common.state import atomic_write_json
-from bootstrap.dataset.archives import dataset_from_dict
+from bootstrap.dataset.archives import dataset_from_dict, hub_repo
 from bootstrap.fetch import hub
-from bootstrap.fetch.sources import Credentials, TransientError
+from bootstrap.fetch.sources import ENV_HF_TOKEN, Credentials, TransientError
 from cdk_app.config import StagingConfig
 from scripts.common import OperatorError
 
@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser, deployed: StagingConfig) -> N
 
 
 def command(args: argparse.Namespace) -> tuple[Any, str]:
-    repo, token = hub.hub_repo(args.source), os.environ.get(hub.ENV_HF_TOKEN)
+    repo, token = hub_repo(args.source), os.environ.get(ENV_HF_TOKEN)
     if not token:
-        raise OperatorError(f"set {hub.ENV_HF_TOKEN} to a token of an account that accepted the dataset's terms "
+        raise OperatorError(f"set {ENV_HF_TOKEN} to a token of an account that accepted the dataset's terms "
                             f"(https://huggingface.co/datasets/{repo})")  # fmt: skip
     table = pin(repo, args.revision, Credentials(token=token), os.environ.get(hub.ENV_ENDPOINT, hub.HUB_ENDPOINT))
     atomic_write_json(args.out, table)

@@ -37,6 +37,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+HUB_SCHEME = "hf://"
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,14 @@ ILSVRC2012 = DatasetSpec(
     val_images=50_000,
     classes=1000,
 )
+
+
+def hub_repo(spec: str) -> str:
+    """``owner/name`` from a hub source's spelling, ``hf://owner/name``."""
+    repo = spec[len(HUB_SCHEME) :].strip("/") if spec.startswith(HUB_SCHEME) else ""
+    if not _REPO.match(repo):
+        raise ConfigError(f"source {spec!r}: a hub source is hf://owner/name, e.g. hf://timm/imagenet-1k-wds")
+    return repo
 
 
 def _file_from_json(role: str, raw: Any, at: str, digest: str) -> ArchiveSpec:

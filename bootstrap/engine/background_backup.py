@@ -53,15 +53,19 @@ class BackgroundBackup:
 
     def final(self) -> list[str]:
         """What is final and not sent yet: verified archives, and the outputs each recorded pack vouches for."""
-        root, ready = self.ctx.paths.root, []
-        for spec in self.ctx.dataset.files():
-            if fetched(self.ctx.paths.archives, spec):
-                ready.append((self.ctx.paths.archives / spec.name).relative_to(root).as_posix())
-        for split in SPLITS:
-            ready += list((self.ctx.markers.info(pack_marker(split)) or {}).get("fingerprints", {}))
         with self._lock:
             skip = self.sent | self.growing
+        archives = self.ctx.paths.archives
+        # of a thousand shards, what is sent is skipped before the check that reads its marker and stats it
+        ready = [relpath for spec in self.ctx.dataset.files()
+                 if (relpath := self._relpath(spec.name)) not in skip and fetched(archives, spec)]  # fmt: skip
+        for split in SPLITS:
+            ready += list((self.ctx.markers.info(pack_marker(split)) or {}).get("fingerprints", {}))
         return [relpath for relpath in ready if backed_up(relpath) and relpath not in skip]
+
+    def _relpath(self, name: str) -> str:
+        """An archive's path in the backup (relative to the data directory)."""
+        return (self.ctx.paths.archives / name).relative_to(self.ctx.paths.root).as_posix()
 
     def _follow(self) -> None:
         """Upload the val and train archives as they download (ILSVRC2012's layout; each of a hub dataset's shards
@@ -70,7 +74,7 @@ class BackgroundBackup:
         archives = self.ctx.paths.archive_dir
         for role in () if self.ctx.dataset.sharded else SPLITS:
             spec = self.ctx.dataset.archives[role]
-            relpath = (self.ctx.paths.archives / spec.name).relative_to(self.ctx.paths.root).as_posix()
+            relpath = self._relpath(spec.name)
             if self._stop.is_set() or spec.size is None or fetched(self.ctx.paths.archives, spec):
                 continue
             size = spec.size

@@ -162,7 +162,11 @@ class StageContext:
         return self.paths.archives / self.dataset.archive(role).name
 
     def require_archive(self, role: str) -> Path:
-        path = self.archive(role)
+        return self.require_file(self.dataset.archive(role).name)
+
+    def require_file(self, name: str) -> Path:
+        """A downloaded file of the dataset (an archive, a shard), which must be there."""
+        path = self.paths.archives / name
         if not path.exists():
             raise ArchiveError(f"{path} is missing: run the fetch stage first")
         return path

@@ -112,7 +112,7 @@ def pack(ctx: StageContext, following: BackgroundFetch | None = None) -> dict[st
             expected = ctx.dataset.train_images if split == "train" else ctx.dataset.val_images
             stream: StreamFactory
             if ctx.dataset.sharded:
-                stream, size = _shard_input(ctx, split, devkit, follow)
+                stream, size = _shard_input(ctx, split, devkit, max_image, follow)
             else:
                 path = ctx.archive(split) if follow else ctx.require_archive(split)
                 opener = follow.opener(split) if follow else None
@@ -134,18 +134,14 @@ def pack(ctx: StageContext, following: BackgroundFetch | None = None) -> dict[st
     return ctx.stage("pack", body)
 
 
-def _shard_input(ctx: StageContext, split: str, devkit: Devkit, follow: BackgroundFetch | None,
+def _shard_input(ctx: StageContext, split: str, devkit: Devkit, max_image: int, follow: BackgroundFetch | None,
                  ) -> tuple[StreamFactory, int]:  # fmt: skip
     """``split``'s shards as one stream (each opened once verified, when following the fetch), and their size."""
     specs = ctx.dataset.split_files(split)
-    paths = [ctx.paths.archives / spec.name for spec in specs]
+    paths = [ctx.paths.archives / spec.name if follow else ctx.require_file(spec.name) for spec in specs]
     sizes = [int(spec.size or 0) for spec in specs]  # pinned by the table
-    if follow is None:
-        for path in paths:
-            if not path.exists():
-                raise ArchiveError(f"{path} is missing: run the fetch stage first")
     opener = follow.shard_opener(split) if follow else None
-    stream = partial(shard_stream, paths, sizes, devkit.classes, ctx.config.max_image_mib << 20, opener=opener)
+    stream = partial(shard_stream, paths, sizes, devkit.classes, max_image, opener=opener)
     return stream, sum(sizes)
 
 

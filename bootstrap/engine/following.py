@@ -4,8 +4,8 @@
 devkit, then val, then train), organises as soon as the devkit is verified,
 and packs each split through a ``GrowingArchive`` that waits at the
 downloaded prefix.  A split in shards (the hub's layout) is packed shard by
-shard, each once its own SHA-256 has matched.  A split's pack is recorded only once its archive's MD5
-has matched.  If the download fails instead (a wrong MD5 at the end, a source
+shard, each once its own SHA-256 has matched.  A split's pack is recorded
+only once its archive's MD5 has matched.  If the download fails instead (a wrong MD5 at the end, a source
 that gives up), the split's half-made pack is thrown away, so nothing made
 from those bytes survives, and the run fails with the fetch's own error; the
 next run downloads again and packs again.  Killed at any moment, the next

@@ -324,14 +324,12 @@ def fetch_all(
     files = dataset.files()
     if not dataset.sharded:
         return {a.name: fetch_archive(source, a, dest, opts, status=status) for a in files}
-    here = sum(int(a.size or 0) for a in files if fetched(dest, a))
+    here = {a.name for a in files if fetched(dest, a)}
     progress = Progress(f"fetch {len(files)} shards", sum(int(a.size or 0) for a in files), "B", status=status,
-                        done=here)  # fmt: skip
-    paths = {}
+                        done=sum(int(a.size or 0) for a in files if a.name in here))  # fmt: skip
+    paths = {name: ArchiveDir(dest).final(name) for name in here}
     for spec in files:
-        if fetched(dest, spec):
-            paths[spec.name] = ArchiveDir(dest).final(spec.name)
-            continue
-        paths[spec.name] = fetch_archive(source, spec, dest, opts, status=status, progress=progress)
+        if spec.name not in here:
+            paths[spec.name] = fetch_archive(source, spec, dest, opts, status=status, progress=progress)
     progress.finish()
     return paths

@@ -24,26 +24,17 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
 
-from bootstrap.common.errors import ConfigError, FetchError
-from bootstrap.fetch.sources import Credentials, HttpSource, TransientError, discard
+from bootstrap.common.errors import FetchError
+from bootstrap.dataset.archives import HUB_SCHEME
+from bootstrap.fetch.sources import ENV_HF_TOKEN, Credentials, HttpSource, TransientError, discard
 
 HUB_ENDPOINT = "https://huggingface.co"
 ENV_ENDPOINT = "HF_ENDPOINT"
 """The hub's address, as huggingface_hub spells it (a mirror, or the tests' stand-in)."""
-ENV_HF_TOKEN = "HF_TOKEN"
-SCHEME = "hf://"
-_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHARD = re.compile(r"^[^/]*-(train|validation)-(\d+)\.tar$")
 _SPLIT = {"train": "train", "validation": "val"}
+_REDIRECTS = (301, 302, 303, 307, 308)
 _NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
-
-
-def hub_repo(spec: str) -> str:
-    """``owner/name`` from ``hf://owner/name``."""
-    repo = spec[len(SCHEME) :].strip("/") if spec.startswith(SCHEME) else ""
-    if not _REPO.match(repo):
-        raise ConfigError(f"source {spec!r}: a hub source is hf://owner/name, e.g. hf://timm/imagenet-1k-wds")
-    return repo
 
 
 def _hints(repo: str, status: int) -> str:
@@ -69,7 +60,7 @@ class HubSource(HttpSource):
         self._lock = threading.Lock()
 
     def describe(self) -> str:
-        return f"{SCHEME}{self.repo}@{self.revision[:12]}/"
+        return f"{HUB_SCHEME}{self.repo}@{self.revision[:12]}/"
 
     def _resolve(self, name: str) -> str:
         """The signed URL the hub redirects ``name`` to; the hub's own URL if it serves the file itself.
@@ -88,12 +79,12 @@ class HubSource(HttpSource):
                 raise TransientError(f"{name}: {type(e).__name__}: {e}") from e
             discard(resp)
             location = resp.headers.get("Location")
-            if resp.status not in (301, 302, 303, 307, 308) or not location:
+            if resp.status not in _REDIRECTS or not location:
                 break
             url = urljoin(url, location)
-            if urlsplit(url).netloc != urlsplit(self.base_url).netloc:
+            if not self._on_hub(url):
                 break
-        if resp.status in (301, 302, 303, 307, 308) and urlsplit(url).netloc != urlsplit(self.base_url).netloc:
+        if resp.status in _REDIRECTS and not self._on_hub(url):
             signed = url
         elif resp.status in (200, 206):
             signed = url  # a small file the hub serves itself, with the token
@@ -107,9 +98,13 @@ class HubSource(HttpSource):
             self._signed[name] = signed
         return signed
 
+    def _on_hub(self, url: str) -> bool:
+        """``url`` is on the hub's own host, where the token may go."""
+        return urlsplit(url).netloc == urlsplit(self.base_url).netloc
+
     def _request(self, name: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
         signed = self._resolve(name)
-        on_hub = urlsplit(signed).netloc == urlsplit(self.base_url).netloc
+        on_hub = self._on_hub(signed)
         try:  # the CDN may redirect again; no token goes with it either way
             resp = self._pool.request("GET", signed, headers={**(self._headers if on_hub else {}), **headers},
                                       preload_content=False, timeout=self._timeout, redirect=not on_hub)  # fmt: skip

@@ -28,6 +28,7 @@ READ_BLOCK = 1 << 20
 ENV_USER = "DATASET_SOURCE_USERNAME"
 ENV_PASSWORD = "DATASET_SOURCE_PASSWORD"  # image-net.org calls this the access key
 ENV_TOKEN = "DATASET_SOURCE_TOKEN"
+ENV_HF_TOKEN = "HF_TOKEN"  # a hub source's token, as every Hugging Face tool reads it
 
 
 class TransientError(Exception):
@@ -90,8 +91,8 @@ def resolve_credentials(
     """Credentials from the environment, else from the named secret, else none.  For a hub source, ``HF_TOKEN``
     counts as the environment's token too (the name every Hugging Face tool reads)."""
     env = dict(os.environ) if env is None else env
-    if hub and env.get("HF_TOKEN") and not env.get(ENV_TOKEN):
-        return Credentials(token=env["HF_TOKEN"])
+    if hub and env.get(ENV_HF_TOKEN) and not env.get(ENV_TOKEN):
+        return Credentials(token=env[ENV_HF_TOKEN])
     if env.get(ENV_TOKEN) or env.get(ENV_USER):
         return Credentials(env.get(ENV_USER), env.get(ENV_PASSWORD), env.get(ENV_TOKEN))
     if not secret_name:
@@ -326,7 +327,8 @@ def open_source(spec: str, credentials: Credentials | None = None, *, s3: Callab
     An HTTP connection that sends nothing for ``stall_seconds`` is a transient error (the range is fetched again)."""
     scheme = urlsplit(spec).scheme
     if scheme == "hf":
-        from bootstrap.fetch.hub import ENV_ENDPOINT, HUB_ENDPOINT, HubSource, hub_repo
+        from bootstrap.dataset.archives import hub_repo
+        from bootstrap.fetch.hub import ENV_ENDPOINT, HUB_ENDPOINT, HubSource
 
         repo = hub_repo(spec)
         if revision is None:

@@ -23,6 +23,7 @@ from bootstrap.dataset.archives import dataset_from_dict, dataset_to_dict, load_
 from bootstrap.settings import load_config
 from cdk_app.config import ConfigError, StagingConfig, from_context
 from cdk_app.constructs.snapshot_teardown import teardown_environment
+from scripts.synthetic_hub import pinned_table
 from scripts.synthetic_imagenet import Generated
 from tests.fixtures.cdk_synth import ROOT, Synthesized, cdk_json_context, cli_synth, synth
 from tests.fixtures.cfn import blank_hashes, render, resources
@@ -272,14 +273,8 @@ USER_DATA_LIMIT = 16 * 1024
 
 
 def hub_table(shards: int) -> dict[str, Any]:
-    """A shard table the size of timm/imagenet-1k-wds's (1024 train + 64 val shards)."""
-
-    def shard(kind: str, i: int) -> dict[str, Any]:
-        return {"name": f"imagenet1k-{kind}-{i:04d}.tar", "size": 146_000_000, "sha256": f"{i:064x}"}
-
-    split = {"train": [shard("train", i) for i in range(shards)], "val": [shard("validation", i) for i in range(64)]}
-    return {"name": "timm/imagenet-1k-wds", "layout": "webdataset", "revision": "a" * 40, "shards": split,
-            "counts": {"train": 1_281_167, "val": 50_000, "classes": 1000}}  # fmt: skip
+    """A shard table of timm/imagenet-1k-wds's shape; with 1024 train shards, its size (and 64 val ones)."""
+    return pinned_table(shards, 64, shard_bytes=146_000_000, counts={"train": 1_281_167, "val": 50_000})
 
 
 @pytest.mark.parametrize("kind", ["ilsvrc layout", "hub shards"])

@@ -16,6 +16,7 @@ from scripts.common import deployed_config
 from scripts.plan import PlanInputs, compare, headline, plan, totals
 from scripts.plan_data import load_prices
 from scripts.status import gather, render
+from scripts.synthetic_hub import pinned_table
 from tests.fixtures.aws_emulator import client
 from tests.fixtures.paths import GOLDEN
 from tests.fixtures.strict_aws import available_volume, completed_snapshot
@@ -237,13 +238,7 @@ def test_plan_downloads_the_files_of_the_dataset_table_it_is_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A hub table's shards (as hub-table writes it): their bytes and the counts, not ILSVRC2012's archives."""
-
-    def shard(kind: str, i: int) -> dict[str, object]:
-        return {"name": f"imagenet1k-{kind}-{i:04d}.tar", "size": 10**9, "sha256": f"{i:064x}"}
-
-    shards = {"train": [shard("train", i) for i in range(150)], "val": [shard("validation", i) for i in range(7)]}
-    table = {"name": "timm/imagenet-1k-wds", "layout": "webdataset", "revision": "a" * 40, "shards": shards,
-             "counts": {"train": 1_000_000, "val": 40_000, "classes": 1000}}  # fmt: skip
+    table = pinned_table(150, 7, shard_bytes=10**9, counts={"train": 1_000_000, "val": 40_000})
     (tmp_path / "hub.json").write_text(json.dumps(table))
     assert scripts_run(["--json", "plan", "--dataset-table", str(tmp_path / "hub.json")]) == 0
     data = json.loads(capsys.readouterr().out)
