@@ -38,7 +38,9 @@ log = logging.getLogger("bootstrap.engine")
 class BackgroundFetch:
     """The fetch stage running on its own thread; what pack needs to follow it."""
 
-    def __init__(self, ctx: StageContext, fetch: Callable[[], None], poll_seconds: float = 0.2) -> None:
+    def __init__(self, ctx: StageContext, fetch: Callable[[], None], poll_seconds: float = 0.05) -> None:
+        """``poll_seconds``: how often a reader at the downloaded prefix looks again; pack's workers idle that long
+        each time it catches up with the download (a look reads the small ``.part.json``)."""
         self.ctx, self.poll_seconds = ctx, poll_seconds
         self.error: BaseException | None = None
         self._fetch = fetch
