@@ -77,7 +77,7 @@ def _reduction(short_side: int, resize: int) -> int:
     return 1
 
 
-def _interpolation(factor: float) -> int:
+def interpolation(factor: float) -> int:
     """Bilinear below a 2x shrink, where it is as good and 5x faster; area averaging above, against aliasing.
 
     After a DCT-domain reduction the factor left is always below 2, so area
@@ -147,5 +147,5 @@ def transcode(data: bytes, opts: ImageOptions) -> bytes:
     if not opts.pass_through:
         tw, th = target_size(w, h, opts.resize, opts.upscale)
         if (img.shape[1], img.shape[0]) != (tw, th):
-            img = cv2.resize(img, (tw, th), interpolation=_interpolation(img.shape[1] / tw))
+            img = cv2.resize(img, (tw, th), interpolation=interpolation(img.shape[1] / tw))
     return _encode(img, opts)
