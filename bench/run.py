@@ -737,7 +737,7 @@ def table(results: dict[str, Any]) -> str:
 def _least_work_row(w: dict[str, Any], p: dict[str, Any]) -> tuple[str, str, str, str]:
     """What issue 14's targets ask against what the least work per image allows (``bench_least_work``)."""
     fastest = w["fastest"]
-    ways = ", ".join(f"{way} for {n}" for way, n in fastest.items() if way != "kept")
+    ways = ", ".join(f"{way} for {n}" for way, n in sorted(fastest.items(), key=lambda kv: -kv[1]) if way != "kept")
     ceiling, bare_ceiling = p["processes"] * 1000 / w["least_work_ms"], p["processes"] * 1000 / w["bare_loop_work_ms"]
     return (f"Least work per image with libjpeg-turbo ({w['images']} imagenet-profile images, one thread, best of 5)",
             f"{w['least_work_ms']} ms: the fastest decode scale that keeps the short side, then resize and encode, "
