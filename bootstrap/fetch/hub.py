@@ -84,19 +84,14 @@ class HubSource(HttpSource):
             url = urljoin(url, location)
             if not self._on_hub(url):
                 break
-        if resp.status in _REDIRECTS and not self._on_hub(url):
-            signed = url
-        elif resp.status in (200, 206):
-            signed = url  # a small file the hub serves itself, with the token
-        elif resp.status in (401, 403, 404):
-            raise FetchError(f"{self.describe()}{name}: HTTP {resp.status}; {_hints(self.repo, resp.status)}")
-        elif resp.status == 429 or resp.status >= 500:
-            raise TransientError(f"{name}: the hub answered HTTP {resp.status}")
-        else:
-            raise FetchError(f"{self.describe()}{name}: unexpected HTTP {resp.status} from the hub (after {url})")
+        if resp.status not in _REDIRECTS or self._on_hub(url):
+            self._check(name, resp)  # raises unless the hub serves the file itself (a small one), with the token
         with self._lock:
-            self._signed[name] = signed
-        return signed
+            self._signed[name] = url
+        return url
+
+    def _hint(self, status: int) -> str:
+        return _hints(self.repo, status)
 
     def _on_hub(self, url: str) -> bool:
         """``url`` is on the hub's own host, where the token may go."""

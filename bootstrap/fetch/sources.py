@@ -162,13 +162,16 @@ class HttpSource:
             raise TransientError(f"{name}: {type(e).__name__}: {e}") from e
         return self._check(name, resp)
 
+    def _hint(self, status: int) -> str:
+        """What to do about a 401, 403 or 404."""
+        return _AUTH_HINT[status].format(user=ENV_USER, pw=ENV_PASSWORD, tok=ENV_TOKEN)
+
     def _check(self, name: str, resp: urllib3.BaseHTTPResponse) -> urllib3.BaseHTTPResponse:
         """``resp`` if it carries the file's bytes; otherwise a ``FetchError`` that says what to do, or a
         ``TransientError`` (retried) for a throttle or a server error."""
         if resp.status in (401, 403, 404):
             discard(resp)
-            hint = _AUTH_HINT[resp.status].format(user=ENV_USER, pw=ENV_PASSWORD, tok=ENV_TOKEN)
-            raise FetchError(f"{self.describe()}{name}: HTTP {resp.status}; {hint}")
+            raise FetchError(f"{self.describe()}{name}: HTTP {resp.status}; {self._hint(resp.status)}")
         if resp.status == 429 or resp.status >= 500:
             discard(resp)
             raise TransientError(f"{name}: HTTP {resp.status}")
