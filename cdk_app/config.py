@@ -137,7 +137,7 @@ class StagingConfig:
         need("name", bool(_NAME.match(self.name)), "3-32 lowercase letters, digits and hyphens, starting with a letter")
         need("account", self.account is None or bool(_ACCOUNT.match(self.account)), "a 12-digit account id")
         need("region", self.region is None or bool(_REGION.match(self.region)), "a region like us-east-1")
-        need("source", self.source.startswith(("https://", "s3://", "hf://")),
+        need("source", self.source.startswith(("https://", "s3://", HUB_SCHEME)),
              "an https:// URL, an s3:// prefix or hf://owner/name")  # fmt: skip
         self._hub_problems(need)
         need("source_secret", self.source_secret is None or bool(_SECRET_NAME.match(self.source_secret)),
@@ -219,7 +219,7 @@ class StagingConfig:
 
     @property
     def uses_secret(self) -> bool:
-        return self.source_needs_credentials and self.source.startswith(("https://", "hf://"))
+        return self.source_needs_credentials and self.source.startswith(("https://", HUB_SCHEME))
 
     @property
     def secret_name(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from bootstrap.common.aws import secret_string
 from bootstrap.common.errors import ArchiveError, BootstrapError, ConfigError, FetchError
 from bootstrap.common.state import atomic_write_bytes, atomic_write_json, read_state
+from bootstrap.dataset.archives import HUB_SCHEME
 from bootstrap.dataset.devkit import Devkit, SynsetClass, bundled_classes, read_devkit
 from bootstrap.dataset.streams import StreamFactory, shard_stream, train_stream, val_stream
 from bootstrap.engine.context import SPLITS, StageContext
@@ -45,7 +46,7 @@ def fetch(ctx: StageContext) -> None:
         config = ctx.config
         if not config.source:
             raise ConfigError("no source configured: set 'source' (https:// URL, s3:// prefix or directory)")
-        hub = config.source.startswith("hf://")
+        hub = config.source.startswith(HUB_SCHEME)
         if hub and not ctx.dataset.sharded:
             raise ConfigError(f"source {config.source} serves WebDataset shards: set dataset_table to the shard "
                               f"table `python -m scripts hub-table {config.source}` writes")  # fmt: skip
