@@ -32,8 +32,7 @@ class BootstrapCode(Construct):
         self.asset = s3_assets.Asset(self, "Asset", path=str(BOOTSTRAP), exclude=["__pycache__", "*.pyc"])
 
     def grant_read(self, role: iam.IRole) -> None:
-        """GetObject on this one object (the CDK's own grant would open the whole asset bucket)."""
-        allow(role, ["s3:GetObject"], [self.asset.bucket.arn_for_objects(self.asset.s3_object_key)])
+        _grant_object(role, self.asset)
 
     def user_data(self, *, requirements: str, packages: list[str], on_failure: str | None = None) -> ec2.UserData:
         """Shell that installs Python 3.11, the bootstrap package and ``requirements`` (a file inside it).
@@ -64,8 +63,13 @@ def copy_json_asset(scope: Construct, id: str, user_data: ec2.UserData, *, role:
         local = Path(folder) / Path(path).name
         local.write_text(json.dumps(value, sort_keys=True, indent=1))
         asset = s3_assets.Asset(scope, id, path=str(local))  # staged (copied into the cloud assembly) right here
-    allow(role, ["s3:GetObject"], [asset.bucket.arn_for_objects(asset.s3_object_key)])
+    _grant_object(role, asset)
     user_data.add_commands(f"aws s3 cp '{asset.s3_object_url}' {path}")
+
+
+def _grant_object(role: iam.IRole, asset: s3_assets.Asset) -> None:
+    """GetObject on the asset's one object (the CDK's own grant would open the whole asset bucket)."""
+    allow(role, ["s3:GetObject"], [asset.bucket.arn_for_objects(asset.s3_object_key)])
 
 
 def write_json(scope: Construct, user_data: ec2.UserData, path: str, value: Any) -> None:
