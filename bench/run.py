@@ -366,6 +366,22 @@ def bench_end_to_end(src: Path, runs: int) -> dict[str, Any]:
 # -- 3. download ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _http_server(root: Path, rate_mib: float) -> Iterator[str]:
+    """The test suite's HTTP server over ``root`` at ``rate_mib`` per connection; yields its base URL."""
+    port_file = WORK / "port"
+    port_file.unlink(missing_ok=True)
+    server = subprocess.Popen([PY, "-m", "tests.fixtures.http_server", str(root), "--rate-mib", str(rate_mib),
+                               "--port-file", str(port_file)], cwd=ROOT)  # fmt: skip
+    try:
+        while not port_file.exists():
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text()}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def bench_download(runs: int, size_mib: int, rate_mib: float) -> dict[str, Any]:
     served = WORK / "served"
     served.mkdir(parents=True, exist_ok=True)
@@ -373,14 +389,8 @@ def bench_download(runs: int, size_mib: int, rate_mib: float) -> dict[str, Any]:
     if not blob.exists() or blob.stat().st_size != size_mib << 20:
         blob.write_bytes(os.urandom(size_mib << 20))
     md5 = hashlib.md5(blob.read_bytes()).hexdigest()
-    port_file = WORK / "port"
-    port_file.unlink(missing_ok=True)
-    server = subprocess.Popen([PY, "-m", "tests.fixtures.http_server", str(served), "--rate-mib", str(rate_mib),
-                               "--port-file", str(port_file)], cwd=ROOT)  # fmt: skip
-    try:
-        while not port_file.exists():
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port_file.read_text()}/blob.tar"
+    with _http_server(served, rate_mib) as base:
+        url = f"{base}/blob.tar"
         out = WORK / "downloads"
 
         def clean() -> None:
@@ -402,9 +412,6 @@ def bench_download(runs: int, size_mib: int, rate_mib: float) -> dict[str, Any]:
         ours = median(runs, lambda: run([PY, "-c", fetch, url, md5, str(size_mib << 20), str(out)]))
         aria = median(runs, lambda: run(["aria2c", "-q", "-x8", "-s8", "-k1M", "--file-allocation=none",
                                          "-d", str(out), "-o", "blob.tar", url]))  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait()
     return {
         "size_mib": size_mib,
         "per_connection_mib_s": rate_mib,
@@ -450,18 +457,8 @@ allowed) are 1.6% of it, still more than the real share.  The row says what the 
 def _archive_server(src: Path, rate_mib: float) -> Iterator[list[str]]:
     """The archives over HTTP at ``rate_mib`` per connection; yields ``run``'s source flags (8 connections, ranges of
     ``FOLLOW_RANGE_MIB``)."""
-    port_file = WORK / "port"
-    port_file.unlink(missing_ok=True)
-    server = subprocess.Popen([PY, "-m", "tests.fixtures.http_server", str(src), "--rate-mib", str(rate_mib),
-                               "--port-file", str(port_file)], cwd=ROOT)  # fmt: skip
-    try:
-        while not port_file.exists():
-            time.sleep(0.05)
-        yield ["--source", f"http://127.0.0.1:{port_file.read_text()}", "--connections", "8", "--chunk-mib",
-               str(FOLLOW_RANGE_MIB)]  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait()
+    with _http_server(src, rate_mib) as base:
+        yield ["--source", base, "--connections", "8", "--chunk-mib", str(FOLLOW_RANGE_MIB)]
 
 
 def bench_following(src: Path, runs: int, rate_mib: float) -> dict[str, Any]:
