@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench import turbojpeg
+from bench.bare_loop import bare_loop
 from bootstrap.pack.imaging import ImageOptions, interpolation, target_size, transcode
 from bootstrap.pack.jpeginfo import read_jpeg_info
 from scripts.synthetic_imagenet import TRAIN
@@ -180,7 +181,7 @@ def bench_least_work(src: Path, images: int = 600, repeat: int = 5) -> dict[str,
     cv2.setNumThreads(1)  # as in the packer's workers: one process per core
     for data in sample:
         least += _least_work(codec, data, repeat, fastest)
-        bare += _best(partial(_bare_loop, data), repeat)
+        bare += _best(partial(bare_loop, data), repeat)
     cv2.setNumThreads(threads)
     codec.close()
     return {"images": len(sample), "least_work_ms": round(least / len(sample) * 1000, 3),
@@ -199,14 +200,6 @@ def _least_work(codec: turbojpeg.Codec, data: bytes, repeat: int, fastest: dict[
     seconds, way = min((_best(fn, repeat), way) for way, fn in ways)
     fastest[way] = fastest.get(way, 0) + 1
     return seconds
-
-
-def _bare_loop(data: bytes) -> None:
-    """The bare loop of ``bench.run.FLOOR``, on one image."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    h, w = img.shape[:2]
-    size = (256, h * 256 // w) if w < h else (w * 256 // h, 256)
-    cv2.imencode(".jpg", cv2.resize(img, size), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:

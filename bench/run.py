@@ -185,14 +185,12 @@ def extract_tree(src: Path, tree: Path) -> None:
 
 
 FLOOR = """
-import sys, time, cv2, numpy as np
+import sys
 from multiprocessing import Pool
 from pathlib import Path
+from bench.bare_loop import bare_loop
 def one(path):
-    img = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
-    h, w = img.shape[:2]
-    size = (256, h * 256 // w) if w < h else (w * 256 // h, 256)
-    return len(cv2.imencode(".jpg", cv2.resize(img, size), [cv2.IMWRITE_JPEG_QUALITY, 90])[1])
+    return bare_loop(Path(path).read_bytes())
 files = sorted(str(p) for p in Path(sys.argv[1]).glob("*/*.JPEG"))
 with Pool(int(sys.argv[2])) as pool:
     pool.map(one, files, chunksize=16)
@@ -222,7 +220,7 @@ def bench_pack(src: Path, runs: int) -> dict[str, Any]:
         return measure([bootstrap_cmd("pack", data, src)], cold=False)
 
     ours = median(runs, ours_once)
-    floor = median(runs, lambda: measure([[PY, "-c", FLOOR, str(tree / "train"), cpus]], cold=False))
+    floor = median(runs, lambda: measure([[PY, "-c", FLOOR, str(tree / "train"), cpus]], cwd=ROOT, cold=False))
     val_images = len(read_devkit(src / DEVKIT).val_wnids)
     return {
         "images": images,
